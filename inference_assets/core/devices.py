@@ -1,0 +1,38 @@
+"""Which torch device and which autocast precision to run on."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ConfigError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device {name!r} asked for but CUDA is not available here: set INFERENCE_DEVICE=cpu (or auto)"
+            )
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+        return device
+    raise ConfigError(f"unknown device {name!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``fp32`` (none), ``bf16`` or ``fp16``."""
+    try:
+        return PRECISIONS[precision]
+    except KeyError:
+        raise ConfigError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}") from None

@@ -1,0 +1,30 @@
+"""Stable assignment of images to a fixed number of shards (partitions).
+
+An image's shard depends only on its ``image_id`` and the shard count, so adding
+images to a collection never moves an existing image to another shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+DEFAULT_NUM_PARTITIONS = 16
+
+
+def partition_keys(num_partitions: int) -> list[str]:
+    """The partition keys for ``num_partitions`` shards: ``shard-00``, ``shard-01``, ..."""
+    if num_partitions < 1:
+        raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
+    width = max(2, len(str(num_partitions - 1)))
+    return [f"shard-{i:0{width}d}" for i in range(num_partitions)]
+
+
+def image_id_for(relative_path: str) -> str:
+    """A stable id for an image, derived from its path relative to the source root."""
+    return hashlib.sha1(relative_path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def partition_for(image_id: str, num_partitions: int) -> str:
+    """The shard key an image id belongs to (independent of every other image)."""
+    bucket = int(hashlib.sha256(image_id.encode("ascii")).hexdigest()[:15], 16) % num_partitions
+    return partition_keys(num_partitions)[bucket]

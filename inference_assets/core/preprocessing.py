@@ -1,0 +1,97 @@
+"""The model's own evaluation transform, split into a uint8 geometric part and a normalization.
+
+The geometric part (resize, crop — exactly the model's own, with its interpolation) runs
+once per image at preprocessing time and yields uint8 CHW pixels that are stored. The
+normalization (``x / 255``, minus mean, over std) runs on the inference device. Together
+they compute what the reference transform computes, in the same order.
+
+- timm models: the PIL stages of ``timm.data.create_transform`` built from the model's
+  pretrained config (everything before ``ToTensor``).
+- torchvision weights: the stages of ``weights.transforms()`` (``ImageClassification``):
+  ``resize`` and ``center_crop`` on the PIL image, then ``pil_to_tensor``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are prepared for one model."""
+
+    input_size: tuple[int, int]  # (height, width)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    description: str
+    resize_crop: Callable[[Image.Image], np.ndarray]  # RGB PIL image -> uint8 (3, H, W)
+
+    @property
+    def fingerprint(self) -> str:
+        """Short stable id of the geometric part: stored pixels are only reused when it matches."""
+        return hashlib.sha1(self.description.encode()).hexdigest()[:12]
+
+    def normalize(self, batch_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """uint8 (N, 3, H, W) on any device -> normalized float, as ToTensor + Normalize do."""
+        x = batch_uint8.to(torch.float32).div_(255.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std).to(dtype)
+
+
+def _pil_to_chw(image: Image.Image) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def from_timm_config(pretrained_cfg: dict) -> Preprocessing:
+    """Preprocessing from a timm pretrained config (as ``timm.data.resolve_data_config`` reads it)."""
+    from timm.data import create_transform, resolve_data_config
+    from torchvision import transforms as T
+
+    data_config = resolve_data_config(pretrained_cfg=pretrained_cfg)
+    compose = create_transform(**data_config, is_training=False)
+    stages = list(compose.transforms)
+    cut = next(i for i, t in enumerate(stages) if "ToTensor" in type(t).__name__)
+    geometric = T.Compose(stages[:cut])
+
+    def resize_crop(image: Image.Image) -> np.ndarray:
+        return _pil_to_chw(geometric(image))
+
+    _, height, width = data_config["input_size"]
+    description = f"timm {data_config['input_size']} {data_config['interpolation']} " + " ".join(
+        repr(t).replace("\n", "") for t in stages[:cut]
+    )
+    return Preprocessing(
+        input_size=(height, width),
+        mean=tuple(float(m) for m in data_config["mean"]),
+        std=tuple(float(s) for s in data_config["std"]),
+        description=description,
+        resize_crop=resize_crop,
+    )
+
+
+def from_torchvision_transform(transform) -> Preprocessing:
+    """Preprocessing from a torchvision ``ImageClassification`` preset (``weights.transforms()``)."""
+    from torchvision.transforms import functional as F
+
+    resize_size, crop_size = list(transform.resize_size), list(transform.crop_size)
+    interpolation, antialias = transform.interpolation, transform.antialias
+
+    def resize_crop(image: Image.Image) -> np.ndarray:
+        resized = F.resize(image, resize_size, interpolation=interpolation, antialias=antialias)
+        return _pil_to_chw(F.center_crop(resized, crop_size))
+
+    height, width = (crop_size * 2)[:2] if len(crop_size) == 1 else crop_size
+    return Preprocessing(
+        input_size=(height, width),
+        mean=tuple(float(m) for m in transform.mean),
+        std=tuple(float(s) for s in transform.std),
+        description=f"torchvision resize={resize_size} crop={crop_size} {interpolation.value} antialias={antialias}",
+        resize_crop=resize_crop,
+    )

@@ -1,0 +1,139 @@
+"""Per-partition result files: one Parquet row per image, predicted or failed.
+
+Written atomically (temporary name, then rename), streamed batch by batch.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import atomic_output
+
+STATUS_PREDICTED = "predicted"
+STATUS_FAILED = "failed"
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("uri", pa.string()),
+        ("partition", pa.string()),
+        ("content_hash", pa.string()),
+        ("status", pa.string()),
+        ("stage", pa.string()),
+        ("error", pa.string()),
+        ("class_index", pa.int32()),
+        ("class_label", pa.string()),
+        ("confidence", pa.float32()),
+        ("topk_indices", pa.list_(pa.int32())),
+        ("topk_labels", pa.list_(pa.string())),
+        ("topk_probs", pa.list_(pa.float32())),
+        ("model", pa.string()),
+        ("weights", pa.string()),
+        ("device", pa.string()),
+        ("precision", pa.string()),
+        ("predicted_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+class ResultFileWriter:
+    """Streams result rows for one partition into a Parquet file that appears only when complete."""
+
+    def __init__(
+        self, path: Path, partition: str, model: str, weights: str, device: str, precision: str, inputs: str
+    ):
+        self.path = path
+        self._schema = RESULT_SCHEMA.with_metadata({"inputs": inputs})
+        self._constants = {
+            "partition": partition,
+            "model": model,
+            "weights": weights,
+            "device": device,
+            "precision": precision,
+        }
+        self._atomic = atomic_output(path)
+        self.predicted = 0
+        self.failed = 0
+
+    def __enter__(self) -> ResultFileWriter:
+        tmp = self._atomic.__enter__()
+        self._writer = pq.ParquetWriter(tmp, self._schema)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._writer.close()
+        self._atomic.__exit__(*exc_info)
+
+    def _write(self, columns: dict, count: int) -> None:
+        now = datetime.now(timezone.utc)
+        full = {name: columns.get(name, [None] * count) for name in RESULT_SCHEMA.names}
+        for name, value in self._constants.items():
+            full[name] = [value] * count
+        full["predicted_at"] = [now] * count
+        self._writer.write_table(pa.table(full, schema=self._schema))
+
+    def write_predictions(
+        self,
+        image_ids: list[str],
+        uris: list[str],
+        content_hashes: list[str],
+        top_indices: np.ndarray,
+        top_probs: np.ndarray,
+        labels: list[str],
+    ) -> None:
+        count = len(image_ids)
+        if count == 0:
+            return
+        top_labels = [[labels[i] for i in row] for row in top_indices.tolist()]
+        self._write(
+            {
+                "image_id": image_ids,
+                "uri": uris,
+                "content_hash": content_hashes,
+                "status": [STATUS_PREDICTED] * count,
+                "class_index": top_indices[:, 0].astype(np.int32),
+                "class_label": [row[0] for row in top_labels],
+                "confidence": top_probs[:, 0].astype(np.float32),
+                "topk_indices": top_indices.astype(np.int32).tolist(),
+                "topk_labels": top_labels,
+                "topk_probs": top_probs.astype(np.float32).tolist(),
+            },
+            count,
+        )
+        self.predicted += count
+
+    def write_failures(
+        self, image_ids: list[str], uris: list[str], content_hashes: list[str], stage: str, errors: list[str]
+    ) -> None:
+        count = len(image_ids)
+        if count == 0:
+            return
+        self._write(
+            {
+                "image_id": image_ids,
+                "uri": uris,
+                "content_hash": content_hashes,
+                "status": [STATUS_FAILED] * count,
+                "stage": [stage] * count,
+                "error": errors,
+            },
+            count,
+        )
+        self.failed += count
+
+
+def read_results(path: Path) -> pa.Table:
+    return pq.read_table(path, schema=RESULT_SCHEMA)
+
+
+def stored_inputs_fingerprint(path: Path) -> str | None:
+    """What a complete result file was computed from (see ``prediction_inputs``), or None."""
+    if not path.exists():
+        return None
+    value = (pq.read_schema(path).metadata or {}).get(b"inputs")
+    return value.decode() if value else None

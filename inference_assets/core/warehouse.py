@@ -1,0 +1,124 @@
+"""The DuckDB results database, refreshed from the manifest and the per-partition result files.
+
+Tables (each replaced as a whole inside one transaction, so readers see the old or the
+new contents, never a mix, and re-running never duplicates a row):
+
+- ``images``: the manifest.
+- ``predictions``: one row per predicted image (primary key ``image_id``).
+- ``failures``: one row per image that could not be predicted, with the stage and error.
+
+A result row counts only while it matches the manifest (same ``image_id`` and content
+hash): results for deleted or changed files drop out until their partition is re-run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+_CREATE_TABLES = """
+CREATE OR REPLACE TABLE images (
+    image_id VARCHAR PRIMARY KEY,
+    relative_path VARCHAR NOT NULL,
+    uri VARCHAR NOT NULL,
+    size_bytes BIGINT NOT NULL,
+    modified_at TIMESTAMPTZ,
+    content_hash VARCHAR NOT NULL,
+    label VARCHAR,
+    partition VARCHAR NOT NULL
+);
+CREATE OR REPLACE TABLE predictions (
+    image_id VARCHAR PRIMARY KEY,
+    uri VARCHAR NOT NULL,
+    partition VARCHAR NOT NULL,
+    label VARCHAR,
+    class_index INTEGER NOT NULL,
+    class_label VARCHAR NOT NULL,
+    confidence FLOAT NOT NULL,
+    topk_indices INTEGER[] NOT NULL,
+    topk_labels VARCHAR[] NOT NULL,
+    topk_probs FLOAT[] NOT NULL,
+    model VARCHAR NOT NULL,
+    weights VARCHAR NOT NULL,
+    device VARCHAR,
+    precision VARCHAR,
+    content_hash VARCHAR NOT NULL,
+    predicted_at TIMESTAMPTZ
+);
+CREATE OR REPLACE TABLE failures (
+    image_id VARCHAR PRIMARY KEY,
+    uri VARCHAR NOT NULL,
+    partition VARCHAR NOT NULL,
+    stage VARCHAR NOT NULL,
+    error VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    content_hash VARCHAR NOT NULL,
+    failed_at TIMESTAMPTZ
+);
+"""
+
+_INSERT_IMAGES = """
+INSERT INTO images
+SELECT image_id, relative_path, uri, size_bytes, modified_at, content_hash, label, partition
+FROM read_parquet($manifest)
+"""
+
+_INSERT_PREDICTIONS = """
+INSERT INTO predictions
+SELECT r.image_id, r.uri, r.partition, m.label, r.class_index, r.class_label, r.confidence,
+       r.topk_indices, r.topk_labels, r.topk_probs, r.model, r.weights, r.device, r.precision,
+       r.content_hash, r.predicted_at
+FROM read_parquet($files) r
+JOIN images m ON m.image_id = r.image_id AND m.content_hash = r.content_hash
+WHERE r.status = 'predicted'
+"""
+
+_INSERT_FAILURES = """
+INSERT INTO failures
+SELECT r.image_id, r.uri, r.partition, r.stage, r.error, r.model, r.content_hash, r.predicted_at
+FROM read_parquet($files) r
+JOIN images m ON m.image_id = r.image_id AND m.content_hash = r.content_hash
+WHERE r.status = 'failed'
+"""
+
+
+@dataclass
+class WarehouseSummary:
+    images: int
+    predictions: int
+    failures: int
+    partitions_loaded: int
+
+
+def refresh_warehouse(
+    conn: duckdb.DuckDBPyConnection, manifest_path: Path, result_files: list[Path]
+) -> WarehouseSummary:
+    """Replace the ``images``, ``predictions`` and ``failures`` tables in one transaction."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(_CREATE_TABLES)
+        conn.execute(_INSERT_IMAGES, {"manifest": str(manifest_path)})
+        if result_files:
+            files = [str(p) for p in result_files]
+            conn.execute(_INSERT_PREDICTIONS, {"files": files})
+            conn.execute(_INSERT_FAILURES, {"files": files})
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    counts = conn.execute(
+        "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM predictions), (SELECT count(*) FROM failures)"
+    ).fetchone()
+    return WarehouseSummary(
+        images=counts[0], predictions=counts[1], failures=counts[2], partitions_loaded=len(result_files)
+    )
+
+
+def top_labels(conn: duckdb.DuckDBPyConnection, limit: int = 10) -> list[tuple[str, int]]:
+    """The most frequent predicted labels with their counts."""
+    return conn.execute(
+        "SELECT class_label, count(*) AS n FROM predictions GROUP BY 1 ORDER BY n DESC, class_label LIMIT ?",
+        [limit],
+    ).fetchall()

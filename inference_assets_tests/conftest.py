@@ -1,0 +1,52 @@
+"""Shared fixtures: real sample photos, a temporary work area, the bundled classifier."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from inference_assets.core.models import ModelSpec, load_classifier
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_IMAGES = PROJECT_ROOT / "data" / "images"
+
+# What the bundled EfficientNet-Lite0 predicts for the committed photos (see data/README.md).
+KNOWN_TOP1 = {
+    "espresso/coffee.jpg": "espresso",
+    "tripod/camera.png": "tripod",
+    "missile/rocket.jpg": "missile",
+    "tabby/chelsea.png": "tiger cat",
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch, tmp_path):
+    """Tests never read or write the project's data/ outputs or a user's Dagster instance."""
+    for name in (
+        "INFERENCE_IMAGE_ROOT",
+        "INFERENCE_WORK_DIR",
+        "INFERENCE_DUCKDB_PATH",
+        "INFERENCE_DEVICE",
+        "INFERENCE_PRECISION",
+        "INFERENCE_MODEL",
+        "INFERENCE_WEIGHTS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+
+
+@pytest.fixture
+def image_root(tmp_path) -> Path:
+    """A private copy of the committed sample photos."""
+    root = tmp_path / "images"
+    shutil.copytree(SAMPLE_IMAGES, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def classifier():
+    """The bundled default classifier on CPU, loaded once per test session."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    return load_classifier(ModelSpec(), "cpu")

@@ -1,0 +1,97 @@
+"""The pipeline's predictions equal a plain reference: the model's own transform + fp32 forward."""
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from inference_assets.core.inference import InferenceSettings, classify, predict_shard
+from inference_assets.core.manifest import build_manifest, read_manifest
+from inference_assets.core.pixel_store import read_pixel_shard, write_pixel_shard
+from inference_assets.core.results import read_results
+
+from .conftest import KNOWN_TOP1
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def shard(image_root, tmp_path, classifier):
+    build_manifest(image_root, tmp_path / "m.parquet", num_partitions=1)
+    entries = read_manifest(tmp_path / "m.parquet")
+    write_pixel_shard(entries, classifier.preprocessing, tmp_path / "px", "shard-00", workers=2)
+    return read_pixel_shard(tmp_path / "px", "shard-00")
+
+
+def _reference_probs(classifier, uris):
+    """timm's own transform on the PIL image, then a plain fp32 forward pass."""
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(classifier.module))
+    batch = torch.stack([transform(Image.open(uri).convert("RGB")) for uri in uris])
+    with torch.no_grad():
+        return classifier.module(batch).softmax(-1)
+
+
+def test_top1_and_probabilities_equal_the_reference(shard, classifier, tmp_path):
+    out = tmp_path / "results.parquet"
+    summary = predict_shard(classifier, shard, InferenceSettings(CPU, batch_size=4, top_k=5), out, "shard-00")
+    assert (summary.predicted, summary.failed) == (6, 0)
+    results = read_results(out).to_pylist()
+    reference = _reference_probs(classifier, [r["uri"] for r in results])
+    for row, probs in zip(results, reference):
+        top = probs.topk(5)
+        assert row["class_index"] == int(top.indices[0])
+        assert row["topk_indices"] == top.indices.tolist()
+        assert np.allclose(row["topk_probs"], top.values.numpy(), atol=1e-4)
+        assert row["class_label"] == classifier.labels[row["class_index"]]
+        assert row["model"] == "tf_efficientnet_lite0" and row["precision"] == "fp32"
+
+
+def test_known_photos_are_predicted_as_themselves(shard, classifier, tmp_path):
+    out = tmp_path / "results.parquet"
+    predict_shard(classifier, shard, InferenceSettings(CPU), out, "shard-00")
+    by_path = {r["uri"]: r for r in read_results(out).to_pylist()}
+    for relative, label in KNOWN_TOP1.items():
+        row = next(r for uri, r in by_path.items() if uri.endswith(relative))
+        assert row["class_label"] == label, relative
+    assert next(r for u, r in by_path.items() if u.endswith("coffee.jpg"))["confidence"] > 0.9
+
+
+def test_batch_size_does_not_change_results(shard, classifier):
+    rows = shard.ok_rows
+    one = list(classify(classifier, shard.pixels, rows, InferenceSettings(CPU, batch_size=1)))
+    many = list(classify(classifier, shard.pixels, rows, InferenceSettings(CPU, batch_size=64)))
+    assert np.concatenate([b[0] for b in one]).tolist() == rows.tolist()
+    assert np.array_equal(np.concatenate([b[2] for b in one]), np.concatenate([b[2] for b in many]))
+    assert np.allclose(np.concatenate([b[1] for b in one]), np.concatenate([b[1] for b in many]), atol=1e-5)
+
+
+def test_non_contiguous_rows_and_channels_last(shard, classifier):
+    rows = shard.ok_rows[::2]
+    plain = list(classify(classifier, shard.pixels, rows, InferenceSettings(CPU, batch_size=8)))
+    cl = list(classify(classifier, shard.pixels, rows, InferenceSettings(CPU, batch_size=8, channels_last=True)))
+    assert plain[0][0].tolist() == rows.tolist()
+    assert np.array_equal(plain[0][2][:, 0], cl[0][2][:, 0])
+    assert np.allclose(plain[0][1], cl[0][1], atol=1e-4)
+
+
+def test_bf16_autocast_runs_and_keeps_confident_top1(shard, classifier):
+    rows = shard.ok_rows
+    fp32 = list(classify(classifier, shard.pixels, rows, InferenceSettings(CPU)))[0]
+    bf16 = list(classify(classifier, shard.pixels, rows, InferenceSettings(CPU, precision="bf16")))[0]
+    confident = fp32[1][:, 0] > 0.9
+    assert confident.sum() >= 2
+    assert np.array_equal(fp32[2][confident, 0], bf16[2][confident, 0])
+    assert np.all((bf16[1] >= 0) & (bf16[1] <= 1))
+
+
+def test_decode_failures_become_failure_rows(image_root, tmp_path, classifier):
+    (image_root / "espresso" / "empty.jpg").write_bytes(b"")
+    build_manifest(image_root, tmp_path / "m.parquet", num_partitions=1)
+    write_pixel_shard(read_manifest(tmp_path / "m.parquet"), classifier.preprocessing, tmp_path / "px", "s", 2)
+    out = tmp_path / "r.parquet"
+    summary = predict_shard(classifier, read_pixel_shard(tmp_path / "px", "s"), InferenceSettings(CPU), out, "s")
+    assert (summary.predicted, summary.failed) == (6, 1)
+    failed = [r for r in read_results(out).to_pylist() if r["status"] == "failed"]
+    assert failed[0]["uri"].endswith("empty.jpg") and failed[0]["stage"] == "decode" and failed[0]["error"]
+    assert failed[0]["class_label"] is None

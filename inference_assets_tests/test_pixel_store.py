@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from inference_assets.core.manifest import build_manifest, read_manifest
+from inference_assets.core.models import ModelSpec, resolve_preprocessing
+from inference_assets.core.pixel_store import (
+    STATUS_FAILED,
+    STATUS_OK,
+    inputs_fingerprint,
+    read_pixel_shard,
+    stored_inputs_fingerprint,
+    write_pixel_shard,
+)
+
+
+@pytest.fixture
+def manifest(image_root, tmp_path):
+    (image_root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    path = tmp_path / "m.parquet"
+    build_manifest(image_root, path, num_partitions=1)
+    return read_manifest(path)
+
+
+def test_shard_round_trip_keeps_order_pixels_and_failures(manifest, tmp_path):
+    preprocessing = resolve_preprocessing(ModelSpec())
+    summary = write_pixel_shard(manifest, preprocessing, tmp_path / "px", "shard-00", workers=2)
+    assert (summary.images, summary.ok, summary.failed) == (7, 6, 1)
+    shard = read_pixel_shard(tmp_path / "px", "shard-00")
+    assert shard.index.column("image_id").to_pylist() == manifest.column("image_id").to_pylist()
+    assert isinstance(shard.pixels, np.memmap) and shard.pixels.shape == (7, 3, 224, 224)
+    rows = shard.index.to_pylist()
+    broken = [r for r in rows if r["uri"].endswith("broken.jpg")][0]
+    assert broken["status"] == STATUS_FAILED and broken["error"].startswith("OSError: Truncated")
+    coffee = [r for r in rows if r["uri"].endswith("coffee.jpg")][0]
+    assert coffee["status"] == STATUS_OK and coffee["error"] is None
+    from inference_assets.core.decoding import load_rgb
+
+    expected = preprocessing.resize_crop(load_rgb(coffee["uri"]))
+    assert np.array_equal(shard.pixels[coffee["row"]], expected)
+    assert not shard.pixels[broken["row"]].any()
+
+
+def test_rewriting_a_shard_replaces_it_and_leaves_no_stray_files(manifest, tmp_path):
+    preprocessing = resolve_preprocessing(ModelSpec())
+    write_pixel_shard(manifest, preprocessing, tmp_path / "px", "shard-00", workers=1)
+    write_pixel_shard(manifest.slice(0, 3), preprocessing, tmp_path / "px", "shard-00", workers=1)
+    names = sorted(p.name for p in (tmp_path / "px").iterdir())
+    assert len(names) == 2 and names[1] == "shard-00.parquet" and names[0].endswith(".npy")
+    assert read_pixel_shard(tmp_path / "px", "shard-00").pixels.shape[0] == 3
+
+
+def test_inputs_fingerprint_changes_with_content_and_is_stored(manifest, tmp_path):
+    preprocessing = resolve_preprocessing(ModelSpec())
+    assert stored_inputs_fingerprint(tmp_path / "px", "shard-00") is None
+    write_pixel_shard(manifest, preprocessing, tmp_path / "px", "shard-00", workers=1)
+    stored = stored_inputs_fingerprint(tmp_path / "px", "shard-00")
+    assert stored == inputs_fingerprint(manifest, preprocessing)
+    assert stored != inputs_fingerprint(manifest.slice(1), preprocessing)
+
+
+def test_empty_partition_is_a_valid_empty_shard(manifest, tmp_path):
+    preprocessing = resolve_preprocessing(ModelSpec())
+    summary = write_pixel_shard(manifest.slice(0, 0), preprocessing, tmp_path / "px", "shard-01", workers=2)
+    assert summary.images == 0
+    assert read_pixel_shard(tmp_path / "px", "shard-01").pixels.shape == (0, 3, 224, 224)
+
+
+def test_a_partially_written_pixels_file_is_never_read(manifest, tmp_path):
+    preprocessing = resolve_preprocessing(ModelSpec())
+    write_pixel_shard(manifest, preprocessing, tmp_path / "px", "shard-00", workers=1)
+    # what a killed writer leaves behind: a temporary pixels file, no new index
+    (tmp_path / "px" / ".shard-00.deadbeef.npy.tmp-1-abc").write_bytes(b"partial")
+    shard = read_pixel_shard(tmp_path / "px", "shard-00")
+    assert shard.pixels.shape[0] == 7
+    with pytest.raises(FileNotFoundError, match="materialize preprocessed_images"):
+        read_pixel_shard(tmp_path / "px", "shard-09")

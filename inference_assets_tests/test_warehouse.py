@@ -1,0 +1,82 @@
+import duckdb
+import pytest
+import torch
+
+from inference_assets.core.inference import InferenceSettings, predict_shard
+from inference_assets.core.layout import Layout
+from inference_assets.core.manifest import build_manifest, read_manifest
+from inference_assets.core.partitioning import partition_keys
+from inference_assets.core.pixel_store import read_pixel_shard, write_pixel_shard
+from inference_assets.core.warehouse import refresh_warehouse, top_labels
+
+KEYS = partition_keys(2)
+
+
+@pytest.fixture
+def layout(image_root, tmp_path, classifier):
+    (image_root / "tabby" / "bad.png").write_text("a text file named .png")
+    layout = Layout(tmp_path / "work")
+    build_manifest(image_root, layout.manifest_path, num_partitions=2)
+    pixel_dir = layout.pixel_dir(classifier.preprocessing.fingerprint)
+    for key in KEYS:
+        write_pixel_shard(read_manifest(layout.manifest_path, key), classifier.preprocessing, pixel_dir, key, 2)
+        shard = read_pixel_shard(pixel_dir, key)
+        predict_shard(classifier, shard, InferenceSettings(torch.device("cpu")), layout.result_file("m", key), key)
+    return layout
+
+
+def _contents(conn):
+    return (
+        conn.execute("SELECT * FROM predictions ORDER BY image_id").fetchall(),
+        conn.execute("SELECT * FROM failures ORDER BY image_id").fetchall(),
+        conn.execute("SELECT * FROM images ORDER BY image_id").fetchall(),
+    )
+
+
+def test_refresh_loads_predictions_and_failures_and_is_idempotent(layout, tmp_path):
+    conn = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    files = layout.result_files("m", KEYS)
+    first = refresh_warehouse(conn, layout.manifest_path, files)
+    assert (first.images, first.predictions, first.failures) == (7, 6, 1)
+    before = _contents(conn)
+    second = refresh_warehouse(conn, layout.manifest_path, files)
+    assert (second.predictions, second.failures) == (6, 1)
+    assert _contents(conn) == before
+    failure = conn.execute("SELECT uri, stage, error FROM failures").fetchone()
+    assert failure[0].endswith("bad.png") and failure[1] == "decode" and "UnidentifiedImageError" in failure[2]
+    label, truth = conn.execute("SELECT class_label, label FROM predictions WHERE uri LIKE '%coffee.jpg'").fetchone()
+    assert (label, truth) == ("espresso", "espresso")
+    assert ("espresso", 1) in top_labels(conn)
+
+
+def test_results_for_changed_or_deleted_images_drop_out(layout, image_root, tmp_path):
+    conn = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    (image_root / "missile" / "rocket.jpg").unlink()
+    coffee = image_root / "espresso" / "coffee.jpg"
+    coffee.write_bytes(coffee.read_bytes() + b"changed")
+    build_manifest(image_root, layout.manifest_path, num_partitions=2)
+    summary = refresh_warehouse(conn, layout.manifest_path, layout.result_files("m", KEYS))
+    assert summary.images == 6 and summary.predictions == 4
+    uris = [r[0] for r in conn.execute("SELECT uri FROM predictions").fetchall()]
+    assert not any(u.endswith(("rocket.jpg", "coffee.jpg")) for u in uris)
+
+
+def test_refresh_with_no_result_files_gives_empty_typed_tables(layout, tmp_path):
+    conn = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    summary = refresh_warehouse(conn, layout.manifest_path, [])
+    assert (summary.images, summary.predictions, summary.failures) == (7, 0, 0)
+    columns = [r[0] for r in conn.execute("DESCRIBE predictions").fetchall()]
+    assert {"image_id", "uri", "class_index", "class_label", "confidence", "topk_probs", "model", "partition"} <= set(
+        columns
+    )
+    assert [r[0] for r in conn.execute("DESCRIBE failures").fetchall()][:4] == ["image_id", "uri", "partition", "stage"]
+
+
+def test_a_failed_refresh_leaves_the_previous_tables(layout, tmp_path):
+    conn = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    files = layout.result_files("m", KEYS)
+    refresh_warehouse(conn, layout.manifest_path, files)
+    before = _contents(conn)
+    with pytest.raises(duckdb.Error):
+        refresh_warehouse(conn, layout.manifest_path, [*files, tmp_path / "missing.parquet"])
+    assert _contents(conn) == before
