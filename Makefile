@@ -1,0 +1,38 @@
+# inference_assets: `make run` (whole pipeline) and `make test` (whole suite) set everything up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Runs from `make run` and `make dev` share one Dagster instance, so the UI shows both.
+DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::UserWarning
+
+.PHONY: install run test dev clean
+
+install: $(STAMP)
+
+# Creates .venv if it is missing and installs the project with its test dependencies.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]' > $(VENV)/pip.log 2>&1 \
+		|| (grep -v "^WARNING: Location" $(VENV)/pip.log; exit 1)
+	$(BIN)/python -c "import inference_assets.definitions, torchvision, timm, duckdb"
+	touch $(STAMP)
+
+## run: materialize every asset over every partition, print a summary
+run: $(STAMP)
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/python -m inference_assets.run
+
+## test: the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## dev: the Dagster UI on http://127.0.0.1:3000
+dev: $(STAMP)
+	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## clean: remove generated outputs (keeps .venv and the Dagster instance)
+clean:
+	rm -rf data/work data/warehouse.duckdb data/warehouse.duckdb.wal

@@ -1,0 +1,37 @@
+"""The Dagster code location: assets, checks and resources."""
+
+from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+from dagster_duckdb import DuckDBResource
+
+from inference_assets.core.models import DEFAULT_MODEL, DEFAULT_WEIGHTS
+from inference_assets.images import assets as image_assets
+from inference_assets.images import checks as image_checks
+from inference_assets.images.resources import StorageResource
+from inference_assets.predictions import assets as prediction_assets
+from inference_assets.predictions.resources import DeviceResource, ModelResource
+from inference_assets.settings import DATA_DIR, env
+from inference_assets.warehouse import assets as warehouse_assets
+from inference_assets.warehouse import checks as warehouse_checks
+
+ASSETS = load_assets_from_modules([image_assets, prediction_assets, warehouse_assets])
+ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
+
+
+def default_resources() -> dict:
+    """Resources configured from the environment (see ``settings.py``)."""
+    return {
+        "storage": StorageResource(
+            image_root=env("INFERENCE_IMAGE_ROOT", DATA_DIR / "images"),
+            work_dir=env("INFERENCE_WORK_DIR", DATA_DIR / "work"),
+        ),
+        "model": ModelResource(
+            name=env("INFERENCE_MODEL", DEFAULT_MODEL), weights=env("INFERENCE_WEIGHTS", DEFAULT_WEIGHTS)
+        ),
+        "device": DeviceResource(
+            device=env("INFERENCE_DEVICE", "auto"), precision=env("INFERENCE_PRECISION", "fp32")
+        ),
+        "duckdb": DuckDBResource(database=env("INFERENCE_DUCKDB_PATH", DATA_DIR / "warehouse.duckdb")),
+    }
+
+
+defs = Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS, resources=default_resources())

@@ -1,0 +1,99 @@
+"""Assets: the image manifest and the partitioned preprocessed pixels."""
+
+
+import time
+from pathlib import Path
+
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+
+from inference_assets.core.manifest import build_manifest, read_manifest
+from inference_assets.core.pixel_store import inputs_fingerprint, stored_inputs_fingerprint, write_pixel_shard
+from inference_assets.metadata import markdown_table, rate
+from inference_assets.partitions import IMAGE_SHARDS, NUM_PARTITIONS, SINGLE_RUN
+from inference_assets.predictions.resources import DeviceResource, ModelResource
+
+from .resources import StorageResource
+
+
+@asset(
+    group_name="images",
+    description="Every image under the source root: stable id, path, size, mtime, content hash, "
+    "label (parent folder), and the partition it belongs to. Stored as Parquet.",
+)
+def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
+    path = storage.layout.manifest_path
+    summary = build_manifest(Path(storage.image_root), path, NUM_PARTITIONS, storage.extensions)
+    context.log.info(
+        f"manifest: {summary.images} images, {summary.total_bytes} bytes "
+        f"({summary.hashed} hashed, {summary.hash_reused} unchanged) -> {path}"
+    )
+    per_partition = [(key, summary.per_partition.get(key, 0)) for key in IMAGE_SHARDS.get_partition_keys()]
+    return MaterializeResult(
+        metadata={
+            "images": summary.images,
+            "total_bytes": summary.total_bytes,
+            "files_hashed": summary.hashed,
+            "hashes_reused": summary.hash_reused,
+            "labelled_images": sum(summary.labels.values()),
+            "distinct_labels": len(summary.labels),
+            "partitions": NUM_PARTITIONS,
+            "per_partition": markdown_table(("partition", "images"), per_partition),
+            "path": MetadataValue.path(str(path)),
+        }
+    )
+
+
+class PreprocessConfig(Config):
+    force: bool = False  # re-decode partitions even when their images and preprocessing are unchanged
+
+
+@asset(
+    group_name="images",
+    partitions_def=IMAGE_SHARDS,
+    backfill_policy=SINGLE_RUN,
+    deps=[image_manifest],
+    description="Each partition's images decoded (EXIF orientation, RGB) and resized/cropped exactly as "
+    "the model's own transform does, stored as uint8 in a memory-mappable .npy with a per-image status.",
+)
+def preprocessed_images(
+    context: AssetExecutionContext,
+    config: PreprocessConfig,
+    storage: StorageResource,
+    model: ModelResource,
+    device: DeviceResource,
+) -> MaterializeResult:
+    layout = storage.layout
+    preprocessing = model.preprocessing
+    shard_dir = layout.pixel_dir(preprocessing.fingerprint)
+    start = time.perf_counter()
+    images = ok = failed = reused = 0
+    for key in context.partition_keys:
+        entries = read_manifest(layout.manifest_path, key)
+        images += entries.num_rows
+        if not config.force and stored_inputs_fingerprint(shard_dir, key) == inputs_fingerprint(entries, preprocessing):
+            reused += 1
+            context.log.info(f"{key}: {entries.num_rows} images unchanged, stored pixels reused")
+            continue
+        summary = write_pixel_shard(entries, preprocessing, shard_dir, key, device.workers)
+        ok += summary.ok
+        failed += summary.failed
+        (context.log.info if summary.images else context.log.debug)(
+            f"{key}: {summary.ok} decoded, {summary.failed} failed in {summary.seconds:.1f}s "
+            f"({rate(summary.images, summary.seconds)} img/s)"
+        )
+    seconds = time.perf_counter() - start
+    return MaterializeResult(
+        metadata={
+            "partitions": len(context.partition_keys),
+            "partitions_reused": reused,
+            "images": images,
+            "decoded": ok,
+            "failed": failed,
+            "seconds": round(seconds, 3),
+            "images_per_second": rate(ok + failed, seconds),
+            "decode_workers": device.workers,
+            "input_size": f"{preprocessing.input_size[0]}x{preprocessing.input_size[1]}",
+            "preprocessing": preprocessing.description,
+            "path": MetadataValue.path(str(shard_dir)),
+        }
+    )

@@ -1,0 +1,97 @@
+"""Model config and device config."""
+
+
+import os
+from typing import Literal
+
+import torch
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import Field, PrivateAttr
+
+from inference_assets.core.devices import resolve_device
+from inference_assets.core.models import (
+    DEFAULT_MODEL,
+    DEFAULT_WEIGHTS,
+    Classifier,
+    ModelSpec,
+    check_weights_available,
+    load_classifier,
+    model_slug,
+    resolve_preprocessing,
+)
+from inference_assets.core.preprocessing import Preprocessing
+
+
+class ModelResource(ConfigurableResource):
+    """Which classifier to run, with which weights, in what batch size, keeping how many classes.
+
+    Validated at the start of each step (unknown names and missing weight files fail fast);
+    the weights are loaded only by the step that predicts, once per step.
+    """
+
+    name: str = Field(
+        default=DEFAULT_MODEL,
+        description="timm or torchvision architecture, e.g. tf_efficientnet_lite0, resnet152 "
+        "(prefix with 'timm:' or 'torchvision:' to choose the library).",
+    )
+    weights: str = Field(
+        default=DEFAULT_WEIGHTS,
+        description="'bundled' (EfficientNet-Lite0 ImageNet weights shipped as a package), a torchvision "
+        "weights name such as IMAGENET1K_V1, 'pretrained' (timm hub), or a local .pth file path.",
+    )
+    batch_size: int = Field(default=64, gt=0, description="Images per forward pass.")
+    top_k: int = Field(default=5, gt=0, description="How many classes to keep per image.")
+
+    _spec: ModelSpec = PrivateAttr()
+    _preprocessing: Preprocessing | None = PrivateAttr(default=None)
+    _classifiers: dict = PrivateAttr(default_factory=dict)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._spec = ModelSpec(name=self.name, weights=self.weights)
+        self._spec.library  # noqa: B018 - raises a one-line ConfigError for an unknown model
+        check_weights_available(self._spec)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        if self._preprocessing is None:
+            self._preprocessing = resolve_preprocessing(self._spec)
+        return self._preprocessing
+
+    @property
+    def slug(self) -> str:
+        return model_slug(self._spec)
+
+    def load(self, device: torch.device) -> Classifier:
+        """The classifier on ``device``, loaded on first use in this step."""
+        key = str(device)
+        if key not in self._classifiers:
+            self._classifiers[key] = load_classifier(self._spec, device)
+        return self._classifiers[key]
+
+
+class DeviceResource(ConfigurableResource):
+    """Where and how inference runs, and how many threads decode images."""
+
+    device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="fp32 is exact; bf16/fp16 run the forward pass under autocast."
+    )
+    channels_last: bool = Field(default=False, description="Run the model in channels-last memory format.")
+    decode_workers: int = Field(default=0, ge=0, description="Threads decoding images; 0 means one per CPU core.")
+
+    _device: torch.device = PrivateAttr()
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._device = resolve_device(self.device)
+
+    @property
+    def torch_device(self) -> torch.device:
+        return self._device
+
+    @property
+    def workers(self) -> int:
+        return self.decode_workers or os.cpu_count() or 1

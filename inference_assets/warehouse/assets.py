@@ -1,0 +1,52 @@
+"""Asset: the DuckDB results database, refreshed from every partition's result file."""
+
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster_duckdb import DuckDBResource
+
+from inference_assets.core.warehouse import refresh_warehouse, top_labels
+from inference_assets.images.assets import image_manifest
+from inference_assets.images.resources import StorageResource
+from inference_assets.metadata import markdown_table
+from inference_assets.partitions import IMAGE_SHARDS
+from inference_assets.predictions.assets import predictions
+from inference_assets.predictions.resources import ModelResource
+
+
+def loaded_result_files(storage: StorageResource, model: ModelResource):
+    """The complete per-partition result files of the configured model."""
+    return storage.layout.result_files(model.slug, IMAGE_SHARDS.get_partition_keys())
+
+
+@asset(
+    group_name="warehouse",
+    deps=[image_manifest, predictions],
+    description="DuckDB tables images, predictions and failures, replaced in one transaction from the "
+    "manifest and the per-partition result files of the configured model (single writer).",
+)
+def prediction_results(
+    context: AssetExecutionContext, storage: StorageResource, model: ModelResource, duckdb: DuckDBResource
+) -> MaterializeResult:
+    files = loaded_result_files(storage, model)
+    with duckdb.get_connection() as conn:
+        summary = refresh_warehouse(conn, storage.layout.manifest_path, files)
+        labels = top_labels(conn, limit=10)
+    context.log.info(
+        f"{duckdb.database}: {summary.predictions} predictions, {summary.failures} failures "
+        f"from {summary.partitions_loaded} partition files; {summary.images} images in the manifest"
+    )
+    return MaterializeResult(
+        metadata={
+            "images": summary.images,
+            "predictions": summary.predictions,
+            "failures": summary.failures,
+            "partitions_loaded": summary.partitions_loaded,
+            "model": model.spec.name,
+            "top_labels": markdown_table(("label", "images"), labels),
+            "database": MetadataValue.path(duckdb.database),
+            "sample_query": MetadataValue.md(
+                f"```\nduckdb {duckdb.database} \"select class_label, count(*) from predictions "
+                "group by 1 order by 2 desc\"\n```"
+            ),
+        }
+    )

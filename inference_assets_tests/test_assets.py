@@ -1,0 +1,160 @@
+"""Assets materialized through Dagster, partition by partition (as in project_fully_featured)."""
+
+import shutil
+
+import duckdb
+import pytest
+from dagster import AssetKey, AssetSelection, BackfillPolicy, DagsterInstance, materialize
+from dagster_duckdb import DuckDBResource
+
+from inference_assets.core.manifest import read_manifest
+from inference_assets.core.partitioning import image_id_for, partition_for
+from inference_assets.definitions import ASSET_CHECKS, ASSETS, defs
+from inference_assets.images.resources import StorageResource
+from inference_assets.partitions import IMAGE_SHARDS
+from inference_assets.predictions.resources import DeviceResource, ModelResource
+
+ALL = [*ASSETS, *ASSET_CHECKS]
+
+
+@pytest.fixture
+def resources(image_root, tmp_path):
+    return {
+        "storage": StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")),
+        "model": ModelResource(batch_size=4),
+        "device": DeviceResource(device="cpu", decode_workers=2),
+        "duckdb": DuckDBResource(database=str(tmp_path / "warehouse.duckdb")),
+    }
+
+
+@pytest.fixture
+def instance():
+    with DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+def _metadata(result, asset_name):
+    materialization = result.asset_materializations_for_node(asset_name)[0]
+    return {k: v.value for k, v in materialization.metadata.items()}
+
+
+def _busy_partition(resources) -> tuple[str, int]:
+    manifest = read_manifest(resources["storage"].layout.manifest_path).to_pylist()
+    counts = {}
+    for row in manifest:
+        counts[row["partition"]] = counts.get(row["partition"], 0) + 1
+    return max(counts.items(), key=lambda kv: kv[1])
+
+
+def _with_checks(*names):
+    return AssetSelection.assets(*names) | AssetSelection.checks_for_assets(*names)
+
+
+def test_definitions_load_with_partitions_and_single_run_backfills():
+    assert len(IMAGE_SHARDS.get_partition_keys()) == 16
+    graph = defs.resolve_asset_graph()
+    for name in ("preprocessed_images", "predictions"):
+        node = graph.get(AssetKey(name))
+        assert node.partitions_def == IMAGE_SHARDS
+        assert node.backfill_policy == BackfillPolicy.single_run()
+    assert graph.get(AssetKey("prediction_results")).partitions_def is None
+    check_names = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
+    assert {"every_image_accounted_for", "probabilities_valid", "unique_image_ids"} <= check_names
+
+
+def test_manifest_asset_metadata(resources, instance):
+    result = materialize(ALL, selection=_with_checks("image_manifest"), resources=resources, instance=instance)
+    assert result.success
+    metadata = _metadata(result, "image_manifest")
+    assert metadata["images"] == 6 and metadata["labelled_images"] == 4 and metadata["partitions"] == 16
+    assert metadata["total_bytes"] > 1_000_000
+    assert "| shard-00 |" in metadata["per_partition"]
+    assert all(check.passed for check in result.get_asset_check_evaluations())
+
+
+def test_one_partition_end_to_end_then_results_and_checks(resources, instance, tmp_path):
+    assert materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance).success
+    key, count = _busy_partition(resources)
+    result = materialize(
+        ALL, selection=["preprocessed_images", "predictions"], partition_key=key, resources=resources, instance=instance
+    )
+    assert result.success
+    assert _metadata(result, "preprocessed_images")["decoded"] == count
+    predicted = _metadata(result, "predictions")
+    assert predicted["predicted"] == count and predicted["failed"] == 0
+    assert predicted["device"] == "cpu" and predicted["precision"] == "fp32" and predicted["batch_size"] == 4
+    assert {m.partition for m in result.get_asset_materialization_events() if m.partition} == {key}
+
+    result = materialize(ALL, selection=_with_checks("prediction_results"), resources=resources, instance=instance)
+    assert result.success
+    assert _metadata(result, "prediction_results")["predictions"] == count
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"every_image_accounted_for": True, "probabilities_valid": True, "unique_image_ids": True}
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
+        assert conn.execute("SELECT count(DISTINCT partition) FROM predictions").fetchone()[0] == 1
+
+
+def test_rerunning_a_partition_reuses_unchanged_work_and_force_recomputes(resources, instance):
+    materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
+    key, _ = _busy_partition(resources)
+    selection = ["preprocessed_images", "predictions"]
+    materialize(ALL, selection=selection, partition_key=key, resources=resources, instance=instance)
+    again = materialize(ALL, selection=selection, partition_key=key, resources=resources, instance=instance)
+    assert _metadata(again, "preprocessed_images")["partitions_reused"] == 1
+    assert _metadata(again, "predictions")["partitions_reused"] == 1
+    forced = materialize(
+        ALL,
+        selection=selection,
+        partition_key=key,
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"predictions": {"config": {"force": True}}}},
+    )
+    assert _metadata(forced, "predictions")["partitions_reused"] == 0
+
+
+def test_run_config_overrides_device_settings_like_the_launchpad(resources, instance):
+    materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
+    key, count = _busy_partition(resources)
+    result = materialize(
+        ALL,
+        selection=["preprocessed_images", "predictions"],
+        partition_key=key,
+        resources=resources,
+        instance=instance,
+        run_config={"resources": {"device": {"config": {"precision": "bf16", "channels_last": True}}}},
+    )
+    metadata = _metadata(result, "predictions")
+    assert metadata["precision"] == "bf16" and metadata["channels_last"] is True
+    assert metadata["predicted"] == count
+
+
+def test_check_fails_when_a_partition_is_stale(resources, instance, image_root):
+    materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
+    key, _ = _busy_partition(resources)
+    materialize(ALL, selection=["preprocessed_images", "predictions"], partition_key=key, resources=resources,
+                instance=instance)
+    # a new image lands in that partition; its result file predates it
+    name = next(f"new_{i}.jpg" for i in range(10_000) if partition_for(image_id_for(f"new_{i}.jpg"), 16) == key)
+    shutil.copy(image_root / "espresso" / "coffee.jpg", image_root / name)
+    materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
+    result = materialize(ALL, selection=_with_checks("prediction_results"), resources=resources, instance=instance)
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["every_image_accounted_for"].passed
+    assert checks["every_image_accounted_for"].metadata["images_without_exactly_one_outcome"].value == 1
+
+
+def test_partition_range_in_one_run(resources, instance):
+    materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
+    keys = IMAGE_SHARDS.get_partition_keys()
+    result = materialize(
+        ALL,
+        selection=["preprocessed_images", "predictions"],
+        resources=resources,
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+    )
+    assert result.success
+    metadata = _metadata(result, "predictions")
+    assert metadata["partitions"] == 16 and metadata["predicted"] == 6
+    assert len(instance.get_materialized_partitions(AssetKey("predictions"))) == 16

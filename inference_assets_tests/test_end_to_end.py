@@ -1,0 +1,89 @@
+"""The real command line: `dagster asset materialize` over all partitions, and `make run`'s entry point."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from inference_assets.partitions import IMAGE_SHARDS
+
+from .conftest import KNOWN_TOP1, PROJECT_ROOT
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def env(image_root, tmp_path):
+    return {
+        **os.environ,
+        "INFERENCE_IMAGE_ROOT": str(image_root),
+        "INFERENCE_WORK_DIR": str(tmp_path / "work"),
+        "INFERENCE_DUCKDB_PATH": str(tmp_path / "out" / "warehouse.duckdb"),
+        "INFERENCE_DEVICE": "cpu",
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "PYTHONWARNINGS": "ignore",
+    }
+
+
+def _run(args, env, timeout=600):
+    done = subprocess.run(args, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def _contents(database):
+    with duckdb.connect(database, read_only=True) as conn:
+        return (
+            conn.execute("SELECT * EXCLUDE (predicted_at) FROM predictions ORDER BY image_id").fetchall(),
+            conn.execute("SELECT * FROM failures ORDER BY image_id").fetchall(),
+        )
+
+
+def test_dagster_cli_materializes_every_partition_into_duckdb(env, tmp_path):
+    (tmp_path / "out").mkdir()
+    keys = IMAGE_SHARDS.get_partition_keys()
+    dagster = [str(BIN / "dagster"), "asset", "materialize", "-m", "inference_assets.definitions"]
+    log = _run([*dagster, "--select", "image_manifest"], env)
+    log += _run([*dagster, "--select", "preprocessed_images,predictions", "--partition-range", f"{keys[0]}...{keys[-1]}"], env)
+    log += _run([*dagster, "--select", "prediction_results"], env)
+    for check in ("every_image_accounted_for", "probabilities_valid", "unique_image_ids"):
+        assert f"Asset check '{check}' on 'prediction_results' passed" in log
+
+    database = env["INFERENCE_DUCKDB_PATH"]
+    with duckdb.connect(database, read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM images").fetchone()[0] == 6
+        assert conn.execute("SELECT count(*), count(DISTINCT image_id) FROM predictions").fetchone() == (6, 6)
+        assert conn.execute("SELECT count(*) FROM failures").fetchone()[0] == 0
+        labels = dict(conn.execute("SELECT regexp_replace(uri, '.*/images/', ''), class_label FROM predictions").fetchall())
+        for relative, label in KNOWN_TOP1.items():
+            assert labels[relative] == label
+        model, weights, k = conn.execute("SELECT any_value(model), any_value(weights), max(len(topk_probs)) FROM predictions").fetchone()
+        assert (model, k) == ("tf_efficientnet_lite0", 5) and weights.startswith("bundled:")
+
+    # materializing everything again changes nothing and duplicates nothing
+    before = _contents(database)
+    _run([*dagster, "--select", "preprocessed_images,predictions", "--partition-range", f"{keys[0]}...{keys[-1]}"], env)
+    _run([*dagster, "--select", "prediction_results"], env)
+    assert _contents(database) == before
+
+
+def test_make_run_entry_point_prints_a_summary(env, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "dagster_home").mkdir(exist_ok=True)
+    output = _run([sys.executable, "-m", "inference_assets.run"], env)
+    assert "images seen: 6   predicted: 6   failed: 0" in output
+    assert "top labels:" in output and "espresso (1)" in output
+    assert "checks: 3/3 passed" in output
+    assert Path(env["INFERENCE_DUCKDB_PATH"]).exists()
+
+
+def test_core_imports_no_dagster():
+    code = (
+        "import sys, pkgutil, importlib, inference_assets.core as core\n"
+        "for m in pkgutil.iter_modules(core.__path__): importlib.import_module(f'inference_assets.core.{m.name}')\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_duckdb')], 'core imported dagster'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT_ROOT)
