@@ -17,6 +17,7 @@ import time
 import duckdb
 from dagster import AssetSelection, DagsterInstance, materialize
 
+from inference_assets.core.errors import ConfigError
 from inference_assets.core.warehouse import top_labels
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
 from inference_assets.partitions import IMAGE_SHARDS
@@ -31,6 +32,18 @@ def _instance() -> DagsterInstance:
 
 def _with_checks(*asset_names: str) -> AssetSelection:
     return AssetSelection.assets(*asset_names) | AssetSelection.checks_for_assets(*asset_names)
+
+
+def _configuration_error(result) -> str | None:
+    """The one-line message of a ConfigError behind a failed step, if that is what failed."""
+    names = {cls.__name__ for cls in (ConfigError, *ConfigError.__subclasses__())}
+    for event in result.all_events:  # step failures and resource-initialization failures alike
+        error = getattr(event.event_specific_data, "error", None)
+        while error is not None:
+            if error.cls_name in names:
+                return error.message.split(": ", 1)[-1].strip()
+            error = error.cause or error.context
+    return None
 
 
 def run_pipeline(log_level: str = "INFO") -> dict:
@@ -63,7 +76,8 @@ def run_pipeline(log_level: str = "INFO") -> dict:
             )
             timings[title] = time.perf_counter() - start
             if not result.success:
-                raise SystemExit(f"step '{title}' failed (run {result.run_id}); see the log above")
+                reason = _configuration_error(result) or "see the log above"
+                raise SystemExit(f"step '{title}' failed (run {result.run_id}): {reason}")
             checks = result.get_asset_check_evaluations()
             failed_checks = [c.check_name for c in checks if not c.passed]
             if checks:

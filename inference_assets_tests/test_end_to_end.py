@@ -80,6 +80,18 @@ def test_make_run_entry_point_prints_a_summary(env, tmp_path):
     assert Path(env["INFERENCE_DUCKDB_PATH"]).exists()
 
 
+def test_make_run_stops_early_with_one_line_naming_the_bad_weights(env, tmp_path):
+    env = {**env, "INFERENCE_WEIGHTS": str(tmp_path / "missing.pth")}
+    done = subprocess.run(
+        [sys.executable, "-m", "inference_assets.run"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert "preprocess + predict" in last_line
+    assert f"weights file '{tmp_path / 'missing.pth'}' for model 'tf_efficientnet_lite0' not found" in last_line
+    assert not (tmp_path / "work" / "preprocessed").exists()  # failed before decoding anything
+
+
 def test_core_imports_no_dagster():
     code = (
         "import sys, pkgutil, importlib, inference_assets.core as core\n"

@@ -56,6 +56,7 @@ def test_missing_weights_file_and_unknown_model_are_one_line_errors(tmp_path):
         load_classifier(ModelSpec("no_such_net", "bundled"))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_code_in_a_weights_file_is_not_executed(tmp_path):
     marker = tmp_path / "pwned"
 

@@ -119,12 +119,18 @@ def resolve_preprocessing(spec: ModelSpec) -> Preprocessing:
 
 
 def check_weights_available(spec: ModelSpec) -> None:
-    """Fail fast, before any work, when a weights file or package is missing."""
+    """Fail fast, before any work, when weights cannot be had.
+
+    Local and bundled files must exist; torchvision weights must be in torch's hub cache or
+    downloadable now (they are fetched into the cache here, once).
+    """
     kind = spec.weights_kind
     if kind == "bundled":
         _bundled_weights_path(spec)
     elif kind == "file":
         _local_weights_path(spec)
+    elif kind == "torchvision" and spec.library == "torchvision":
+        _torchvision_cached_file(spec, _torchvision_weights(spec))
 
 
 def load_classifier(spec: ModelSpec, device: torch.device | str = "cpu") -> Classifier:
