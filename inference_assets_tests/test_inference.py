@@ -59,8 +59,8 @@ def test_known_photos_are_predicted_as_themselves(shard, classifier, tmp_path):
 
 def test_batch_size_does_not_change_results(shard, classifier):
     rows = shard.ok_rows
-    one = list(classify(classifier, shard.pixels, rows, InferenceSettings(CPU, batch_size=1)))
-    many = list(classify(classifier, shard.pixels, rows, InferenceSettings(CPU, batch_size=64)))
+    one = list(classify(classifier, shard, rows, InferenceSettings(CPU, batch_size=1)))
+    many = list(classify(classifier, shard, rows, InferenceSettings(CPU, batch_size=64)))
     assert np.concatenate([b[0] for b in one]).tolist() == rows.tolist()
     assert np.array_equal(np.concatenate([b[2] for b in one]), np.concatenate([b[2] for b in many]))
     assert np.allclose(np.concatenate([b[1] for b in one]), np.concatenate([b[1] for b in many]), atol=1e-5)
@@ -68,21 +68,22 @@ def test_batch_size_does_not_change_results(shard, classifier):
 
 def test_non_contiguous_rows_and_channels_last(shard, classifier):
     rows = shard.ok_rows[::2]
-    plain = list(classify(classifier, shard.pixels, rows, InferenceSettings(CPU, batch_size=8)))
-    cl = list(classify(classifier, shard.pixels, rows, InferenceSettings(CPU, batch_size=8, channels_last=True)))
+    plain = list(classify(classifier, shard, rows, InferenceSettings(CPU, batch_size=8)))
+    cl = list(classify(classifier, shard, rows, InferenceSettings(CPU, batch_size=8, channels_last=True)))
     assert plain[0][0].tolist() == rows.tolist()
     assert np.array_equal(plain[0][2][:, 0], cl[0][2][:, 0])
     assert np.allclose(plain[0][1], cl[0][1], atol=1e-4)
 
 
-def test_bf16_autocast_runs_and_keeps_confident_top1(shard, classifier):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_runs_and_keeps_confident_top1(shard, classifier, precision):
     rows = shard.ok_rows
-    fp32 = list(classify(classifier, shard.pixels, rows, InferenceSettings(CPU)))[0]
-    bf16 = list(classify(classifier, shard.pixels, rows, InferenceSettings(CPU, precision="bf16")))[0]
+    fp32 = list(classify(classifier, shard, rows, InferenceSettings(CPU)))[0]
+    low = list(classify(classifier, shard, rows, InferenceSettings(CPU, precision=precision)))[0]
     confident = fp32[1][:, 0] > 0.9
     assert confident.sum() >= 2
-    assert np.array_equal(fp32[2][confident, 0], bf16[2][confident, 0])
-    assert np.all((bf16[1] >= 0) & (bf16[1] <= 1))
+    assert np.array_equal(fp32[2][confident, 0], low[2][confident, 0])
+    assert np.all((low[1] >= 0) & (low[1] <= 1))
 
 
 def test_decode_failures_become_failure_rows(image_root, tmp_path, classifier):
@@ -95,3 +96,17 @@ def test_decode_failures_become_failure_rows(image_root, tmp_path, classifier):
     failed = [r for r in read_results(out).to_pylist() if r["status"] == "failed"]
     assert failed[0]["uri"].endswith("empty.jpg") and failed[0]["stage"] == "decode" and failed[0]["error"]
     assert failed[0]["class_label"] is None
+
+
+def test_batches_skip_failed_rows_between_good_ones(image_root, tmp_path, classifier):
+    for i in range(3):
+        (image_root / f"broken_{i}.jpg").write_bytes(b"\x89PNG garbage")
+    build_manifest(image_root, tmp_path / "m.parquet", num_partitions=1)
+    write_pixel_shard(read_manifest(tmp_path / "m.parquet"), classifier.preprocessing, tmp_path / "px", "s", 2)
+    shard = read_pixel_shard(tmp_path / "px", "s")
+    rows = shard.ok_rows
+    assert len(rows) == 6 and rows[-1] - rows[0] + 1 > len(rows)  # failed rows sit among the good ones
+    batched = list(classify(classifier, shard, rows, InferenceSettings(CPU, batch_size=4)))
+    single = [next(classify(classifier, shard, np.array([r]), InferenceSettings(CPU))) for r in rows]
+    assert np.concatenate([b[0] for b in batched]).tolist() == rows.tolist()
+    assert np.array_equal(np.concatenate([b[2] for b in batched]), np.concatenate([s[2] for s in single]))

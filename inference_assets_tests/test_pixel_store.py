@@ -74,3 +74,11 @@ def test_a_partially_written_pixels_file_is_never_read(manifest, tmp_path):
     assert shard.pixels.shape[0] == 7
     with pytest.raises(FileNotFoundError, match="materialize preprocessed_images"):
         read_pixel_shard(tmp_path / "px", "shard-09")
+
+
+def test_read_rows_returns_the_stored_rows(manifest, tmp_path):
+    preprocessing = resolve_preprocessing(ModelSpec())
+    write_pixel_shard(manifest, preprocessing, tmp_path / "px", "shard-00", workers=2)
+    shard = read_pixel_shard(tmp_path / "px", "shard-00")
+    assert np.array_equal(shard.read_rows(2, 5), shard.pixels[2:5])
+    assert shard.read_rows(0, 0).shape == (0, 3, 224, 224)

@@ -1,7 +1,7 @@
 """Streaming stored uint8 pixels through a classifier, batch by batch, into a result file.
 
-Per batch: read rows from the memory-mapped shard (on a prefetch thread, pinned when the
-device is CUDA), copy to the device without blocking, normalize there, run the forward pass
+Per batch: read rows from the stored shard (on a prefetch thread, pinned when the device is
+CUDA), copy to the device without blocking, normalize there, run the forward pass
 under autocast for ``bf16``/``fp16``, softmax in fp32, keep the top-k.
 Memory is bounded by the batch size and the prefetch depth, not by the partition size.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .devices import autocast_dtype
+from .devices import autocast_dtype, default_batch_size
 from .models import Classifier
 from .parallel import prefetch
 from .pixel_store import STATUS_FAILED, PixelShard
@@ -29,8 +29,12 @@ class InferenceSettings:
     device: torch.device
     precision: str = "fp32"
     channels_last: bool = False
-    batch_size: int = 64
+    batch_size: int = 0  # 0: automatic for the device (see devices.default_batch_size)
     top_k: int = 5
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size or default_batch_size(self.device)
 
 
 def prediction_inputs(shard_inputs: str, model: str, weights_id: str, settings: InferenceSettings) -> str:
@@ -51,22 +55,20 @@ class ShardPredictionSummary:
         return self.predicted / self.seconds if self.seconds > 0 else 0.0
 
 
-def _batches(pixels: np.ndarray, rows: np.ndarray, batch_size: int, pin: bool) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+def _batches(shard: PixelShard, rows: np.ndarray, batch_size: int, pin: bool) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     for start in range(0, len(rows), batch_size):
         batch_rows = rows[start : start + batch_size]
-        first, last = int(batch_rows[0]), int(batch_rows[-1])
-        if last - first + 1 == len(batch_rows):  # contiguous: one copy out of the memory map
-            array = np.array(pixels[first : last + 1])
-        else:
-            array = pixels[batch_rows]  # fancy indexing copies
-        tensor = torch.from_numpy(array)
+        # one positional read per run of consecutive rows (rows of failed images are skipped)
+        runs = np.split(batch_rows, np.flatnonzero(np.diff(batch_rows) != 1) + 1)
+        parts = [shard.read_rows(int(run[0]), int(run[-1]) + 1) for run in runs]
+        tensor = torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
         yield batch_rows, (tensor.pin_memory() if pin else tensor)
 
 
 def classify(
-    classifier: Classifier, pixels: np.ndarray, rows: np.ndarray, settings: InferenceSettings
+    classifier: Classifier, shard: PixelShard, rows: np.ndarray, settings: InferenceSettings
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(rows, top_probs, top_indices)`` per batch for the given rows of ``pixels``."""
+    """Yield ``(rows, top_probs, top_indices)`` per batch for the given (ascending) rows of the shard."""
     if len(rows) == 0:
         return
     device = settings.device
@@ -76,7 +78,7 @@ def classify(
         module = module.to(memory_format=torch.channels_last)
     k = min(settings.top_k, len(classifier.labels))
     pin = device.type == "cuda"
-    for batch_rows, batch in prefetch(_batches(pixels, rows, settings.batch_size, pin)):
+    for batch_rows, batch in prefetch(_batches(shard, rows, settings.effective_batch_size, pin)):
         with torch.inference_mode():
             x = classifier.preprocessing.normalize(batch.to(device, non_blocking=pin))
             if settings.channels_last:
@@ -116,7 +118,7 @@ def predict_shard(
             stage="decode",
             errors=[errors[i] for i in failed_rows],
         )
-        for rows, probs, indices in classify(classifier, shard.pixels, shard.ok_rows, settings):
+        for rows, probs, indices in classify(classifier, shard, shard.ok_rows, settings):
             picked = rows.tolist()
             writer.write_predictions(
                 [image_ids[i] for i in picked],

@@ -7,8 +7,9 @@ Layout for partition ``P`` under a shard folder::
 
 The index is written last, atomically, and names its pixels file, so a killed run
 leaves the previous complete pair in place; nothing half-written is ever read.
-Pixels are decoded on a thread pool and written row by row into the memory map, so a
-partition is never held in RAM.
+Pixels are decoded on a thread pool and appended row by row with plain file writes, and
+read back in batches with positional reads, so neither a partition's pixels nor its mapped
+pages accumulate in the process's memory.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ STATUS_FAILED = "failed"
 
 @dataclass
 class PixelShard:
-    """A stored partition: its index table and its memory-mapped pixels."""
+    """A stored partition: its index table and its pixels file."""
 
     index: pa.Table
-    pixels: np.ndarray  # read-only memmap (N, 3, H, W) uint8
+    path: Path  # the .npy file
+    offset: int  # where row 0 starts in it
+    shape: tuple[int, int, int, int]  # (N, 3, H, W)
     preprocessing: str  # fingerprint it was made with
     inputs: str  # inputs fingerprint (images + preprocessing)
 
@@ -59,6 +62,23 @@ class PixelShard:
     def ok_rows(self) -> np.ndarray:
         status = self.index.column("status").to_numpy(zero_copy_only=False)
         return np.flatnonzero(status == STATUS_OK)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """A read-only memory map of all rows, for random access."""
+        return np.load(self.path, mmap_mode="r")
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a fresh array, read with one positional read (no mapping kept)."""
+        row_bytes = int(np.prod(self.shape[1:]))
+        out = np.empty((stop - start, *self.shape[1:]), dtype=np.uint8)
+        if out.size == 0:
+            return out
+        with open(self.path, "rb", buffering=0) as fh:
+            fh.seek(self.offset + start * row_bytes)
+            if fh.readinto(memoryview(out).cast("B")) != out.nbytes:
+                raise ValueError(f"pixels file {str(self.path)!r} is shorter than its index says")
+        return out
 
 
 @dataclass
@@ -120,21 +140,20 @@ def write_pixel_shard(
     pixels_path = shard_dir / f"{partition}.{uuid.uuid4().hex[:12]}.npy"
     tmp_pixels = temporary_sibling(pixels_path)
     statuses, errors = [], []
+    blank = bytes(3 * height * width)
+    header = {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": (count, 3, height, width)}
     try:
-        pixels = np.lib.format.open_memmap(tmp_pixels, mode="w+", dtype=np.uint8, shape=(count, 3, height, width))
-        results = bounded_map(lambda uri: _prepare(preprocessing, uri), uris, workers)
-        for row, (array, error) in enumerate(results):
-            if array is not None and array.shape != (3, height, width):
-                array, error = None, f"ValueError: preprocessed shape {array.shape} != (3, {height}, {width})"
-            if array is None:
-                statuses.append(STATUS_FAILED)
-                errors.append(error)
-            else:
-                pixels[row] = array
-                statuses.append(STATUS_OK)
-                errors.append(None)
-        pixels.flush()
-        del pixels
+        with open(tmp_pixels, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, header)
+            results = bounded_map(lambda uri: _prepare(preprocessing, uri), uris, workers)
+            for array, error in results:
+                if array is not None and array.shape != (3, height, width):
+                    array, error = None, f"ValueError: preprocessed shape {array.shape} != (3, {height}, {width})"
+                fh.write(blank if array is None else np.ascontiguousarray(array).data)
+                statuses.append(STATUS_FAILED if array is None else STATUS_OK)
+                errors.append(error if array is None else None)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp_pixels, pixels_path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -191,4 +210,11 @@ def read_pixel_shard(shard_dir: Path, partition: str) -> PixelShard:
     pixels = np.load(shard_dir / meta["pixels_file"], mmap_mode="r")
     if list(pixels.shape) != json.loads(meta["shape"]) or pixels.shape[0] != index.num_rows:
         raise ValueError(f"pixels file for partition {partition!r} does not match its index; re-run preprocessing")
-    return PixelShard(index=index, pixels=pixels, preprocessing=meta["preprocessing"], inputs=meta["inputs"])
+    return PixelShard(
+        index=index,
+        path=shard_dir / meta["pixels_file"],
+        offset=pixels.offset,
+        shape=tuple(pixels.shape),
+        preprocessing=meta["preprocessing"],
+        inputs=meta["inputs"],
+    )

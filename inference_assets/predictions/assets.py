@@ -84,7 +84,7 @@ def predictions(
             "device": str(settings.device),
             "precision": settings.precision,
             "channels_last": settings.channels_last,
-            "batch_size": settings.batch_size,
+            "batch_size": settings.effective_batch_size,
             "top_k": settings.top_k,
             "top_labels": markdown_table(("label", "images"), labels.most_common(10)),
             "path": MetadataValue.path(str(layout.results_dir(model.slug))),

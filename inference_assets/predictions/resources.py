@@ -39,7 +39,9 @@ class ModelResource(ConfigurableResource):
         description="'bundled' (EfficientNet-Lite0 ImageNet weights shipped as a package), a torchvision "
         "weights name such as IMAGENET1K_V1, 'pretrained' (timm hub), or a local .pth file path.",
     )
-    batch_size: int = Field(default=64, gt=0, description="Images per forward pass.")
+    batch_size: int = Field(
+        default=0, ge=0, description="Images per forward pass; 0 = automatic (8 on CPU, 256 on CUDA)."
+    )
     top_k: int = Field(default=5, gt=0, description="How many classes to keep per image.")
 
     _spec: ModelSpec = PrivateAttr()
