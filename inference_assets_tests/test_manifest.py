@@ -4,7 +4,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.manifest import build_manifest, file_sha256, read_manifest
+from inference_assets.core.hashing import file_sha256
+from inference_assets.core.manifest import build_manifest, read_manifest
 from inference_assets.core.partitioning import image_id_for, partition_for
 
 
@@ -28,7 +29,7 @@ def test_manifest_lists_every_image_with_ids_hashes_labels_and_partitions(image_
     assert coffee["partition"] == partition_for(coffee["image_id"], 4)
     assert coffee["uri"] == str(image_root / "espresso" / "coffee.jpg")
     assert coffee["size_bytes"] == (image_root / "espresso" / "coffee.jpg").stat().st_size
-    assert coffee["content_hash"] == file_sha256(image_root / "espresso" / "coffee.jpg")
+    assert coffee["content_hash"] == "sha256:" + file_sha256(image_root / "espresso" / "coffee.jpg")
     assert summary.images == 6 and summary.hashed == 6
     assert summary.total_bytes == sum(r["size_bytes"] for r in rows.values())
     assert sum(summary.per_partition.values()) == 6
@@ -57,7 +58,7 @@ def test_unchanged_files_reuse_their_hash_and_changed_files_are_rehashed(image_r
     second = build_manifest(image_root, out, 4)
     assert second.hash_reused == 5 and second.hashed == 1
     row = [r for r in read_manifest(out).to_pylist() if r["relative_path"] == "espresso/coffee.jpg"][0]
-    assert row["content_hash"] == file_sha256(coffee)
+    assert row["content_hash"] == "sha256:" + file_sha256(coffee)
 
 
 def test_manifest_is_written_atomically(image_root, tmp_path):

@@ -26,7 +26,8 @@ def test_local_weights_file_is_loaded(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.module(x), source(x))
     assert loaded.weights_id.startswith("file:resnet18.pth@")
-    assert model_slug(ModelSpec("resnet18", str(path))).startswith("resnet18-")
+    spec = ModelSpec("resnet18", str(path))
+    assert model_slug(spec, weights_id(spec)).startswith("resnet18-")
 
 
 def test_torchvision_architecture_with_local_weights(tmp_path):

@@ -13,4 +13,5 @@ Modules, one concept each:
 - ``results``: the per-partition prediction/failure Parquet files.
 - ``warehouse``: refreshing the DuckDB tables from those files.
 - ``layout``: where each artifact lives under the work directory.
+- ``hashing``: file content hashes.
 """

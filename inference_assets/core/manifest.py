@@ -8,7 +8,6 @@ under the root) and ``partition`` (the shard key, see :mod:`partitioning`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_output
 from .errors import ConfigError
+from .hashing import file_sha256
 from .partitioning import image_id_for, partition_for
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -80,14 +80,6 @@ def check_source_root(root: Path) -> Path:
     return root.resolve()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
-
-
 def _previous_hashes(previous: Path | None) -> dict[str, tuple[int, int, str]]:
     """relative_path -> (size, mtime_ns, content_hash) from an earlier manifest, if any."""
     if previous is None or not previous.exists():
@@ -133,7 +125,7 @@ def _manifest_row(root: Path, path: Path, num_partitions: int, known: dict, summ
         content_hash = previous[2]
         summary.hash_reused += 1
     else:
-        content_hash = file_sha256(path)
+        content_hash = f"sha256:{file_sha256(path)}"
         summary.hashed += 1
     image_id = image_id_for(relative)
     partition = partition_for(image_id, num_partitions)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, WeightsUnavailableError
+from .hashing import file_sha256
 from .preprocessing import Preprocessing, from_timm_config, from_torchvision_transform
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
@@ -99,15 +100,15 @@ def weights_id(spec: ModelSpec) -> str:
         return f"bundled:{_bundled_weights_path(spec).name}"
     if kind == "file":
         path = _local_weights_path(spec)
-        return f"file:{path.name}@{_file_digest(path)}"
+        return f"file:{path.name}@{file_sha256(path)[:12]}"
     if kind == "pretrained":
         return f"timm:{_timm_pretrained_cfg(spec.arch).get('hf_hub_id') or spec.arch}"
     return f"torchvision:{_torchvision_weights(spec)}"
 
 
-def model_slug(spec: ModelSpec) -> str:
-    """A short folder-safe id of model + weights, naming the per-model results folder."""
-    digest = hashlib.sha1(f"{spec.name}|{weights_id(spec)}".encode()).hexdigest()[:10]
+def model_slug(spec: ModelSpec, weights: str) -> str:
+    """A short folder-safe id of model + weights (a ``weights_id``), naming the per-model results folder."""
+    digest = hashlib.sha1(f"{spec.name}|{weights}".encode()).hexdigest()[:10]
     return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', spec.arch)}-{digest}"
 
 
@@ -329,11 +330,3 @@ def _num_classes(module: torch.nn.Module) -> int:
         return int(num)
     last = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
     return int(last.out_features)
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]

@@ -8,7 +8,6 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from inference_assets.core.inference import InferenceSettings, predict_shard, prediction_inputs
-from inference_assets.core.models import weights_id
 from inference_assets.core.pixel_store import read_pixel_shard
 from inference_assets.core.results import read_results, stored_inputs_fingerprint
 from inference_assets.images.assets import preprocessed_images
@@ -46,7 +45,7 @@ def predictions(
         batch_size=model.batch_size,
         top_k=model.top_k,
     )
-    weights = weights_id(model.spec)
+    weights = model.weights_id
     shard_dir = layout.pixel_dir(model.preprocessing.fingerprint)
     start = time.perf_counter()
     predicted = failed = reused = 0

@@ -18,6 +18,7 @@ from inference_assets.core.models import (
     load_classifier,
     model_slug,
     resolve_preprocessing,
+    weights_id,
 )
 from inference_assets.core.preprocessing import Preprocessing
 
@@ -45,6 +46,7 @@ class ModelResource(ConfigurableResource):
     top_k: int = Field(default=5, gt=0, description="How many classes to keep per image.")
 
     _spec: ModelSpec = PrivateAttr()
+    _weights_id: str = PrivateAttr()
     _preprocessing: Preprocessing | None = PrivateAttr(default=None)
     _classifiers: dict = PrivateAttr(default_factory=dict)
 
@@ -52,6 +54,7 @@ class ModelResource(ConfigurableResource):
         self._spec = ModelSpec(name=self.name, weights=self.weights)
         self._spec.library  # noqa: B018 - raises a one-line ConfigError for an unknown model
         check_weights_available(self._spec)
+        self._weights_id = weights_id(self._spec)  # hashes a local weights file once per step
 
     @property
     def spec(self) -> ModelSpec:
@@ -64,8 +67,14 @@ class ModelResource(ConfigurableResource):
         return self._preprocessing
 
     @property
+    def weights_id(self) -> str:
+        """What exactly the weights are (recorded with every prediction)."""
+        return self._weights_id
+
+    @property
     def slug(self) -> str:
-        return model_slug(self._spec)
+        """Names the folder of this model's per-partition result files."""
+        return model_slug(self._spec, self._weights_id)
 
     def load(self, device: torch.device) -> Classifier:
         """The classifier on ``device``, loaded on first use in this step."""
