@@ -99,3 +99,8 @@ def test_core_imports_no_dagster():
         "assert not [m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_duckdb')], 'core imported dagster'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT_ROOT)
+
+
+def test_workspace_yaml_loads_the_code_location(env):
+    output = _run([str(BIN / "dagster"), "definitions", "validate", "-w", "workspace.yaml"], env)
+    assert "Validation successful for code location inference_assets" in output
