@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import duckdb
 from dagster import AssetSelection, DagsterInstance, materialize
@@ -103,7 +105,8 @@ def print_summary(database: str, timings: dict[str, float]) -> None:
         print(f"failures:    {n} at {stage}: {error}")
     print(f"time:        {sum(timings.values()):.1f}s (" + ", ".join(f"{k}: {v:.1f}s" for k, v in timings.items()) + ")")
     print(f"results:     {database}")
-    print(f'try:         duckdb {database} "select class_label, count(*) from predictions group by 1 order by 2 desc"')
+    duckdb_cli = shutil.which("duckdb") and "duckdb" or os.path.relpath(Path(sys.executable).parent / "duckdb")
+    print(f'try:         {duckdb_cli} {database} "select class_label, count(*) from predictions group by 1 order by 2 desc"')
 
 
 def main(argv: list[str] | None = None) -> int:
