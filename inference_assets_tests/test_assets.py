@@ -79,7 +79,7 @@ def test_one_partition_end_to_end_then_results_and_checks(resources, instance, t
         ALL, selection=["preprocessed_images", "predictions"], partition_key=key, resources=resources, instance=instance
     )
     assert result.success
-    assert _metadata(result, "preprocessed_images")["decoded"] == count
+    assert _metadata(result, "preprocessed_images")["ok"] == count
     predicted = _metadata(result, "predictions")
     assert predicted["predicted"] == count and predicted["failed"] == 0
     assert predicted["device"] == "cpu" and predicted["precision"] == "fp32" and predicted["batch_size"] == 4
@@ -96,12 +96,15 @@ def test_one_partition_end_to_end_then_results_and_checks(resources, instance, t
 
 def test_rerunning_a_partition_reuses_unchanged_work_and_force_recomputes(resources, instance):
     materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
-    key, _ = _busy_partition(resources)
+    key, count = _busy_partition(resources)
     selection = ["preprocessed_images", "predictions"]
     materialize(ALL, selection=selection, partition_key=key, resources=resources, instance=instance)
     again = materialize(ALL, selection=selection, partition_key=key, resources=resources, instance=instance)
-    assert _metadata(again, "preprocessed_images")["partitions_reused"] == 1
-    assert _metadata(again, "predictions")["partitions_reused"] == 1
+    assert (_metadata(again, "preprocessed_images")["reused"], _metadata(again, "preprocessed_images")["computed"]) == (
+        count,
+        0,
+    )
+    assert (_metadata(again, "predictions")["reused"], _metadata(again, "predictions")["predicted"]) == (count, 0)
     forced = materialize(
         ALL,
         selection=selection,
@@ -110,7 +113,7 @@ def test_rerunning_a_partition_reuses_unchanged_work_and_force_recomputes(resour
         instance=instance,
         run_config={"ops": {"predictions": {"config": {"force": True}}}},
     )
-    assert _metadata(forced, "predictions")["partitions_reused"] == 0
+    assert (_metadata(forced, "predictions")["reused"], _metadata(forced, "predictions")["predicted"]) == (0, count)
 
 
 def test_run_config_overrides_device_settings_like_the_launchpad(resources, instance):

@@ -110,3 +110,26 @@ def test_batches_skip_failed_rows_between_good_ones(image_root, tmp_path, classi
     single = [next(classify(classifier, shard, np.array([r]), InferenceSettings(CPU))) for r in rows]
     assert np.concatenate([b[0] for b in batched]).tolist() == rows.tolist()
     assert np.array_equal(np.concatenate([b[2] for b in batched]), np.concatenate([s[2] for s in single]))
+
+
+def test_predictions_are_reused_per_image_and_redone_when_settings_change(image_root, tmp_path, classifier):
+    build_manifest(image_root, tmp_path / "m.parquet", num_partitions=1)
+    entries = read_manifest(tmp_path / "m.parquet")
+    px, out = tmp_path / "px", tmp_path / "r.parquet"
+    settings = InferenceSettings(CPU)
+    write_pixel_shard(entries.slice(0, 4), classifier.preprocessing, px, "s", 2)
+    first = predict_shard(classifier, read_pixel_shard(px, "s"), settings, out, "s")
+    assert (first.predicted, first.reused) == (4, 0)
+    before = {r["image_id"]: r for r in read_results(out).to_pylist()}
+
+    unchanged = predict_shard(classifier, read_pixel_shard(px, "s"), settings, out, "s")
+    assert (unchanged.predicted, unchanged.reused, unchanged.rewritten) == (0, 4, False)
+
+    write_pixel_shard(entries, classifier.preprocessing, px, "s", 2)  # two new images
+    grown = predict_shard(classifier, read_pixel_shard(px, "s"), settings, out, "s")
+    assert (grown.predicted, grown.reused) == (2, 4)
+    after = {r["image_id"]: r for r in read_results(out).to_pylist()}
+    assert len(after) == 6 and all(after[i] == row for i, row in before.items())  # carried over unchanged
+
+    other_precision = predict_shard(classifier, read_pixel_shard(px, "s"), InferenceSettings(CPU, precision="bf16"), out, "s")
+    assert (other_precision.predicted, other_precision.reused) == (6, 0)

@@ -1,16 +1,11 @@
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from inference_assets.core.manifest import build_manifest, read_manifest
 from inference_assets.core.models import ModelSpec, resolve_preprocessing
-from inference_assets.core.pixel_store import (
-    STATUS_FAILED,
-    STATUS_OK,
-    inputs_fingerprint,
-    read_pixel_shard,
-    stored_inputs_fingerprint,
-    write_pixel_shard,
-)
+from inference_assets.core.pixel_store import STATUS_FAILED, STATUS_OK, read_pixel_shard, write_pixel_shard
 
 
 @pytest.fixture
@@ -49,13 +44,34 @@ def test_rewriting_a_shard_replaces_it_and_leaves_no_stray_files(manifest, tmp_p
     assert read_pixel_shard(tmp_path / "px", "shard-00").pixels.shape[0] == 3
 
 
-def test_inputs_fingerprint_changes_with_content_and_is_stored(manifest, tmp_path):
+def test_rewriting_reuses_unchanged_rows_and_decodes_only_new_changed_and_failed(manifest, image_root, tmp_path):
     preprocessing = resolve_preprocessing(ModelSpec())
-    assert stored_inputs_fingerprint(tmp_path / "px", "shard-00") is None
-    write_pixel_shard(manifest, preprocessing, tmp_path / "px", "shard-00", workers=1)
-    stored = stored_inputs_fingerprint(tmp_path / "px", "shard-00")
-    assert stored == inputs_fingerprint(manifest, preprocessing)
-    assert stored != inputs_fingerprint(manifest.slice(1), preprocessing)
+    first = write_pixel_shard(manifest, preprocessing, tmp_path / "px", "shard-00", workers=2)
+    assert (first.reused, first.decoded, first.rewritten) == (0, 7, True)
+    before = read_pixel_shard(tmp_path / "px", "shard-00")
+    before_pixels = np.array(before.pixels)  # the file is replaced below
+
+    unchanged = write_pixel_shard(manifest.slice(1), preprocessing, tmp_path / "px", "shard-00", workers=2)
+    assert unchanged.rewritten and unchanged.reused + unchanged.decoded == 6
+
+    # same entries as the stored shard, all decoded fine: nothing is written at all
+    ok_only = manifest.filter(pc.invert(pc.ends_with(manifest["uri"], "broken.jpg")))
+    write_pixel_shard(ok_only, preprocessing, tmp_path / "px", "shard-00", workers=2)
+    again = write_pixel_shard(ok_only, preprocessing, tmp_path / "px", "shard-00", workers=2)
+    assert (again.reused, again.decoded, again.rewritten) == (6, 0, False)
+
+    # a changed file (new content hash) is decoded again, the rest reused byte for byte
+    changed = ok_only.set_column(
+        ok_only.schema.get_field_index("content_hash"),
+        "content_hash",
+        pa.array(["sha256:changed"] + ok_only["content_hash"].to_pylist()[1:]),
+    )
+    after = write_pixel_shard(changed, preprocessing, tmp_path / "px", "shard-00", workers=2)
+    assert (after.reused, after.decoded) == (5, 1)
+    shard = read_pixel_shard(tmp_path / "px", "shard-00")
+    old_rows = {r["image_id"]: r["row"] for r in before.index.to_pylist()}
+    for row in shard.index.to_pylist():
+        assert np.array_equal(shard.pixels[row["row"]], before_pixels[old_rows[row["image_id"]]])
 
 
 def test_empty_partition_is_a_valid_empty_shard(manifest, tmp_path):

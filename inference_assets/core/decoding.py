@@ -1,23 +1,64 @@
-"""Image bytes -> an upright RGB Pillow image."""
+"""Image bytes -> an upright RGB Pillow image, or a one-line reason why not.
+
+- The first frame of animated images; EXIF orientation applied.
+- 16-bit and 32-bit grayscale are scaled to 8 bits (Pillow's own ``convert("RGB")`` clips
+  them to white); float images are clipped to [0, 255].
+- Every other mode (L, P with or without transparency, RGBA, LA, CMYK, 1, ...) goes through
+  Pillow's ``convert("RGB")``, exactly as the models' reference pipelines do.
+- Decompression-bomb guard: an image whose width x height exceeds ``max_pixels`` is refused
+  before its pixels are decoded (``None`` disables the guard).
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
+from .local_files import local_path
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file, apply its EXIF orientation, and convert it to RGB.
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's default Image.MAX_IMAGE_PIXELS (about 0.25 GB of RGB)
 
-    Pillow's decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) stays in force.
-    """
-    with Image.open(path) as image:
-        upright = ImageOps.exif_transpose(image)
-        return upright.convert("RGB")
+
+class ImageTooLargeError(ValueError):
+    """The image has more pixels than the configured decompression-bomb limit."""
+
+
+def load_rgb(uri: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image file (a path or a manifest ``uri``) into an upright RGB image."""
+    path = local_path(uri) if isinstance(uri, str) else uri
+    with warnings.catch_warnings():
+        # our own limit below is the guard; Pillow's (2x its own default) stays as a backstop
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", message="Palette images with Transparency")
+        with Image.open(path) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"{width}x{height} = {width * height} pixels exceeds the decompression-bomb limit of "
+                    f"{max_pixels} (raise max_image_pixels to allow it)"
+                )
+            image.seek(0)
+            upright = ImageOps.exif_transpose(image)
+            return to_rgb(upright)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I;16") or image.mode == "I":
+        array = np.asarray(image).astype(np.int64)
+        scaled = np.clip(array, 0, 65535) >> 8
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
 
 
 def describe_error(exc: BaseException) -> str:
     """A one-line reason for a failed image."""
-    message = " ".join(str(exc).split()) or "no message"
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        message = exc.strerror  # e.g. "No such file or directory", without repeating the path
+    else:
+        message = " ".join(str(exc).split()) or "no message"
     return f"{type(exc).__name__}: {message}"[:500]

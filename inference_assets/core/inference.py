@@ -8,20 +8,20 @@ Memory is bounded by the batch size and the prefetch depth, not by the partition
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from .devices import autocast_dtype, default_batch_size
 from .models import Classifier
 from .parallel import prefetch
 from .pixel_store import STATUS_FAILED, PixelShard
-from .results import ResultFileWriter
+from .results import STATUS_PREDICTED, ResultFileWriter, read_reusable
 
 
 @dataclass(frozen=True)
@@ -37,17 +37,13 @@ class InferenceSettings:
         return self.batch_size or default_batch_size(self.device)
 
 
-def prediction_inputs(shard_inputs: str, model: str, weights_id: str, settings: InferenceSettings) -> str:
-    """Identifies what a result file is computed from: pixels, model + weights, precision, top-k."""
-    key = f"{shard_inputs}|{model}|{weights_id}|{settings.precision}|{settings.top_k}"
-    return hashlib.sha256(key.encode()).hexdigest()[:24]
-
-
 @dataclass
 class ShardPredictionSummary:
     images: int
-    predicted: int
+    predicted: int  # computed now
+    reused: int  # predictions carried over unchanged
     failed: int
+    rewritten: bool  # False when the stored result file was already up to date
     seconds: float
 
     @property
@@ -90,16 +86,41 @@ def classify(
 
 
 def predict_shard(
-    classifier: Classifier, shard: PixelShard, settings: InferenceSettings, output: Path, partition: str
+    classifier: Classifier,
+    shard: PixelShard,
+    settings: InferenceSettings,
+    output: Path,
+    partition: str,
+    reuse: bool = True,
 ) -> ShardPredictionSummary:
-    """Predict every decoded image of a shard; record decode failures; write ``output`` atomically."""
+    """Predict the shard's decoded images, record its failures, write ``output`` atomically.
+
+    With ``reuse``, predictions in the existing ``output`` (same model and weights, which name
+    its folder, and same precision and top-k) for images whose content is unchanged are
+    carried over; only the other images go through the model. When nothing changed, the file
+    is left as it is.
+    """
     start = time.perf_counter()
     index = shard.index
-    image_ids = index.column("image_id").to_pylist()
-    uris = index.column("uri").to_pylist()
-    hashes = index.column("content_hash").to_pylist()
-    status = index.column("status").to_pylist()
-    errors = index.column("error").to_pylist()
+    columns = index.select(["image_id", "uri", "content_hash", "status", "stage", "error"]).to_pydict()
+    image_ids, uris, hashes = columns["image_id"], columns["uri"], columns["content_hash"]
+    failed_rows = [i for i, s in enumerate(columns["status"]) if s == STATUS_FAILED]
+    ok_rows = shard.ok_rows
+
+    previous = read_reusable(output, settings.precision, settings.top_k) if reuse else None
+    stored: dict[tuple, int] = {}
+    if previous is not None:
+        prev = previous.select(["image_id", "content_hash", "status"]).to_pydict()
+        stored = {
+            (image_id, content_hash): i
+            for i, (image_id, content_hash, status) in enumerate(zip(*prev.values(), strict=True))
+            if status == STATUS_PREDICTED
+        }
+    reused = [stored[(image_ids[r], hashes[r])] for r in ok_rows if (image_ids[r], hashes[r]) in stored]
+    to_compute = np.array([r for r in ok_rows if (image_ids[r], hashes[r]) not in stored], dtype=np.int64)
+    if previous is not None and len(to_compute) == 0 and not failed_rows and len(reused) == previous.num_rows:
+        return ShardPredictionSummary(len(image_ids), 0, len(reused), 0, False, time.perf_counter() - start)
+
     writer = ResultFileWriter(
         output,
         partition=partition,
@@ -107,18 +128,19 @@ def predict_shard(
         weights=classifier.weights_id,
         device=str(settings.device),
         precision=settings.precision,
-        inputs=prediction_inputs(shard.inputs, classifier.spec.name, classifier.weights_id, settings),
+        top_k=settings.top_k,
     )
     with writer:
-        failed_rows = [i for i, s in enumerate(status) if s == STATUS_FAILED]
         writer.write_failures(
             [image_ids[i] for i in failed_rows],
             [uris[i] for i in failed_rows],
             [hashes[i] for i in failed_rows],
-            stage="decode",
-            errors=[errors[i] for i in failed_rows],
+            stages=[columns["stage"][i] for i in failed_rows],
+            errors=[columns["error"][i] for i in failed_rows],
         )
-        for rows, probs, indices in classify(classifier, shard, shard.ok_rows, settings):
+        if reused:
+            writer.write_rows(previous.take(pa.array(sorted(reused))))
+        for rows, probs, indices in classify(classifier, shard, to_compute, settings):
             picked = rows.tolist()
             writer.write_predictions(
                 [image_ids[i] for i in picked],
@@ -129,5 +151,10 @@ def predict_shard(
                 classifier.labels,
             )
     return ShardPredictionSummary(
-        images=index.num_rows, predicted=writer.predicted, failed=writer.failed, seconds=time.perf_counter() - start
+        images=index.num_rows,
+        predicted=writer.predicted,
+        reused=writer.reused,
+        failed=writer.failed,
+        rewritten=True,
+        seconds=time.perf_counter() - start,
     )

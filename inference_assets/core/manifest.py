@@ -1,16 +1,19 @@
 """The image manifest: one row per image file under a source root, stored as Parquet.
 
 Columns: ``image_id`` (stable, from the relative path), ``relative_path``, ``uri``
-(absolute path), ``size_bytes``, ``modified_at``, ``mtime_ns``, ``content_hash``
-(``sha256:<hex>``), ``label`` (the parent folder's name, or null for images directly
-under the root) and ``partition`` (the shard key, see :mod:`partitioning`).
+(absolute path, see :mod:`local_files`), ``size_bytes``, ``modified_at``, ``mtime_ns``,
+``content_hash`` (``sha256:<hex>``), ``label`` (the parent folder's name, or null for images
+directly under the root), ``partition`` (the shard key, see :mod:`partitioning`) and
+``error`` (why the file cannot be read — a dangling or looping symlink, one leaving the root,
+no permission — in which case size, time and hash are null; the image then gets a failure
+row downstream instead of disappearing).
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +25,8 @@ import pyarrow.parquet as pq
 from .atomic import atomic_output
 from .errors import ConfigError
 from .hashing import file_sha256
-from .partitioning import image_id_for, partition_for
+from .local_files import FoundFile, display, uri_for, walk_images
+from .partitioning import image_id_for_bytes, partition_for
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -37,6 +41,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("content_hash", pa.string()),
         ("label", pa.string()),
         ("partition", pa.string()),
+        ("error", pa.string()),
     ]
 )
 
@@ -51,22 +56,9 @@ class ManifestSummary:
     total_bytes: int = 0
     hashed: int = 0
     hash_reused: int = 0
+    unreadable: int = 0
     per_partition: Counter = field(default_factory=Counter)
     labels: Counter = field(default_factory=Counter)
-
-
-def iter_image_files(root: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> Iterator[Path]:
-    """Image files under ``root``, recursively, in a deterministic order.
-
-    Hidden files and folders (names starting with ``.``) are skipped; symbolic links to
-    folders are not followed.
-    """
-    suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in suffixes:
-                yield Path(dirpath) / name
 
 
 def check_source_root(root: Path) -> Path:
@@ -96,6 +88,7 @@ def build_manifest(
     output: Path,
     num_partitions: int,
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    follow_external_symlinks: bool = False,
 ) -> ManifestSummary:
     """List the images under ``root`` into a Parquet manifest at ``output`` (atomically).
 
@@ -108,44 +101,65 @@ def build_manifest(
     with atomic_output(output) as tmp:
         with pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as writer:
             rows: list[dict] = []
-            for path in iter_image_files(root, extensions):
-                rows.append(_manifest_row(root, path, num_partitions, known, summary))
+            for found in walk_images(root, extensions, follow_external_symlinks):
+                rows.append(_manifest_row(found, num_partitions, known, summary))
                 if len(rows) >= _WRITE_CHUNK:
                     writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
                     rows.clear()
             writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+        if summary.images == 0:  # raised before the rename: an earlier manifest stays in place
+            raise ConfigError(
+                f"no images found under {str(root)!r} (looked for {', '.join(sorted(set(extensions)))}): "
+                "point INFERENCE_IMAGE_ROOT at a folder that holds images, or widen the extensions"
+            )
     return summary
 
 
-def _manifest_row(root: Path, path: Path, num_partitions: int, known: dict, summary: ManifestSummary) -> dict:
-    stat = path.stat()
-    relative = path.relative_to(root).as_posix()
-    previous = known.get(relative)
-    if previous and previous[0] == stat.st_size and previous[1] == stat.st_mtime_ns:
-        content_hash = previous[2]
-        summary.hash_reused += 1
-    else:
-        content_hash = f"sha256:{file_sha256(path)}"
-        summary.hashed += 1
-    image_id = image_id_for(relative)
+def _manifest_row(found: FoundFile, num_partitions: int, known: dict, summary: ManifestSummary) -> dict:
+    relative = display(found.relative)
+    image_id = image_id_for_bytes(found.relative)
     partition = partition_for(image_id, num_partitions)
-    label = path.parent.name if path.parent != root else None
+    parent = found.relative.rpartition(b"/")[0].rpartition(b"/")[2]
+    label = display(parent) if parent else None
+    row = {
+        "image_id": image_id,
+        "relative_path": relative,
+        "uri": uri_for(found.path),
+        "size_bytes": None,
+        "modified_at": None,
+        "mtime_ns": None,
+        "content_hash": None,
+        "label": label,
+        "partition": partition,
+        "error": found.error,
+    }
     summary.images += 1
-    summary.total_bytes += stat.st_size
     summary.per_partition[partition] += 1
     if label is not None:
         summary.labels[label] += 1
-    return {
-        "image_id": image_id,
-        "relative_path": relative,
-        "uri": str(path),
-        "size_bytes": stat.st_size,
-        "modified_at": datetime.fromtimestamp(stat.st_mtime_ns / 1e9, tz=timezone.utc),
-        "mtime_ns": stat.st_mtime_ns,
-        "content_hash": content_hash,
-        "label": label,
-        "partition": partition,
-    }
+    if found.error is None:
+        try:
+            stat = os.stat(found.path)
+            previous = known.get(relative)
+            if previous and previous[0] == stat.st_size and previous[1] == stat.st_mtime_ns and previous[2]:
+                content_hash = previous[2]
+                summary.hash_reused += 1
+            else:
+                content_hash = f"sha256:{file_sha256(found.path)}"
+                summary.hashed += 1
+        except OSError as exc:
+            row["error"] = f"cannot read: {exc.strerror or exc}"
+        else:
+            row.update(
+                size_bytes=stat.st_size,
+                modified_at=datetime.fromtimestamp(stat.st_mtime_ns / 1e9, tz=timezone.utc),
+                mtime_ns=stat.st_mtime_ns,
+                content_hash=content_hash,
+            )
+            summary.total_bytes += stat.st_size
+    if row["error"] is not None:
+        summary.unreadable += 1
+    return row
 
 
 def read_manifest(path: Path, partition: str | None = None) -> pa.Table:

@@ -21,7 +21,12 @@ def partition_keys(num_partitions: int) -> list[str]:
 
 def image_id_for(relative_path: str) -> str:
     """A stable id for an image, derived from its path relative to the source root."""
-    return hashlib.sha1(relative_path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return image_id_for_bytes(relative_path.encode("utf-8", "surrogateescape"))
+
+
+def image_id_for_bytes(relative_path: bytes) -> str:
+    """The same id from the path's exact bytes (for names that are not valid UTF-8)."""
+    return hashlib.sha1(relative_path).hexdigest()[:16]
 
 
 def partition_for(image_id: str, num_partitions: int) -> str:

@@ -2,20 +2,23 @@
 
 Layout for partition ``P`` under a shard folder::
 
-    P.<token>.npy   memory-mappable pixels, row i = index row i (zeros where decoding failed)
-    P.parquet       index: row, image_id, uri, content_hash, status ('ok'|'failed'), error
+    P.<token>.npy   memory-mappable pixels, row i = index row i (zeros where an image failed)
+    P.parquet       index: row, image_id, uri, content_hash, status ('ok'|'failed'), stage, error
 
 The index is written last, atomically, and names its pixels file, so a killed run
 leaves the previous complete pair in place; nothing half-written is ever read.
 Pixels are decoded on a thread pool and appended row by row with plain file writes, and
 read back in batches with positional reads, so neither a partition's pixels nor its mapped
 pages accumulate in the process's memory.
+
+Re-writing a partition reuses the stored row of every image whose id, location and content
+hash are unchanged (and that decoded before); only new, changed and previously failed images
+are decoded. When nothing changed, the stored pair is kept as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -28,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_output, temporary_sibling
-from .decoding import describe_error, load_rgb
+from .decoding import DEFAULT_MAX_PIXELS, describe_error, load_rgb
 from .parallel import bounded_map
 from .preprocessing import Preprocessing
 
@@ -39,12 +42,15 @@ INDEX_SCHEMA = pa.schema(
         ("uri", pa.string()),
         ("content_hash", pa.string()),
         ("status", pa.string()),
+        ("stage", pa.string()),  # where a failed image failed: 'read' or 'decode'
         ("error", pa.string()),
     ]
 )
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+STAGE_READ = "read"
+STAGE_DECODE = "decode"
 
 
 @dataclass
@@ -56,7 +62,6 @@ class PixelShard:
     offset: int  # where row 0 starts in it
     shape: tuple[int, int, int, int]  # (N, 3, H, W)
     preprocessing: str  # fingerprint it was made with
-    inputs: str  # inputs fingerprint (images + preprocessing)
 
     @property
     def ok_rows(self) -> np.ndarray:
@@ -86,6 +91,9 @@ class ShardWriteSummary:
     images: int
     ok: int
     failed: int
+    reused: int  # images whose stored pixels were kept
+    decoded: int  # images decoded in this call (ok or failed)
+    rewritten: bool  # False when the stored shard was already up to date
     seconds: float
     bytes_written: int
 
@@ -94,34 +102,29 @@ def index_path(shard_dir: Path, partition: str) -> Path:
     return shard_dir / f"{partition}.parquet"
 
 
-def inputs_fingerprint(entries: pa.Table, preprocessing: Preprocessing) -> str:
-    """Identifies what a shard is made from: its images (id, path, content) and the preprocessing."""
-    digest = hashlib.sha256(preprocessing.fingerprint.encode())
-    for image_id, uri, content_hash in zip(
-        entries.column("image_id").to_pylist(),
-        entries.column("uri").to_pylist(),
-        entries.column("content_hash").to_pylist(),
-        strict=True,
-    ):
-        digest.update(f"\n{image_id}|{uri}|{content_hash}".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()[:24]
-
-
-def stored_inputs_fingerprint(shard_dir: Path, partition: str) -> str | None:
-    """The inputs fingerprint of the complete stored shard, or None when there is none."""
-    path = index_path(shard_dir, partition)
-    if not path.exists():
-        return None
-    metadata = pq.read_schema(path).metadata or {}
-    value = metadata.get(b"inputs")
-    return value.decode() if value else None
-
-
-def _prepare(preprocessing: Preprocessing, uri: str) -> tuple[np.ndarray | None, str | None]:
+def _prepare(
+    preprocessing: Preprocessing, uri: str, listing_error: str | None, max_pixels: int | None
+) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(pixels, None, None) or (None, stage, reason): one bad image never fails a partition."""
+    if listing_error is not None:
+        return None, STAGE_READ, listing_error
     try:
-        return preprocessing.resize_crop(load_rgb(uri)), None
-    except Exception as exc:  # one bad image never fails a partition
-        return None, describe_error(exc)
+        return preprocessing.resize_crop(load_rgb(uri, max_pixels)), None, None
+    except Exception as exc:
+        stage = STAGE_READ if isinstance(exc, OSError) and exc.filename is not None else STAGE_DECODE
+        return None, stage, describe_error(exc)
+
+
+def _reusable_rows(previous: PixelShard | None) -> dict[tuple, int]:
+    """(image_id, uri, content_hash) -> stored row, for the images that decoded before."""
+    if previous is None:
+        return {}
+    columns = previous.index.select(["row", "image_id", "uri", "content_hash", "status"]).to_pydict()
+    return {
+        (image_id, uri, content_hash): row
+        for row, image_id, uri, content_hash, status in zip(*columns.values(), strict=True)
+        if status == STATUS_OK and content_hash is not None
+    }
 
 
 def write_pixel_shard(
@@ -130,28 +133,51 @@ def write_pixel_shard(
     shard_dir: Path,
     partition: str,
     workers: int,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    reuse: bool = True,
 ) -> ShardWriteSummary:
     """Decode and resize/crop the manifest ``entries`` of one partition into the shard folder."""
     start = time.perf_counter()
     shard_dir.mkdir(parents=True, exist_ok=True)
     height, width = preprocessing.input_size
     count = entries.num_rows
-    uris = entries.column("uri").to_pylist()
+    keys = list(
+        zip(
+            entries.column("image_id").to_pylist(),
+            entries.column("uri").to_pylist(),
+            entries.column("content_hash").to_pylist(),
+            strict=True,
+        )
+    )
+    listing_errors = entries.column("error").to_pylist() if "error" in entries.column_names else [None] * count
+    previous = _read_if_complete(shard_dir, partition) if reuse else None
+    reusable = _reusable_rows(previous)
+    plan = [reusable.get(key) for key in keys]
+    if previous is not None and previous.shape[0] == count and plan == list(range(count)):
+        return ShardWriteSummary(count, count, 0, count, 0, False, time.perf_counter() - start, 0)
+
+    def produce(item):
+        (_, uri, _), listing_error, stored_row = item
+        if stored_row is not None:
+            return previous.read_rows(stored_row, stored_row + 1)[0], None, None
+        return _prepare(preprocessing, uri, listing_error, max_pixels)
+
     pixels_path = shard_dir / f"{partition}.{uuid.uuid4().hex[:12]}.npy"
     tmp_pixels = temporary_sibling(pixels_path)
-    statuses, errors = [], []
     blank = bytes(3 * height * width)
     header = {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": (count, 3, height, width)}
+    statuses, stages, errors = [], [], []
     try:
         with open(tmp_pixels, "wb") as fh:
             np.lib.format.write_array_header_1_0(fh, header)
-            results = bounded_map(lambda uri: _prepare(preprocessing, uri), uris, workers)
-            for array, error in results:
+            for array, stage, error in bounded_map(produce, zip(keys, listing_errors, plan), workers):
                 if array is not None and array.shape != (3, height, width):
-                    array, error = None, f"ValueError: preprocessed shape {array.shape} != (3, {height}, {width})"
+                    stage, error = STAGE_DECODE, f"ValueError: preprocessed shape {array.shape} != (3, {height}, {width})"
+                    array = None
                 fh.write(blank if array is None else np.ascontiguousarray(array).data)
                 statuses.append(STATUS_FAILED if array is None else STATUS_OK)
-                errors.append(error if array is None else None)
+                stages.append(stage)
+                errors.append(error)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_pixels, pixels_path)
@@ -166,6 +192,7 @@ def write_pixel_shard(
             "uri": entries.column("uri"),
             "content_hash": entries.column("content_hash"),
             "status": pa.array(statuses, pa.string()),
+            "stage": pa.array(stages, pa.string()),
             "error": pa.array(errors, pa.string()),
         },
         schema=INDEX_SCHEMA,
@@ -173,7 +200,6 @@ def write_pixel_shard(
         {
             "pixels_file": pixels_path.name,
             "preprocessing": preprocessing.fingerprint,
-            "inputs": inputs_fingerprint(entries, preprocessing),
             "shape": json.dumps([count, 3, height, width]),
         }
     )
@@ -181,10 +207,14 @@ def write_pixel_shard(
         pq.write_table(index, tmp)
     _remove_stale_pixel_files(shard_dir, partition, keep=pixels_path.name)
     ok = statuses.count(STATUS_OK)
+    reused = sum(row is not None for row in plan)
     return ShardWriteSummary(
         images=count,
         ok=ok,
         failed=count - ok,
+        reused=reused,
+        decoded=count - reused,
+        rewritten=True,
         seconds=time.perf_counter() - start,
         bytes_written=pixels_path.stat().st_size,
     )
@@ -195,6 +225,13 @@ def _remove_stale_pixel_files(shard_dir: Path, partition: str, keep: str) -> Non
         if path.name != keep:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+
+
+def _read_if_complete(shard_dir: Path, partition: str) -> PixelShard | None:
+    try:
+        return read_pixel_shard(shard_dir, partition)
+    except (FileNotFoundError, ValueError, OSError, KeyError):
+        return None  # nothing stored yet, or damaged: everything is decoded again
 
 
 def read_pixel_shard(shard_dir: Path, partition: str) -> PixelShard:
@@ -216,5 +253,4 @@ def read_pixel_shard(shard_dir: Path, partition: str) -> PixelShard:
         offset=pixels.offset,
         shape=tuple(pixels.shape),
         preprocessing=meta["preprocessing"],
-        inputs=meta["inputs"],
     )

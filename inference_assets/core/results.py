@@ -44,11 +44,9 @@ RESULT_SCHEMA = pa.schema(
 class ResultFileWriter:
     """Streams result rows for one partition into a Parquet file that appears only when complete."""
 
-    def __init__(
-        self, path: Path, partition: str, model: str, weights: str, device: str, precision: str, inputs: str
-    ):
+    def __init__(self, path: Path, partition: str, model: str, weights: str, device: str, precision: str, top_k: int):
         self.path = path
-        self._schema = RESULT_SCHEMA.with_metadata({"inputs": inputs})
+        self._schema = RESULT_SCHEMA.with_metadata({"settings": settings_key(precision, top_k)})
         self._constants = {
             "partition": partition,
             "model": model,
@@ -57,7 +55,8 @@ class ResultFileWriter:
             "precision": precision,
         }
         self._atomic = atomic_output(path)
-        self.predicted = 0
+        self.predicted = 0  # computed in this run
+        self.reused = 0  # carried over from the previous file
         self.failed = 0
 
     def __enter__(self) -> ResultFileWriter:
@@ -76,6 +75,12 @@ class ResultFileWriter:
             full[name] = [value] * count
         full["predicted_at"] = [now] * count
         self._writer.write_table(pa.table(full, schema=self._schema))
+
+    def write_rows(self, rows: pa.Table) -> None:
+        """Carry rows over unchanged from an earlier result file (reused predictions)."""
+        if rows.num_rows:
+            self._writer.write_table(rows.cast(self._schema))
+            self.reused += rows.num_rows
 
     def write_predictions(
         self,
@@ -108,7 +113,7 @@ class ResultFileWriter:
         self.predicted += count
 
     def write_failures(
-        self, image_ids: list[str], uris: list[str], content_hashes: list[str], stage: str, errors: list[str]
+        self, image_ids: list[str], uris: list[str], content_hashes: list, stages: list[str], errors: list[str]
     ) -> None:
         count = len(image_ids)
         if count == 0:
@@ -119,7 +124,7 @@ class ResultFileWriter:
                 "uri": uris,
                 "content_hash": content_hashes,
                 "status": [STATUS_FAILED] * count,
-                "stage": [stage] * count,
+                "stage": stages,
                 "error": errors,
             },
             count,
@@ -131,9 +136,19 @@ def read_results(path: Path) -> pa.Table:
     return pq.read_table(path, schema=RESULT_SCHEMA)
 
 
-def stored_inputs_fingerprint(path: Path) -> str | None:
-    """What a complete result file was computed from (see ``prediction_inputs``), or None."""
+def settings_key(precision: str, top_k: int) -> str:
+    """The settings a stored prediction must share with the current run to be reused."""
+    return f"precision={precision};top_k={top_k}"
+
+
+def read_reusable(path: Path, precision: str, top_k: int) -> pa.Table | None:
+    """A complete earlier result file made with the same settings, or None."""
     if not path.exists():
         return None
-    value = (pq.read_schema(path).metadata or {}).get(b"inputs")
-    return value.decode() if value else None
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+        if metadata.get(b"settings", b"").decode() != settings_key(precision, top_k):
+            return None
+        return read_results(path)
+    except (OSError, pa.ArrowException):
+        return None  # damaged: everything is predicted again

@@ -23,11 +23,12 @@ CREATE OR REPLACE TABLE images (
     image_id VARCHAR PRIMARY KEY,
     relative_path VARCHAR NOT NULL,
     uri VARCHAR NOT NULL,
-    size_bytes BIGINT NOT NULL,
+    size_bytes BIGINT,
     modified_at TIMESTAMPTZ,
-    content_hash VARCHAR NOT NULL,
+    content_hash VARCHAR,
     label VARCHAR,
-    partition VARCHAR NOT NULL
+    partition VARCHAR NOT NULL,
+    error VARCHAR
 );
 CREATE OR REPLACE TABLE predictions (
     image_id VARCHAR PRIMARY KEY,
@@ -54,14 +55,14 @@ CREATE OR REPLACE TABLE failures (
     stage VARCHAR NOT NULL,
     error VARCHAR NOT NULL,
     model VARCHAR NOT NULL,
-    content_hash VARCHAR NOT NULL,
+    content_hash VARCHAR,
     failed_at TIMESTAMPTZ
 );
 """
 
 _INSERT_IMAGES = """
 INSERT INTO images
-SELECT image_id, relative_path, uri, size_bytes, modified_at, content_hash, label, partition
+SELECT image_id, relative_path, uri, size_bytes, modified_at, content_hash, label, partition, error
 FROM read_parquet($manifest)
 """
 
@@ -79,7 +80,7 @@ _INSERT_FAILURES = """
 INSERT INTO failures
 SELECT r.image_id, r.uri, r.partition, r.stage, r.error, r.model, r.content_hash, r.predicted_at
 FROM read_parquet($files) r
-JOIN images m ON m.image_id = r.image_id AND m.content_hash = r.content_hash
+JOIN images m ON m.image_id = r.image_id AND m.content_hash IS NOT DISTINCT FROM r.content_hash
 WHERE r.status = 'failed'
 """
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.pixel_store import inputs_fingerprint, stored_inputs_fingerprint, write_pixel_shard
+from inference_assets.core.pixel_store import write_pixel_shard
 from inference_assets.metadata import markdown_table, rate
 from inference_assets.partitions import IMAGE_SHARDS, NUM_PARTITIONS, SINGLE_RUN
 from inference_assets.predictions.resources import DeviceResource, ModelResource
@@ -22,10 +22,12 @@ from .resources import StorageResource
 )
 def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
     path = storage.layout.manifest_path
-    summary = build_manifest(Path(storage.image_root), path, NUM_PARTITIONS, storage.extensions)
+    summary = build_manifest(
+        Path(storage.image_root), path, NUM_PARTITIONS, storage.extensions, storage.follow_external_symlinks
+    )
     context.log.info(
         f"manifest: {summary.images} images, {summary.total_bytes} bytes "
-        f"({summary.hashed} hashed, {summary.hash_reused} unchanged) -> {path}"
+        f"({summary.hashed} hashed, {summary.hash_reused} unchanged, {summary.unreadable} unreadable) -> {path}"
     )
     per_partition = [(key, summary.per_partition.get(key, 0)) for key in IMAGE_SHARDS.get_partition_keys()]
     return MaterializeResult(
@@ -34,6 +36,7 @@ def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> 
             "total_bytes": summary.total_bytes,
             "files_hashed": summary.hashed,
             "hashes_reused": summary.hash_reused,
+            "unreadable": summary.unreadable,
             "labelled_images": sum(summary.labels.values()),
             "distinct_labels": len(summary.labels),
             "partitions": NUM_PARTITIONS,
@@ -44,7 +47,7 @@ def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> 
 
 
 class PreprocessConfig(Config):
-    force: bool = False  # re-decode partitions even when their images and preprocessing are unchanged
+    force: bool = False  # decode every image again, even those whose stored pixels are up to date
 
 
 @asset(
@@ -66,31 +69,32 @@ def preprocessed_images(
     preprocessing = model.preprocessing
     shard_dir = layout.pixel_dir(preprocessing.fingerprint)
     start = time.perf_counter()
-    images = ok = failed = reused = 0
+    images = ok = failed = reused = decoded = 0
     for key in context.partition_keys:
         entries = read_manifest(layout.manifest_path, key)
-        images += entries.num_rows
-        if not config.force and stored_inputs_fingerprint(shard_dir, key) == inputs_fingerprint(entries, preprocessing):
-            reused += 1
-            context.log.info(f"{key}: {entries.num_rows} images unchanged, stored pixels reused")
-            continue
-        summary = write_pixel_shard(entries, preprocessing, shard_dir, key, device.workers)
+        summary = write_pixel_shard(
+            entries, preprocessing, shard_dir, key, device.workers, storage.max_image_pixels, reuse=not config.force
+        )
+        images += summary.images
         ok += summary.ok
         failed += summary.failed
+        reused += summary.reused
+        decoded += summary.decoded
         (context.log.info if summary.images else context.log.debug)(
-            f"{key}: {summary.ok} decoded, {summary.failed} failed in {summary.seconds:.1f}s "
-            f"({rate(summary.images, summary.seconds)} img/s)"
+            f"{key}: {summary.decoded} decoded ({summary.failed} failed), {summary.reused} reused "
+            f"in {summary.seconds:.1f}s ({rate(summary.decoded, summary.seconds)} img/s)"
         )
     seconds = time.perf_counter() - start
     return MaterializeResult(
         metadata={
             "partitions": len(context.partition_keys),
-            "partitions_reused": reused,
             "images": images,
-            "decoded": ok,
+            "ok": ok,
             "failed": failed,
+            "reused": reused,
+            "computed": decoded,
             "seconds": round(seconds, 3),
-            "images_per_second": rate(ok + failed, seconds),
+            "images_per_second": rate(decoded, seconds),
             "decode_workers": device.workers,
             "input_size": f"{preprocessing.input_size[0]}x{preprocessing.input_size[1]}",
             "preprocessing": preprocessing.description,

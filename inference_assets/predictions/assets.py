@@ -7,9 +7,9 @@ from collections import Counter
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
-from inference_assets.core.inference import InferenceSettings, predict_shard, prediction_inputs
+from inference_assets.core.inference import InferenceSettings, predict_shard
 from inference_assets.core.pixel_store import read_pixel_shard
-from inference_assets.core.results import read_results, stored_inputs_fingerprint
+from inference_assets.core.results import read_results
 from inference_assets.images.assets import preprocessed_images
 from inference_assets.images.resources import StorageResource
 from inference_assets.metadata import markdown_table, rate
@@ -19,7 +19,7 @@ from .resources import DeviceResource, ModelResource
 
 
 class PredictConfig(Config):
-    force: bool = False  # re-predict partitions even when pixels, model and settings are unchanged
+    force: bool = False  # predict every image again, even those whose stored prediction is up to date
 
 
 @asset(
@@ -45,41 +45,38 @@ def predictions(
         batch_size=model.batch_size,
         top_k=model.top_k,
     )
-    weights = model.weights_id
     shard_dir = layout.pixel_dir(model.preprocessing.fingerprint)
     start = time.perf_counter()
-    predicted = failed = reused = 0
+    predicted = reused = failed = 0
     forward_seconds = 0.0
     labels: Counter = Counter()
     for key in context.partition_keys:
         shard = read_pixel_shard(shard_dir, key)
         output = layout.result_file(model.slug, key)
-        inputs = prediction_inputs(shard.inputs, model.spec.name, weights, settings)
-        if not config.force and stored_inputs_fingerprint(output) == inputs:
-            reused += 1
-            context.log.info(f"{key}: pixels, model and settings unchanged, stored predictions reused")
-            continue
-        summary = predict_shard(model.load(settings.device), shard, settings, output, key)
+        summary = predict_shard(
+            model.load(settings.device), shard, settings, output, key, reuse=not config.force
+        )
         predicted += summary.predicted
+        reused += summary.reused
         failed += summary.failed
-        forward_seconds += summary.seconds
+        forward_seconds += summary.seconds if summary.predicted else 0.0
         predicted_labels = read_results(output).column("class_label").drop_null()
         labels.update(dict(zip(*[v.to_pylist() for v in pc.value_counts(predicted_labels).flatten()])))
         (context.log.info if summary.images else context.log.debug)(
-            f"{key}: {summary.predicted} predicted, {summary.failed} failed in {summary.seconds:.1f}s "
-            f"({summary.images_per_second:.1f} img/s on {settings.device}, {settings.precision})"
+            f"{key}: {summary.predicted} predicted, {summary.reused} reused, {summary.failed} failed in "
+            f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s on {settings.device}, {settings.precision})"
         )
     seconds = time.perf_counter() - start
     return MaterializeResult(
         metadata={
             "partitions": len(context.partition_keys),
-            "partitions_reused": reused,
             "predicted": predicted,
+            "reused": reused,
             "failed": failed,
             "seconds": round(seconds, 3),
             "images_per_second": rate(predicted, forward_seconds),
             "model": model.spec.name,
-            "weights": weights,
+            "weights": model.weights_id,
             "device": str(settings.device),
             "precision": settings.precision,
             "channels_last": settings.channels_last,

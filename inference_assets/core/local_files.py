@@ -1,0 +1,110 @@
+"""Finding image files in a local folder tree, safely, and naming them so they can be reopened.
+
+- Symbolic links are followed only while their target stays inside the source root (unless
+  ``follow_external_symlinks``); a link to a folder is entered once (loops are cut); a link
+  that cannot be resolved (a loop, a dangling target) or that leaves the root is reported as
+  a file with an error rather than skipped silently, when its name looks like an image.
+- File names that are not valid UTF-8 keep their exact bytes: their ``uri`` is a
+  ``file://`` URI with the bytes percent-encoded; every other file's ``uri`` is its plain
+  absolute path.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote_from_bytes, unquote_to_bytes
+
+FILE_URI_PREFIX = "file://"
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    path: str  # as the OS gave it (may hold surrogate escapes for non-UTF-8 bytes)
+    relative: bytes  # path relative to the root, '/'-separated, exact bytes
+    error: str | None = None  # why it cannot be read, when known at listing time
+
+
+def display(raw: bytes) -> str:
+    """Readable text for a path's bytes (invalid UTF-8 shown as \\xNN escapes)."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def uri_for(path: str) -> str:
+    """A text name that reopens exactly this file (see module docstring)."""
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return FILE_URI_PREFIX + quote_from_bytes(raw, safe="/")
+
+
+def local_path(uri: str) -> str | bytes:
+    """The filesystem path behind a ``uri`` made by :func:`uri_for`."""
+    if uri.startswith(FILE_URI_PREFIX):
+        return unquote_to_bytes(uri[len(FILE_URI_PREFIX) :])
+    return uri
+
+
+def walk_images(
+    root: Path, extensions: Iterable[str], follow_external_symlinks: bool = False
+) -> Iterator[FoundFile]:
+    """Image files under ``root`` in a deterministic (sorted) order; hidden entries skipped."""
+    suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    root_real = os.path.realpath(root)
+    visited: set[tuple[int, int]] = set()
+
+    def inside_root(target: str) -> bool:
+        return target == root_real or target.startswith(root_real + os.sep)
+
+    def walk(folder: str, prefix: bytes) -> Iterator[FoundFile]:
+        info = os.stat(folder)
+        if (info.st_dev, info.st_ino) in visited:
+            return  # a folder reached twice through links: list it once
+        visited.add((info.st_dev, info.st_ino))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            relative = prefix + os.fsencode(entry.name)
+            looks_like_image = os.path.splitext(entry.name)[1].lower() in suffixes
+            error = None
+            if entry.is_symlink():
+                try:
+                    target = str(Path(entry.path).resolve(strict=True))
+                except (OSError, RuntimeError) as exc:
+                    if looks_like_image:
+                        yield FoundFile(entry.path, relative, f"symlink cannot be resolved: {_reason(exc)}")
+                    continue
+                if not follow_external_symlinks and not inside_root(target):
+                    if looks_like_image:
+                        yield FoundFile(
+                            entry.path,
+                            relative,
+                            "symlink points outside the source root and is not followed "
+                            "(set follow_external_symlinks to allow)",
+                        )
+                    continue
+            try:
+                mode = os.stat(entry.path).st_mode
+            except OSError as exc:
+                error = f"cannot stat: {_reason(exc)}"
+                mode = 0
+            if stat.S_ISDIR(mode):
+                yield from walk(entry.path, relative + b"/")
+            elif looks_like_image and (stat.S_ISREG(mode) or error):
+                yield FoundFile(entry.path, relative, error)
+
+    yield from walk(str(root), b"")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return " ".join(str(exc).split())
