@@ -1,7 +1,6 @@
 """The Dagster code location: assets, checks and resources."""
 
 from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
-from dagster_duckdb import DuckDBResource
 
 from inference_assets.core.models import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from inference_assets.images import assets as image_assets
@@ -12,6 +11,7 @@ from inference_assets.predictions.resources import DeviceResource, ModelResource
 from inference_assets.settings import DATA_DIR, env
 from inference_assets.warehouse import assets as warehouse_assets
 from inference_assets.warehouse import checks as warehouse_checks
+from inference_assets.warehouse.resources import WarehouseResource
 
 ASSETS = load_assets_from_modules([image_assets, prediction_assets, warehouse_assets])
 ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
@@ -30,7 +30,7 @@ def default_resources() -> dict:
         "device": DeviceResource(
             device=env("INFERENCE_DEVICE", "auto"), precision=env("INFERENCE_PRECISION", "fp32")
         ),
-        "duckdb": DuckDBResource(database=env("INFERENCE_DUCKDB_PATH", DATA_DIR / "warehouse.duckdb")),
+        "duckdb": WarehouseResource(database=env("INFERENCE_DUCKDB_PATH", DATA_DIR / "warehouse.duckdb")),
     }
 
 

@@ -19,8 +19,11 @@ from pathlib import Path
 import duckdb
 from dagster import AssetSelection, DagsterInstance, materialize
 
+from inference_assets.core.devices import resolve_device
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.warehouse import top_labels
+from inference_assets.core.manifest import check_source_root
+from inference_assets.core.models import ModelSpec, check_weights_available, load_classifier
+from inference_assets.core.warehouse import WarehouseLockedError, check_database_path, top_labels
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
 from inference_assets.partitions import IMAGE_SHARDS
 
@@ -37,8 +40,8 @@ def _with_checks(*asset_names: str) -> AssetSelection:
 
 
 def _configuration_error(result) -> str | None:
-    """The one-line message of a ConfigError behind a failed step, if that is what failed."""
-    names = {cls.__name__ for cls in (ConfigError, *ConfigError.__subclasses__())}
+    """The one-line message of a ConfigError (or a held lock) behind a failed step, if that is what failed."""
+    names = {cls.__name__ for cls in (ConfigError, *ConfigError.__subclasses__(), WarehouseLockedError)}
     for event in result.all_events:  # step failures and resource-initialization failures alike
         error = getattr(event.event_specific_data, "error", None)
         while error is not None:
@@ -48,9 +51,25 @@ def _configuration_error(result) -> str | None:
     return None
 
 
+def preflight(resources: dict) -> None:
+    """Check the configuration before any work: each problem is one line naming it and the fix."""
+    check_source_root(Path(resources["storage"].image_root))
+    spec = ModelSpec(name=resources["model"].name, weights=resources["model"].weights)
+    spec.library  # noqa: B018 - raises for an unknown model
+    check_weights_available(spec)
+    if spec.weights_kind == "file":
+        load_classifier(spec, "cpu")  # a file saved from another architecture fails here
+    resolve_device(resources["device"].device)
+    check_database_path(resources["duckdb"].database)
+
+
 def run_pipeline(log_level: str = "INFO") -> dict:
     """Materialize the whole graph; return the resources used and per-step seconds."""
     resources = default_resources()
+    try:
+        preflight(resources)
+    except ConfigError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
     keys = IMAGE_SHARDS.get_partition_keys()
     steps = [
         ("image manifest", _with_checks("image_manifest"), {}),

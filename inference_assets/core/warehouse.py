@@ -13,10 +13,73 @@ hash): results for deleted or changed files drop out until their partition is re
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+
+from .errors import ConfigError
+
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+class WarehouseLockedError(RuntimeError):
+    """Another process kept the DuckDB file locked for longer than we were willing to wait."""
+
+
+def check_database_path(database: str) -> None:
+    """A one-line error when the database's folder does not exist (DuckDB would not create it)."""
+    if database == ":memory:" or database.startswith("md:"):
+        return
+    folder = Path(database).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise ConfigError(
+            f"DuckDB database {database!r} is in a folder that does not exist ({folder}): "
+            "create the folder or set INFERENCE_DUCKDB_PATH to a path in an existing one"
+        )
+
+
+def connect_waiting_for_lock(
+    database: str,
+    timeout: float = 120.0,
+    on_wait: Callable[[str], None] | None = None,
+    config: dict | None = None,
+    poll: float = 0.25,
+    read_only: bool = False,
+) -> duckdb.DuckDBPyConnection:
+    """Open ``database``; while another process holds its lock, wait and retry up to ``timeout``.
+
+    ``on_wait`` gets a line naming the holder when waiting starts and every 10 s after. Past
+    the timeout, :class:`WarehouseLockedError` names the file and the holding process.
+    Other errors are raised at once.
+    """
+    check_database_path(database)
+    deadline = time.monotonic() + timeout
+    next_report = 0.0
+    while True:
+        try:
+            return duckdb.connect(database, read_only=read_only, config=config or {})
+        except duckdb.IOException as exc:
+            match = _LOCK_HOLDER.search(str(exc))
+            if match is None:
+                raise
+            holder = f"{match['program']} (PID {match['pid']})"
+            now = time.monotonic()
+            if now >= deadline:
+                raise WarehouseLockedError(
+                    f"DuckDB file {database!r} is still locked by {holder} after {timeout:.0f}s: "
+                    "close that process's connection (or stop it) and run again"
+                ) from None
+            if on_wait is not None and now >= next_report:
+                on_wait(
+                    f"DuckDB file {database!r} is locked by {holder}; waiting up to "
+                    f"{deadline - now:.0f}s more for it to be released"
+                )
+                next_report = now + 10.0
+            time.sleep(poll)
 
 _CREATE_TABLES = """
 CREATE OR REPLACE TABLE images (

@@ -1,0 +1,129 @@
+"""Bad configuration fails fast, before any work, with one line naming the problem and the fix."""
+
+import pytest
+import timm
+import torch
+from dagster import DagsterInstance, materialize
+
+from inference_assets.definitions import ASSET_CHECKS, ASSETS
+from inference_assets.images.resources import StorageResource
+from inference_assets.predictions.resources import DeviceResource, ModelResource
+from inference_assets.run import run_pipeline
+from inference_assets.warehouse.resources import WarehouseResource
+
+
+def _run_fails_with(monkeypatch, tmp_path, **env) -> str:
+    monkeypatch.setenv("INFERENCE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("INFERENCE_DUCKDB_PATH", str(tmp_path / "w.duckdb"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        run_pipeline()
+    message = str(exit_info.value.code)
+    assert "\n" not in message
+    assert not (tmp_path / "work" / "preprocessed").exists()  # nothing was decoded
+    return message
+
+
+def test_missing_source_root(monkeypatch, tmp_path, image_root):
+    message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(tmp_path / "nowhere"))
+    assert message == (
+        f"configuration error: image source root '{tmp_path / 'nowhere'}' is not a folder: "
+        "set INFERENCE_IMAGE_ROOT (or the 'storage' resource's image_root) to a folder of images"
+    )
+
+
+def test_empty_source_root(monkeypatch, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(tmp_path / "empty"))
+    assert f"no images found under '{tmp_path / 'empty'}'" in message
+    assert "point INFERENCE_IMAGE_ROOT at a folder that holds images" in message
+
+
+def test_unknown_model(monkeypatch, tmp_path, image_root):
+    message = _run_fails_with(
+        monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(image_root), INFERENCE_MODEL="efficientnet_b99"
+    )
+    assert message == (
+        "configuration error: unknown model 'efficientnet_b99': use a timm architecture (timm.list_models()) "
+        "or a torchvision one (torchvision.models.list_models())"
+    )
+
+
+def test_missing_weights_file(monkeypatch, tmp_path, image_root):
+    missing = tmp_path / "weights.pth"
+    message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(image_root), INFERENCE_WEIGHTS=str(missing))
+    assert message == (
+        f"configuration error: weights file '{missing}' for model 'tf_efficientnet_lite0' not found: "
+        "give the path of an existing .pth/.pt file, or a known weights name"
+    )
+
+
+def test_weights_file_for_another_architecture(monkeypatch, tmp_path, image_root):
+    path = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18").state_dict(), path)
+    message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(image_root), INFERENCE_WEIGHTS=str(path))
+    assert message.startswith(f"configuration error: weights file '{path}' does not match architecture 'tf_efficientnet_lite0'")
+    assert message.endswith("use weights saved from that architecture or change the model name")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_but_absent(monkeypatch, tmp_path, image_root):
+    message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(image_root), INFERENCE_DEVICE="cuda:0")
+    assert message == (
+        "configuration error: device 'cuda:0' asked for but CUDA is not available here: "
+        "set INFERENCE_DEVICE=cpu (or auto)"
+    )
+
+
+def test_duckdb_path_in_a_missing_folder(monkeypatch, tmp_path, image_root):
+    database = tmp_path / "no" / "such" / "folder" / "w.duckdb"
+    monkeypatch.setenv("INFERENCE_IMAGE_ROOT", str(image_root))
+    monkeypatch.setenv("INFERENCE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("INFERENCE_DUCKDB_PATH", str(database))
+    with pytest.raises(SystemExit) as exit_info:
+        run_pipeline()
+    assert str(exit_info.value.code) == (
+        f"configuration error: DuckDB database '{database}' is in a folder that does not exist "
+        f"({database.parent}): create the folder or set INFERENCE_DUCKDB_PATH to a path in an existing one"
+    )
+
+
+def _failure_message(result) -> str:
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        while error is not None:
+            if error.cls_name in ("ConfigError", "WeightsUnavailableError"):
+                return error.message.split(": ", 1)[1].strip()
+            error = error.cause or error.context
+    raise AssertionError("no configuration error in the run's events")
+
+
+def test_the_same_errors_stop_dagster_steps_at_resource_setup(image_root, tmp_path):
+    """Runs launched from the UI or the CLI (no preflight) fail when the step's resources are set up."""
+    resources = {
+        "storage": StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")),
+        "model": ModelResource(name="efficientnet_b99"),
+        "device": DeviceResource(device="cpu"),
+        "duckdb": WarehouseResource(database=str(tmp_path / "missing" / "w.duckdb")),
+    }
+    with DagsterInstance.ephemeral() as instance:
+        assert materialize([*ASSETS, *ASSET_CHECKS], selection=["image_manifest"], resources=resources, instance=instance).success
+        result = materialize(
+            [*ASSETS, *ASSET_CHECKS],
+            selection=["preprocessed_images"],
+            partition_key="shard-00",
+            resources=resources,
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not result.success
+        assert _failure_message(result).startswith("unknown model 'efficientnet_b99'")
+        resources["model"] = ModelResource()
+        result = materialize(
+            [*ASSETS, *ASSET_CHECKS], selection=["prediction_results"], resources=resources, instance=instance,
+            raise_on_error=False,
+        )
+        assert not result.success
+        assert "is in a folder that does not exist" in _failure_message(result)
