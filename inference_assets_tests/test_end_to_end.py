@@ -87,7 +87,7 @@ def test_make_run_stops_early_with_one_line_naming_the_bad_weights(env, tmp_path
     )
     assert done.returncode == 1
     last_line = done.stderr.strip().splitlines()[-1]
-    assert "preprocess + predict" in last_line
+    assert last_line.startswith("configuration error: ")  # the preflight, before any step
     assert f"weights file '{tmp_path / 'missing.pth'}' for model 'tf_efficientnet_lite0' not found" in last_line
     assert not (tmp_path / "work" / "preprocessed").exists()  # failed before decoding anything
 
