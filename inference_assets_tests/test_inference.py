@@ -133,3 +133,47 @@ def test_predictions_are_reused_per_image_and_redone_when_settings_change(image_
 
     other_precision = predict_shard(classifier, read_pixel_shard(px, "s"), InferenceSettings(CPU, precision="bf16"), out, "s")
     assert (other_precision.predicted, other_precision.reused) == (6, 0)
+
+
+class _RunsOutOfMemoryAbove(torch.nn.Module):
+    """Wraps a model; raises CUDA's out-of-memory error for batches larger than ``limit``."""
+
+    def __init__(self, module, limit):
+        super().__init__()
+        self.module, self.limit, self.sizes = module, limit, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (test: batch {x.shape[0]} > {self.limit})")
+        return self.module(x)
+
+
+def test_out_of_memory_halves_the_batch_and_loses_no_image(shard, classifier, tmp_path):
+    import dataclasses
+
+    wrapped = _RunsOutOfMemoryAbove(classifier.module, limit=2)
+    tight = dataclasses.replace(classifier, module=wrapped)
+    messages = []
+    out = tmp_path / "oom.parquet"
+    summary = predict_shard(tight, shard, InferenceSettings(CPU, batch_size=8), out, "s", log=messages.append)
+    assert (summary.predicted, summary.batch_size) == (6, 1)  # 6 -> 3 -> 1
+    assert messages == [
+        "s: out of memory at batch size 6; retrying with batch size 3",
+        "s: out of memory at batch size 3; retrying with batch size 1",
+    ]
+    assert wrapped.sizes == [6, 3, 1, 1, 1, 1, 1, 1]  # after backing off, every batch stays small
+    reference = tmp_path / "ref.parquet"
+    predict_shard(classifier, shard, InferenceSettings(CPU, batch_size=8), reference, "s")
+    got = {r["image_id"]: r["class_index"] for r in read_results(out).to_pylist()}
+    want = {r["image_id"]: r["class_index"] for r in read_results(reference).to_pylist()}
+    assert got == want
+
+
+def test_a_single_image_that_does_not_fit_is_an_error(shard, classifier, tmp_path):
+    import dataclasses
+
+    hopeless = dataclasses.replace(classifier, module=_RunsOutOfMemoryAbove(classifier.module, limit=0))
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        predict_shard(hopeless, shard, InferenceSettings(CPU, batch_size=4), tmp_path / "x.parquet", "s")
+    assert not (tmp_path / "x.parquet").exists()  # nothing half-written

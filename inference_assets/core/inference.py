@@ -9,7 +9,7 @@ Memory is bounded by the batch size and the prefetch depth, not by the partition
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,7 @@ class ShardPredictionSummary:
     failed: int
     rewritten: bool  # False when the stored result file was already up to date
     seconds: float
+    batch_size: int  # the batch size in use at the end (smaller than asked after out-of-memory)
 
     @property
     def images_per_second(self) -> float:
@@ -62,9 +63,18 @@ def _batches(shard: PixelShard, rows: np.ndarray, batch_size: int, pin: bool) ->
 
 
 def classify(
-    classifier: Classifier, shard: PixelShard, rows: np.ndarray, settings: InferenceSettings
+    classifier: Classifier,
+    shard: PixelShard,
+    rows: np.ndarray,
+    settings: InferenceSettings,
+    on_backoff: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(rows, top_probs, top_indices)`` per batch for the given (ascending) rows of the shard."""
+    """Yield ``(rows, top_probs, top_indices)`` per batch for the given (ascending) rows of the shard.
+
+    A CUDA out-of-memory error splits the failing batch in two and retries both halves; the
+    smaller size is kept for the batches after it (``on_backoff(old, new)`` is told), so no
+    image is lost. Only a single image that does not fit is an error.
+    """
     if len(rows) == 0:
         return
     device = settings.device
@@ -74,7 +84,8 @@ def classify(
         module = module.to(memory_format=torch.channels_last)
     k = min(settings.top_k, len(classifier.labels))
     pin = device.type == "cuda"
-    for batch_rows, batch in prefetch(_batches(shard, rows, settings.effective_batch_size, pin)):
+
+    def forward(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
             x = classifier.preprocessing.normalize(batch.to(device, non_blocking=pin))
             if settings.channels_last:
@@ -82,7 +93,30 @@ def classify(
             with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 logits = module(x)
             top = logits.float().softmax(dim=-1).topk(k, dim=-1)
-        yield batch_rows, top.values.cpu().numpy(), top.indices.cpu().numpy()
+        return top.values.cpu().numpy(), top.indices.cpu().numpy()
+
+    limit = settings.effective_batch_size
+    for batch_rows, batch in prefetch(_batches(shard, rows, limit, pin)):
+        pending = [(batch_rows, batch)]  # a stack: the first rows are on top
+        while pending:
+            part_rows, part = pending.pop()
+            if len(part_rows) > limit:
+                starts = range(0, len(part_rows), limit)
+                pending.extend((part_rows[i : i + limit], part[i : i + limit]) for i in reversed(starts))
+                continue
+            try:
+                probs, indices = forward(part)
+            except torch.cuda.OutOfMemoryError:
+                if len(part_rows) == 1:
+                    raise
+                old, limit = len(part_rows), max(1, len(part_rows) // 2)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if on_backoff is not None:
+                    on_backoff(old, limit)
+                pending.append((part_rows, part))
+                continue
+            yield part_rows, probs, indices
 
 
 def predict_shard(
@@ -92,6 +126,7 @@ def predict_shard(
     output: Path,
     partition: str,
     reuse: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> ShardPredictionSummary:
     """Predict the shard's decoded images, record its failures, write ``output`` atomically.
 
@@ -119,7 +154,17 @@ def predict_shard(
     reused = [stored[(image_ids[r], hashes[r])] for r in ok_rows if (image_ids[r], hashes[r]) in stored]
     to_compute = np.array([r for r in ok_rows if (image_ids[r], hashes[r]) not in stored], dtype=np.int64)
     if previous is not None and len(to_compute) == 0 and not failed_rows and len(reused) == previous.num_rows:
-        return ShardPredictionSummary(len(image_ids), 0, len(reused), 0, False, time.perf_counter() - start)
+        return ShardPredictionSummary(
+            len(image_ids), 0, len(reused), 0, False, time.perf_counter() - start, settings.effective_batch_size
+        )
+
+    batch_size = settings.effective_batch_size
+
+    def on_backoff(old: int, new: int) -> None:
+        nonlocal batch_size
+        batch_size = new
+        if log is not None:
+            log(f"{partition}: out of memory at batch size {old}; retrying with batch size {new}")
 
     writer = ResultFileWriter(
         output,
@@ -140,7 +185,7 @@ def predict_shard(
         )
         if reused:
             writer.write_rows(previous.take(pa.array(sorted(reused))))
-        for rows, probs, indices in classify(classifier, shard, to_compute, settings):
+        for rows, probs, indices in classify(classifier, shard, to_compute, settings, on_backoff):
             picked = rows.tolist()
             writer.write_predictions(
                 [image_ids[i] for i in picked],
@@ -157,4 +202,5 @@ def predict_shard(
         failed=writer.failed,
         rewritten=True,
         seconds=time.perf_counter() - start,
+        batch_size=batch_size,
     )

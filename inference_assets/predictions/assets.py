@@ -48,14 +48,16 @@ def predictions(
     shard_dir = layout.pixel_dir(model.preprocessing.fingerprint)
     start = time.perf_counter()
     predicted = reused = failed = 0
+    batch_size = settings.effective_batch_size
     forward_seconds = 0.0
     labels: Counter = Counter()
     for key in context.partition_keys:
         shard = read_pixel_shard(shard_dir, key)
         output = layout.result_file(model.slug, key)
         summary = predict_shard(
-            model.load(settings.device), shard, settings, output, key, reuse=not config.force
+            model.load(settings.device), shard, settings, output, key, reuse=not config.force, log=context.log.warning
         )
+        batch_size = min(batch_size, summary.batch_size)
         predicted += summary.predicted
         reused += summary.reused
         failed += summary.failed
@@ -80,7 +82,7 @@ def predictions(
             "device": str(settings.device),
             "precision": settings.precision,
             "channels_last": settings.channels_last,
-            "batch_size": settings.effective_batch_size,
+            "batch_size": batch_size,
             "top_k": settings.top_k,
             "top_labels": markdown_table(("label", "images"), labels.most_common(10)),
             "path": MetadataValue.path(str(layout.results_dir(model.slug))),
