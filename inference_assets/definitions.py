@@ -1,6 +1,6 @@
 """The Dagster code location: assets, checks and resources."""
 
-from dagster import Definitions, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import Definitions, define_asset_job, load_asset_checks_from_modules, load_assets_from_modules
 
 from inference_assets.core.models import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from inference_assets.images import assets as image_assets
@@ -15,6 +15,10 @@ from inference_assets.warehouse.resources import WarehouseResource
 
 ASSETS = load_assets_from_modules([image_assets, prediction_assets, warehouse_assets])
 ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
+
+# One partition (or a range, as a single run) of preprocessing + predictions.
+# Its partitions (IMAGE_SHARDS) come from the selected assets.
+partitioned_inference_job = define_asset_job("partitioned_inference", selection=["preprocessed_images", "predictions"])
 
 
 def default_resources() -> dict:
@@ -34,4 +38,11 @@ def default_resources() -> dict:
     }
 
 
-defs = Definitions(assets=ASSETS, asset_checks=ASSET_CHECKS, resources=default_resources())
+defs = Definitions(
+    assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=[partitioned_inference_job], resources=default_resources()
+)
+
+
+def partitioned_inference():
+    """The resolved job, for ``reconstructable`` (runs launched from Python with the multiprocess executor)."""
+    return defs.resolve_job_def("partitioned_inference")
