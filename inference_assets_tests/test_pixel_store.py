@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -98,3 +100,20 @@ def test_read_rows_returns_the_stored_rows(manifest, tmp_path):
     shard = read_pixel_shard(tmp_path / "px", "shard-00")
     assert np.array_equal(shard.read_rows(2, 5), shard.pixels[2:5])
     assert shard.read_rows(0, 0).shape == (0, 3, 224, 224)
+
+
+def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(manifest, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    folder = tmp_path / "px"
+    folder.mkdir()
+    orphan = folder / f".shard-00.abc.npy.tmp-{dead_pid}-deadbeef"
+    live = folder / f".shard-00.def.npy.tmp-{os.getppid()}-cafecafe"  # a running process: maybe writing
+    other = folder / f".shard-01.abc.npy.tmp-{dead_pid}-deadbeef"  # another partition: not ours to clean
+    for path in (orphan, live, other):
+        path.write_bytes(b"partial")
+    write_pixel_shard(manifest, resolve_preprocessing(ModelSpec()), folder, "shard-00", workers=2)
+    assert not orphan.exists() and live.exists() and other.exists()

@@ -27,3 +27,35 @@ def atomic_output(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def remove_orphaned_temporaries(folder: Path, name_prefix: str) -> int:
+    """Delete temporaries of ``folder/<name_prefix>*`` left by writers that no longer run (killed).
+
+    Only files whose writer process (the PID in their name) is gone on this machine are removed,
+    so a concurrent writer's temporary is never touched. Returns how many were removed.
+    """
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for path in folder.glob(f".{name_prefix}*.tmp-*"):
+        try:
+            pid = int(path.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid() or _process_exists(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .atomic import atomic_output
+from .atomic import atomic_output, remove_orphaned_temporaries
 from .errors import ConfigError
 from .hashing import file_sha256
 from .local_files import FoundFile, display, uri_for, walk_images
@@ -96,6 +96,7 @@ def build_manifest(
     keeps its recorded content hash instead of being read again.
     """
     root = check_source_root(root)
+    remove_orphaned_temporaries(output.parent, output.name)
     known = _previous_hashes(output)
     summary = ManifestSummary()
     with atomic_output(output) as tmp:

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_output, temporary_sibling
+from .atomic import atomic_output, remove_orphaned_temporaries, temporary_sibling
 from .decoding import DEFAULT_MAX_PIXELS, describe_error, load_rgb
 from .parallel import bounded_map
 from .preprocessing import Preprocessing
@@ -139,6 +139,7 @@ def write_pixel_shard(
     """Decode and resize/crop the manifest ``entries`` of one partition into the shard folder."""
     start = time.perf_counter()
     shard_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_temporaries(shard_dir, f"{partition}.")
     height, width = preprocessing.input_size
     count = entries.num_rows
     keys = list(

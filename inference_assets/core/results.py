@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_output
+from .atomic import atomic_output, remove_orphaned_temporaries
 
 STATUS_PREDICTED = "predicted"
 STATUS_FAILED = "failed"
@@ -60,6 +60,7 @@ class ResultFileWriter:
         self.failed = 0
 
     def __enter__(self) -> ResultFileWriter:
+        remove_orphaned_temporaries(self.path.parent, self.path.name)
         tmp = self._atomic.__enter__()
         self._writer = pq.ParquetWriter(tmp, self._schema)
         return self
