@@ -1,5 +1,6 @@
 """Shared fixtures: real sample photos, a temporary work area, the bundled classifier."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,21 @@ KNOWN_TOP1 = {
     "missile/rocket.jpg": "missile",
     "tabby/chelsea.png": "tiger cat",
 }
+
+
+def pipeline_env(image_root: Path, work: Path, database: Path | None = None) -> dict[str, str]:
+    """Environment for a pipeline subprocess (CLI, make run) on CPU, with all outputs under ``work``."""
+    (work / "dagster_home").mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "INFERENCE_IMAGE_ROOT": str(image_root),
+        "INFERENCE_WORK_DIR": str(work / "work"),
+        "INFERENCE_DUCKDB_PATH": str(database or work / "warehouse.duckdb"),
+        "INFERENCE_DEVICE": "cpu",
+        "DAGSTER_HOME": str(work / "dagster_home"),
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,5 @@
 """Several partitions materialized at the same time, in separate processes, into one DuckDB file."""
 
-import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ from dagster import DagsterInstance, execute_job, reconstructable
 
 from inference_assets.core.manifest import read_manifest
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, pipeline_env
 
 BIN = Path(sys.executable).parent
 DAGSTER = [str(BIN / "dagster"), "asset", "materialize", "-m", "inference_assets.definitions"]
@@ -20,18 +19,10 @@ DAGSTER = [str(BIN / "dagster"), "asset", "materialize", "-m", "inference_assets
 
 @pytest.fixture
 def env(image_root, tmp_path, monkeypatch):
-    values = {
-        "INFERENCE_IMAGE_ROOT": str(image_root),
-        "INFERENCE_WORK_DIR": str(tmp_path / "work"),
-        "INFERENCE_DUCKDB_PATH": str(tmp_path / "warehouse.duckdb"),
-        "INFERENCE_DEVICE": "cpu",
-        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-        "PYTHONWARNINGS": "ignore",
-        "OMP_NUM_THREADS": "1",  # several processes share two cores
-    }
+    values = {**pipeline_env(image_root, tmp_path), "OMP_NUM_THREADS": "1"}  # several processes share two cores
     for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return {**os.environ, **values}
+        monkeypatch.setenv(name, value)  # execute_job's step processes inherit this environment
+    return values
 
 
 def _cli(args, env):

@@ -1,6 +1,5 @@
 """SIGKILL at random (seeded) moments in each stage; a plain re-run ends identical to a clean run."""
 
-import os
 import random
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from PIL import Image
 
 from inference_assets.core.pixel_store import read_pixel_shard
 
-from .conftest import PROJECT_ROOT, SAMPLE_IMAGES
+from .conftest import PROJECT_ROOT, SAMPLE_IMAGES, pipeline_env
 
 # How long after a stage's STEP_START the kill may come (the stage's length on 2 cores, roughly).
 STAGES = {"preprocessed_images": 0.4, "predictions": 2.5, "prediction_results": 0.4}
@@ -44,28 +43,13 @@ def collection(tmp_path_factory) -> Path:
     return root
 
 
-def _env(collection, work: Path) -> dict:
-    return {
-        **os.environ,
-        "INFERENCE_IMAGE_ROOT": str(collection),
-        "INFERENCE_WORK_DIR": str(work / "work"),
-        "INFERENCE_DUCKDB_PATH": str(work / "warehouse.duckdb"),
-        "INFERENCE_DEVICE": "cpu",
-        "DAGSTER_HOME": str(work / "dagster_home"),
-        "PYTHONWARNINGS": "ignore",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
 def _run(env) -> None:
-    (Path(env["DAGSTER_HOME"])).mkdir(parents=True, exist_ok=True)
     done = subprocess.run([sys.executable, "-m", "inference_assets.run"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def _run_and_kill(env, stage: str, delay: float) -> bool:
     """Start the pipeline, SIGKILL it ``delay`` s after ``stage`` starts; True if it was still running."""
-    Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         [sys.executable, "-m", "inference_assets.run", "--log-level", "DEBUG"],
         env=env,
@@ -118,7 +102,7 @@ def _nothing_partial_looks_complete(work: Path) -> None:
 
 def test_sigkill_in_each_stage_then_rerun_gives_the_clean_result(collection, tmp_path):
     clean = tmp_path / "clean"
-    _run(_env(collection, clean))
+    _run(pipeline_env(collection, clean))
     expected = _contents(str(clean / "warehouse.duckdb"))
     assert len(expected[1]) == 48 and len(expected[2]) == 2
 
@@ -127,7 +111,7 @@ def test_sigkill_in_each_stage_then_rerun_gives_the_clean_result(collection, tmp
     for stage, window in STAGES.items():
         for attempt in range(KILLS_PER_STAGE):
             work = tmp_path / f"{stage}-{attempt}"
-            env = _env(collection, work)
+            env = pipeline_env(collection, work)
             killed_while_running += _run_and_kill(env, stage, rng.uniform(0, window))
             _nothing_partial_looks_complete(work)
             _run(env)

@@ -10,22 +10,14 @@ import pytest
 
 from inference_assets.partitions import IMAGE_SHARDS
 
-from .conftest import KNOWN_TOP1, PROJECT_ROOT
+from .conftest import KNOWN_TOP1, PROJECT_ROOT, pipeline_env
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
 def env(image_root, tmp_path):
-    return {
-        **os.environ,
-        "INFERENCE_IMAGE_ROOT": str(image_root),
-        "INFERENCE_WORK_DIR": str(tmp_path / "work"),
-        "INFERENCE_DUCKDB_PATH": str(tmp_path / "out" / "warehouse.duckdb"),
-        "INFERENCE_DEVICE": "cpu",
-        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-        "PYTHONWARNINGS": "ignore",
-    }
+    return pipeline_env(image_root, tmp_path, database=tmp_path / "out" / "warehouse.duckdb")
 
 
 def _run(args, env, timeout=600):
