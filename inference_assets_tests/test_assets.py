@@ -3,10 +3,12 @@
 import shutil
 
 import duckdb
+import torch
 import pytest
 from dagster import AssetKey, AssetSelection, BackfillPolicy, DagsterInstance, materialize
 from dagster_duckdb import DuckDBResource
 
+from inference_assets.core.hashing import file_sha256
 from inference_assets.core.manifest import read_manifest
 from inference_assets.core.partitioning import image_id_for, partition_for
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, defs
@@ -161,3 +163,33 @@ def test_partition_range_in_one_run(resources, instance):
     metadata = _metadata(result, "predictions")
     assert metadata["partitions"] == 16 and metadata["predicted"] == 6
     assert len(instance.get_materialized_partitions(AssetKey("predictions"))) == 16
+
+
+def test_added_and_changed_images_are_the_only_work_and_a_new_model_recomputes(resources, instance, image_root, tmp_path, classifier):
+    keys = IMAGE_SHARDS.get_partition_keys()
+    rng = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    steps = ["preprocessed_images", "predictions"]
+    materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
+    materialize(ALL, selection=steps, resources=resources, instance=instance, tags=rng)
+
+    shutil.copy(image_root / "espresso" / "coffee.jpg", image_root / "espresso" / "coffee_copy.jpg")  # added
+    camera = image_root / "tripod" / "camera.png"
+    camera.write_bytes(camera.read_bytes() + b"\0")  # same path, new content
+    materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
+    again = materialize(ALL, selection=steps, resources=resources, instance=instance, tags=rng)
+    pre, pred = _metadata(again, "preprocessed_images"), _metadata(again, "predictions")
+    assert (pre["reused"], pre["computed"]) == (5, 2)
+    assert (pred["reused"], pred["predicted"]) == (5, 2)
+
+    # other weights (a local file, so another weights id): that model's predictions are computed
+    weights = tmp_path / "lite0.pth"
+    torch.save(classifier.module.state_dict(), weights)
+    other = {**resources, "model": ModelResource(weights=str(weights))}
+    switched = materialize(ALL, selection=steps, resources=other, instance=instance, tags=rng)
+    assert (_metadata(switched, "predictions")["reused"], _metadata(switched, "predictions")["predicted"]) == (0, 7)
+    assert _metadata(switched, "preprocessed_images")["computed"] == 0  # same preprocessing: pixels reused
+    materialize(ALL, selection=["prediction_results"], resources=other, instance=instance)
+    with duckdb.connect(resources["duckdb"].database, read_only=True) as conn:
+        weights_ids = conn.execute("SELECT DISTINCT weights FROM predictions").fetchall()
+        assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 7
+    assert weights_ids == [(f"file:lite0.pth@{file_sha256(weights)[:12]}",)]
