@@ -4,6 +4,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,8 +49,12 @@ def _run(env) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
-def _run_and_kill(env, stage: str, delay: float) -> bool:
-    """Start the pipeline, SIGKILL it ``delay`` s after ``stage`` starts; True if it was still running."""
+def _run_and_kill(env, stage: str, delay: float) -> tuple[bool, bool]:
+    """Start the pipeline and SIGKILL it ``delay`` s after ``stage`` starts.
+
+    Returns (was the process still running, had ``stage`` not finished yet) at the kill. The
+    output is drained on a thread so a full pipe never stalls the pipeline.
+    """
     process = subprocess.Popen(
         [sys.executable, "-m", "inference_assets.run", "--log-level", "DEBUG"],
         env=env,
@@ -58,16 +63,20 @@ def _run_and_kill(env, stage: str, delay: float) -> bool:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    marker = f"{stage} - STEP_START"
-    for line in process.stdout:
-        if marker in line:
-            time.sleep(delay)
-            break
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
+    started = f"{stage} - STEP_START"
+    while process.poll() is None and not any(started in line for line in list(lines)):
+        time.sleep(0.01)
+    time.sleep(delay)
     was_running = process.poll() is None
+    seen = list(lines)  # everything the pipeline had logged up to the kill
     process.send_signal(signal.SIGKILL)
-    process.stdout.close()
     process.wait()
-    return was_running
+    reader.join(timeout=10)
+    in_stage = was_running and not any(f"{stage} - STEP_SUCCESS" in line for line in seen)
+    return was_running, in_stage
 
 
 def _contents(database: str):
@@ -108,14 +117,19 @@ def test_sigkill_in_each_stage_then_rerun_gives_the_clean_result(collection, tmp
 
     rng = random.Random(20261121)
     killed_while_running = 0
+    killed_in_stage = {stage: 0 for stage in STAGES}
     for stage, window in STAGES.items():
         for attempt in range(KILLS_PER_STAGE):
             work = tmp_path / f"{stage}-{attempt}"
             env = pipeline_env(collection, work)
-            killed_while_running += _run_and_kill(env, stage, rng.uniform(0, window))
+            running, in_stage = _run_and_kill(env, stage, rng.uniform(0, window))
+            killed_while_running += running
+            killed_in_stage[stage] += in_stage
             _nothing_partial_looks_complete(work)
             _run(env)
             assert _contents(str(work / "warehouse.duckdb")) == expected, f"after a kill in {stage}"
             leftovers = [p.name for p in (work / "work").rglob(".*.tmp-*")]
             assert leftovers == [], leftovers
     assert killed_while_running >= len(STAGES) * KILLS_PER_STAGE - 1  # the kills landed mid-run
+    print(f"kills: {killed_while_running} while running, in stage: {killed_in_stage}")
+    assert all(killed_in_stage.values()), killed_in_stage  # and each stage was hit while it ran
