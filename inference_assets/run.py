@@ -22,7 +22,7 @@ from dagster import AssetSelection, DagsterInstance, materialize
 from inference_assets.core.devices import resolve_device
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.manifest import check_source_root
-from inference_assets.core.models import ModelSpec, check_weights_available, load_classifier
+from inference_assets.core.models import ModelSpec, check_weights_available
 from inference_assets.core.warehouse import WarehouseLockedError, check_database_path, top_labels
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
 from inference_assets.partitions import IMAGE_SHARDS
@@ -56,9 +56,7 @@ def preflight(resources: dict) -> None:
     check_source_root(Path(resources["storage"].image_root))
     spec = ModelSpec(name=resources["model"].name, weights=resources["model"].weights)
     spec.library  # noqa: B018 - raises for an unknown model
-    check_weights_available(spec)
-    if spec.weights_kind == "file":
-        load_classifier(spec, "cpu")  # a file saved from another architecture fails here
+    check_weights_available(spec)  # also: a local file saved from another architecture
     resolve_device(resources["device"].device)
     check_database_path(resources["duckdb"].database)
 

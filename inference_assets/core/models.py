@@ -122,16 +122,32 @@ def resolve_preprocessing(spec: ModelSpec) -> Preprocessing:
 def check_weights_available(spec: ModelSpec) -> None:
     """Fail fast, before any work, when weights cannot be had.
 
-    Local and bundled files must exist; torchvision weights must be in torch's hub cache or
-    downloadable now (they are fetched into the cache here, once).
+    Local and bundled files must exist, and a local file must fit the architecture (checked
+    against the architecture built on the ``meta`` device: no memory, no real parameters);
+    torchvision weights must be in torch's hub cache or downloadable now (fetched here, once).
     """
     kind = spec.weights_kind
     if kind == "bundled":
         _bundled_weights_path(spec)
     elif kind == "file":
-        _local_weights_path(spec)
+        path = _local_weights_path(spec)
+        with torch.device("meta"):
+            skeleton = _architecture(spec)
+        _load_strict(skeleton, _read_state_dict(path), path, spec, assign=True)
     elif kind == "torchvision" and spec.library == "torchvision":
         _torchvision_cached_file(spec, _torchvision_weights(spec))
+
+
+def _architecture(spec: ModelSpec) -> torch.nn.Module:
+    """The network without weights (random initialization)."""
+    if spec.library == "timm":
+        import timm
+
+        return timm.create_model(spec.arch, pretrained=False)
+    import torchvision.models
+
+    categories = _torchvision_weights(spec).meta["categories"]
+    return torchvision.models.get_model(spec.arch, weights=None, num_classes=len(categories))
 
 
 def load_classifier(spec: ModelSpec, device: torch.device | str = "cpu") -> Classifier:
@@ -174,7 +190,7 @@ def _load_timm(spec: ModelSpec) -> torch.nn.Module:
                 "set weights to a local file path instead"
             ) from exc
         return module
-    module = timm.create_model(spec.arch, pretrained=False)
+    module = _architecture(spec)
     if kind == "bundled":
         path = _bundled_weights_path(spec)
         state = _read_state_dict(path)
@@ -219,10 +235,7 @@ def _torchvision_weights(spec: ModelSpec):
 
 
 def _load_torchvision(spec: ModelSpec) -> torch.nn.Module:
-    import torchvision.models
-
-    weights = _torchvision_weights(spec)
-    module = torchvision.models.get_model(spec.arch, weights=None, num_classes=len(weights.meta["categories"]))
+    module = _architecture(spec)
     if spec.weights_kind == "file":
         path = _local_weights_path(spec)
         _load_strict(module, _read_state_dict(path), path, spec)
@@ -232,7 +245,7 @@ def _load_torchvision(spec: ModelSpec) -> torch.nn.Module:
             f"weights {spec.weights!r} do not apply to torchvision model {spec.arch!r}: "
             "use a torchvision weights name such as IMAGENET1K_V1, or a local file path"
         )
-    path = _torchvision_cached_file(spec, weights)
+    path = _torchvision_cached_file(spec, _torchvision_weights(spec))
     _load_strict(module, _read_state_dict(path), path, spec)
     return module
 
@@ -303,9 +316,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _load_strict(module: torch.nn.Module, state: dict, path: Path, spec: ModelSpec) -> None:
+def _load_strict(module: torch.nn.Module, state: dict, path: Path, spec: ModelSpec, assign: bool = False) -> None:
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as exc:
         first = " ".join(str(exc).split())[:200]
         raise ConfigError(

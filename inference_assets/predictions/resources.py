@@ -53,10 +53,8 @@ class ModelResource(ConfigurableResource):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._spec = ModelSpec(name=self.name, weights=self.weights)
         self._spec.library  # noqa: B018 - raises a one-line ConfigError for an unknown model
-        check_weights_available(self._spec)
+        check_weights_available(self._spec)  # a file for another architecture fails here, not mid-run
         self._weights_id = weights_id(self._spec)  # hashes a local weights file once per step
-        if self._spec.weights_kind == "file":  # a file for another architecture fails here, not mid-run
-            self._classifiers["cpu"] = load_classifier(self._spec, "cpu")
 
     @property
     def spec(self) -> ModelSpec:
@@ -82,10 +80,7 @@ class ModelResource(ConfigurableResource):
         """The classifier on ``device``, loaded on first use in this step."""
         key = str(device)
         if key not in self._classifiers:
-            on_cpu = self._classifiers.pop("cpu", None)
-            if on_cpu is not None:
-                on_cpu.module.to(device)
-            self._classifiers[key] = on_cpu or load_classifier(self._spec, device)
+            self._classifiers[key] = load_classifier(self._spec, device)
         return self._classifiers[key]
 
 
