@@ -26,6 +26,7 @@ class FoundFile:
     path: str  # as the OS gave it (may hold surrogate escapes for non-UTF-8 bytes)
     relative: bytes  # path relative to the root, '/'-separated, exact bytes
     error: str | None = None  # why it cannot be read, when known at listing time
+    stat: os.stat_result | None = None  # the file's (link-followed) stat from the listing, when readable
 
 
 def display(raw: bytes) -> str:
@@ -92,14 +93,13 @@ def walk_images(
                         )
                     continue
             try:
-                mode = os.stat(entry.path).st_mode
+                info = entry.stat()  # follows links; cached by scandir where the OS allows
             except OSError as exc:
-                error = f"cannot stat: {_reason(exc)}"
-                mode = 0
-            if stat.S_ISDIR(mode):
+                error, info = f"cannot stat: {_reason(exc)}", None
+            if info is not None and stat.S_ISDIR(info.st_mode):
                 yield from walk(entry.path, relative + b"/")
-            elif looks_like_image and (stat.S_ISREG(mode) or error):
-                yield FoundFile(entry.path, relative, error)
+            elif looks_like_image and (error or stat.S_ISREG(info.st_mode)):
+                yield FoundFile(entry.path, relative, error, info)
 
     yield from walk(str(root), b"")
 

@@ -11,7 +11,6 @@ row downstream instead of disappearing).
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -139,8 +138,8 @@ def _manifest_row(found: FoundFile, num_partitions: int, known: dict, summary: M
     if label is not None:
         summary.labels[label] += 1
     if found.error is None:
+        stat = found.stat  # from the listing: no second stat per file
         try:
-            stat = os.stat(found.path)
             previous = known.get(relative)
             if previous and previous[0] == stat.st_size and previous[1] == stat.st_mtime_ns and previous[2]:
                 content_hash = previous[2]
