@@ -61,15 +61,10 @@ def preflight(resources: dict) -> None:
     check_database_path(resources["duckdb"].database)
 
 
-def run_pipeline(log_level: str = "INFO") -> dict:
-    """Materialize the whole graph; return the resources used and per-step seconds."""
-    resources = default_resources()
-    try:
-        preflight(resources)
-    except ConfigError as exc:
-        raise SystemExit(f"configuration error: {exc}") from None
+def pipeline_steps() -> list[tuple[str, AssetSelection, dict[str, str]]]:
+    """The three runs: manifest; pixels + predictions over the whole partition range; DuckDB refresh."""
     keys = IMAGE_SHARDS.get_partition_keys()
-    steps = [
+    return [
         ("image manifest", _with_checks("image_manifest"), {}),
         (
             f"preprocess + predict ({len(keys)} partitions, one run)",
@@ -78,21 +73,34 @@ def run_pipeline(log_level: str = "INFO") -> dict:
         ),
         ("DuckDB refresh + checks", _with_checks("prediction_results"), {}),
     ]
+
+
+def materialize_step(selection: AssetSelection, tags: dict, resources: dict, instance, log_level: str = "INFO"):
+    """One run of the code location's assets and checks (failures are returned, not raised)."""
+    return materialize(
+        [*ASSETS, *ASSET_CHECKS],
+        selection=selection,
+        resources=resources,
+        instance=instance,
+        tags=tags,
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+        raise_on_error=False,
+    )
+
+
+def run_pipeline(log_level: str = "INFO") -> dict:
+    """Materialize the whole graph; return the resources used and per-step seconds."""
+    resources = default_resources()
+    try:
+        preflight(resources)
+    except ConfigError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None
     timings = {}
-    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     with _instance() as instance:
-        for title, selection, tags in steps:
+        for title, selection, tags in pipeline_steps():
             print(f"==> {title}", flush=True)
             start = time.perf_counter()
-            result = materialize(
-                [*ASSETS, *ASSET_CHECKS],
-                selection=selection,
-                resources=resources,
-                instance=instance,
-                tags=tags,
-                run_config=run_config,
-                raise_on_error=False,
-            )
+            result = materialize_step(selection, tags, resources, instance, log_level)
             timings[title] = time.perf_counter() - start
             if not result.success:
                 reason = _configuration_error(result) or "see the log above"

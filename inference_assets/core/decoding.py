@@ -26,23 +26,37 @@ class ImageTooLargeError(ValueError):
     """The image has more pixels than the configured decompression-bomb limit."""
 
 
-def load_rgb(uri: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode an image file (a path or a manifest ``uri``) into an upright RGB image."""
+_ORIENTATION = 0x0112
+
+
+def load_rgb(
+    uri: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode an image file (a path or a manifest ``uri``) into an upright RGB image.
+
+    ``draft``: for a JPEG, let the decoder downscale by 1/2, 1/4 or 1/8 in the DCT domain while
+    both sides stay at least this size (Pillow's draft mode). Much faster for large photos, but
+    not the exact pixels the reference transform sees: opt-in.
+    """
     path = local_path(uri) if isinstance(uri, str) else uri
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), open(path, "rb") as fh:
         # our own limit below is the guard; Pillow's (2x its own default) stays as a backstop
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.filterwarnings("ignore", message="Palette images with Transparency")
-        with Image.open(path) as image:
-            width, height = image.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"{width}x{height} = {width * height} pixels exceeds the decompression-bomb limit of "
-                    f"{max_pixels} (raise max_image_pixels to allow it)"
-                )
-            image.seek(0)
-            upright = ImageOps.exif_transpose(image)
-            return to_rgb(upright)
+        image = Image.open(fh)
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"{width}x{height} = {width * height} pixels exceeds the decompression-bomb limit of "
+                f"{max_pixels} (raise max_image_pixels to allow it)"
+            )
+        image.seek(0)
+        if draft is not None and image.format == "JPEG":
+            image.draft("RGB", draft)
+        image.load()  # decoded here, while the file is open; no copy is made below unless needed
+        if image.getexif().get(_ORIENTATION, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        return image if image.mode == "RGB" else to_rgb(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

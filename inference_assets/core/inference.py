@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .allocator import keep_freed_memory
+from .batch_size import probe_cuda_batch_size
 from .devices import autocast_dtype, default_batch_size
 from .models import Classifier
 from .parallel import prefetch
@@ -31,6 +33,7 @@ class InferenceSettings:
     channels_last: bool = False
     batch_size: int = 0  # 0: automatic for the device (see devices.default_batch_size)
     top_k: int = 5
+    compile: bool = False  # torch.compile the model (batches are padded to one shape)
 
     @property
     def effective_batch_size(self) -> int:
@@ -52,14 +55,15 @@ class ShardPredictionSummary:
         return self.predicted / self.seconds if self.seconds > 0 else 0.0
 
 
-def _batches(shard: PixelShard, rows: np.ndarray, batch_size: int, pin: bool) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+def _batches(
+    shard: PixelShard, rows: np.ndarray, batch_size: int, prepare: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     for start in range(0, len(rows), batch_size):
         batch_rows = rows[start : start + batch_size]
         # one positional read per run of consecutive rows (rows of failed images are skipped)
         runs = np.split(batch_rows, np.flatnonzero(np.diff(batch_rows) != 1) + 1)
         parts = [shard.read_rows(int(run[0]), int(run[-1]) + 1) for run in runs]
-        tensor = torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
-        yield batch_rows, (tensor.pin_memory() if pin else tensor)
+        yield batch_rows, prepare(torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts)))
 
 
 def classify(
@@ -68,6 +72,7 @@ def classify(
     rows: np.ndarray,
     settings: InferenceSettings,
     on_backoff: Callable[[int, int], None] | None = None,
+    on_batch_size: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(rows, top_probs, top_indices)`` per batch for the given (ascending) rows of the shard.
 
@@ -80,23 +85,41 @@ def classify(
     device = settings.device
     dtype = autocast_dtype(settings.precision)
     module = classifier.module
+    if device.type == "cpu":
+        keep_freed_memory()  # otherwise every batch's activations are page-faulted in afresh
     if settings.channels_last:
         module = module.to(memory_format=torch.channels_last)
+    if settings.compile:
+        module = compiled(module)
     k = min(settings.top_k, len(classifier.labels))
     pin = device.type == "cuda"
+    limit = settings.effective_batch_size
+    if device.type == "cuda" and settings.batch_size == 0:
+        limit = cuda_batch_size(classifier, module, settings)
+    if on_batch_size is not None:
+        on_batch_size(limit)
+
+    def normalize(batch: torch.Tensor) -> torch.Tensor:
+        x = classifier.preprocessing.normalize(batch)
+        return x.contiguous(memory_format=torch.channels_last) if settings.channels_last else x
+
+    # The prefetch thread reads (and on CUDA pins) the next batch; normalizing stays on this
+    # thread: on CPU, torch ops from a second thread start a second OpenMP team, which
+    # oversubscribes the cores (measured: 20 % slower). uint8 crosses to a GPU (4x less than
+    # float) and is normalized there.
+    prepare, on_device = (lambda batch: batch.pin_memory() if pin else batch), normalize
 
     def forward(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            x = classifier.preprocessing.normalize(batch.to(device, non_blocking=pin))
-            if settings.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = on_device(batch.to(device, non_blocking=pin))
+            count = x.shape[0]
+            if settings.compile and count < limit:  # one input shape: no recompilation for the last batch
+                x = torch.cat([x, x.new_zeros((limit - count, *x.shape[1:]))])
             with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = module(x)
+                logits = module(x)[:count]
             top = logits.float().softmax(dim=-1).topk(k, dim=-1)
         return top.values.cpu().numpy(), top.indices.cpu().numpy()
-
-    limit = settings.effective_batch_size
-    for batch_rows, batch in prefetch(_batches(shard, rows, limit, pin)):
+    for batch_rows, batch in prefetch(_batches(shard, rows, limit, prepare)):
         pending = [(batch_rows, batch)]  # a stack: the first rows are on top
         while pending:
             part_rows, part = pending.pop()
@@ -119,6 +142,34 @@ def classify(
             yield part_rows, probs, indices
 
 
+_probed: dict[tuple, int] = {}
+
+
+def cuda_batch_size(classifier: Classifier, module: torch.nn.Module, settings: InferenceSettings) -> int:
+    """The automatic CUDA batch size for this model and settings, probed once per process."""
+    key = (id(module), str(settings.device), settings.precision, settings.channels_last)
+    if key not in _probed:
+        _probed[key] = probe_cuda_batch_size(
+            module,
+            classifier.preprocessing.normalize,
+            classifier.preprocessing.input_size,
+            settings.device,
+            autocast_dtype(settings.precision),
+        )
+    return _probed[key]
+
+
+_compiled: dict[int, torch.nn.Module] = {}
+
+
+def compiled(module: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(module)``, once per module per process (compiling takes a while)."""
+    key = id(module)
+    if key not in _compiled:
+        _compiled[key] = torch.compile(module, dynamic=False)
+    return _compiled[key]
+
+
 def predict_shard(
     classifier: Classifier,
     shard: PixelShard,
@@ -127,6 +178,7 @@ def predict_shard(
     partition: str,
     reuse: bool = True,
     log: Callable[[str], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ShardPredictionSummary:
     """Predict the shard's decoded images, record its failures, write ``output`` atomically.
 
@@ -142,7 +194,8 @@ def predict_shard(
     failed_rows = [i for i, s in enumerate(columns["status"]) if s == STATUS_FAILED]
     ok_rows = shard.ok_rows
 
-    previous = read_reusable(output, settings.precision, settings.top_k) if reuse else None
+    pixels = shard.preprocessing
+    previous = read_reusable(output, settings.precision, settings.top_k, pixels) if reuse else None
     stored: dict[tuple, int] = {}
     if previous is not None:
         prev = previous.select(["image_id", "content_hash", "status"]).to_pydict()
@@ -153,12 +206,18 @@ def predict_shard(
         }
     reused = [stored[(image_ids[r], hashes[r])] for r in ok_rows if (image_ids[r], hashes[r]) in stored]
     to_compute = np.array([r for r in ok_rows if (image_ids[r], hashes[r]) not in stored], dtype=np.int64)
+    progress = progress or (lambda n: None)
     if previous is not None and len(to_compute) == 0 and not failed_rows and len(reused) == previous.num_rows:
+        progress(len(image_ids))
         return ShardPredictionSummary(
             len(image_ids), 0, len(reused), 0, False, time.perf_counter() - start, settings.effective_batch_size
         )
 
     batch_size = settings.effective_batch_size
+
+    def on_batch_size(size: int) -> None:
+        nonlocal batch_size
+        batch_size = size
 
     def on_backoff(old: int, new: int) -> None:
         nonlocal batch_size
@@ -174,6 +233,7 @@ def predict_shard(
         device=str(settings.device),
         precision=settings.precision,
         top_k=settings.top_k,
+        pixels=pixels,
     )
     with writer:
         writer.write_failures(
@@ -185,7 +245,8 @@ def predict_shard(
         )
         if reused:
             writer.write_rows(previous.take(pa.array(sorted(reused))))
-        for rows, probs, indices in classify(classifier, shard, to_compute, settings, on_backoff):
+        progress(len(image_ids) - len(to_compute))
+        for rows, probs, indices in classify(classifier, shard, to_compute, settings, on_backoff, on_batch_size):
             picked = rows.tolist()
             writer.write_predictions(
                 [image_ids[i] for i in picked],
@@ -195,6 +256,7 @@ def predict_shard(
                 probs,
                 classifier.labels,
             )
+            progress(len(picked))
     return ShardPredictionSummary(
         images=index.num_rows,
         predicted=writer.predicted,

@@ -23,6 +23,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .allocator import keep_freed_memory
 from .atomic import atomic_output, remove_orphaned_temporaries, temporary_sibling
 from .decoding import DEFAULT_MAX_PIXELS, describe_error, load_rgb
 from .parallel import bounded_map
@@ -109,7 +111,7 @@ def _prepare(
     if listing_error is not None:
         return None, STAGE_READ, listing_error
     try:
-        return preprocessing.resize_crop(load_rgb(uri, max_pixels)), None, None
+        return preprocessing.resize_crop(load_rgb(uri, max_pixels, preprocessing.draft_request)), None, None
     except Exception as exc:
         stage = STAGE_READ if isinstance(exc, OSError) and exc.filename is not None else STAGE_DECODE
         return None, stage, describe_error(exc)
@@ -135,9 +137,15 @@ def write_pixel_shard(
     workers: int,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     reuse: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> ShardWriteSummary:
-    """Decode and resize/crop the manifest ``entries`` of one partition into the shard folder."""
+    """Decode and resize/crop the manifest ``entries`` of one partition into the shard folder.
+
+    ``progress(n)`` is told of every ``n`` images done (decoded, failed or reused).
+    """
+    progress = progress or (lambda n: None)
     start = time.perf_counter()
+    keep_freed_memory()  # large decoded images: reuse freed heap instead of fresh zeroed pages
     shard_dir.mkdir(parents=True, exist_ok=True)
     remove_orphaned_temporaries(shard_dir, f"{partition}.")
     height, width = preprocessing.input_size
@@ -155,6 +163,7 @@ def write_pixel_shard(
     reusable = _reusable_rows(previous)
     plan = [reusable.get(key) for key in keys]
     if previous is not None and previous.shape[0] == count and plan == list(range(count)):
+        progress(count)
         return ShardWriteSummary(count, count, 0, count, 0, False, time.perf_counter() - start, 0)
 
     def produce(item):
@@ -176,6 +185,7 @@ def write_pixel_shard(
                     stage, error = STAGE_DECODE, f"ValueError: preprocessed shape {array.shape} != (3, {height}, {width})"
                     array = None
                 fh.write(blank if array is None else np.ascontiguousarray(array).data)
+                progress(1)
                 statuses.append(STATUS_FAILED if array is None else STATUS_OK)
                 stages.append(stage)
                 errors.append(error)

@@ -13,6 +13,7 @@ they compute what the reference transform computes, in the same order.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,19 @@ class Preprocessing:
     std: tuple[float, float, float]
     description: str
     resize_crop: Callable[[Image.Image], np.ndarray]  # RGB PIL image -> uint8 (3, H, W)
+    resize_to: int | None = None  # the shorter side the resize aims at (what JPEG draft mode may reduce to)
+    jpeg_draft: bool = False  # decode JPEGs in draft mode (DCT-domain downscaling): faster, not exact
+
+    def with_jpeg_draft(self) -> Preprocessing:
+        """The same transform on JPEGs decoded in draft mode (a different fingerprint: other pixels)."""
+        return dataclasses.replace(self, jpeg_draft=True, description=self.description + " +jpeg-draft")
+
+    @property
+    def draft_request(self) -> tuple[int, int] | None:
+        """What ``decoding.load_rgb`` is asked for in draft mode, or None when decoding is exact."""
+        if not self.jpeg_draft or not self.resize_to:
+            return None
+        return (self.resize_to, self.resize_to)
 
     @property
     def fingerprint(self) -> str:
@@ -64,6 +78,8 @@ def from_timm_config(pretrained_cfg: dict) -> Preprocessing:
         return _pil_to_chw(geometric(image))
 
     _, height, width = data_config["input_size"]
+    sizes = [t.size for t in stages[:cut] if type(t).__name__ == "Resize"]
+    resize_to = min(sizes[0]) if sizes and isinstance(sizes[0], (list, tuple)) else (sizes[0] if sizes else None)
     description = f"timm {data_config['input_size']} {data_config['interpolation']} " + " ".join(
         repr(t).replace("\n", "") for t in stages[:cut]
     )
@@ -73,6 +89,7 @@ def from_timm_config(pretrained_cfg: dict) -> Preprocessing:
         std=tuple(float(s) for s in data_config["std"]),
         description=description,
         resize_crop=resize_crop,
+        resize_to=resize_to,
     )
 
 
@@ -94,4 +111,5 @@ def from_torchvision_transform(transform) -> Preprocessing:
         std=tuple(float(s) for s in transform.std),
         description=f"torchvision resize={resize_size} crop={crop_size} {interpolation.value} antialias={antialias}",
         resize_crop=resize_crop,
+        resize_to=min(resize_size),
     )

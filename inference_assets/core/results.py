@@ -44,9 +44,19 @@ RESULT_SCHEMA = pa.schema(
 class ResultFileWriter:
     """Streams result rows for one partition into a Parquet file that appears only when complete."""
 
-    def __init__(self, path: Path, partition: str, model: str, weights: str, device: str, precision: str, top_k: int):
+    def __init__(
+        self,
+        path: Path,
+        partition: str,
+        model: str,
+        weights: str,
+        device: str,
+        precision: str,
+        top_k: int,
+        pixels: str = "",
+    ):
         self.path = path
-        self._schema = RESULT_SCHEMA.with_metadata({"settings": settings_key(precision, top_k)})
+        self._schema = RESULT_SCHEMA.with_metadata({"settings": settings_key(precision, top_k, pixels)})
         self._constants = {
             "partition": partition,
             "model": model,
@@ -137,18 +147,22 @@ def read_results(path: Path) -> pa.Table:
     return pq.read_table(path, schema=RESULT_SCHEMA)
 
 
-def settings_key(precision: str, top_k: int) -> str:
-    """The settings a stored prediction must share with the current run to be reused."""
-    return f"precision={precision};top_k={top_k}"
+def settings_key(precision: str, top_k: int, pixels: str = "") -> str:
+    """The settings a stored prediction must share with the current run to be reused.
+
+    ``pixels`` is the preprocessing fingerprint of the stored pixels predicted from (exact or
+    JPEG draft mode decoding, say).
+    """
+    return f"precision={precision};top_k={top_k}" + (f";pixels={pixels}" if pixels else "")
 
 
-def read_reusable(path: Path, precision: str, top_k: int) -> pa.Table | None:
+def read_reusable(path: Path, precision: str, top_k: int, pixels: str = "") -> pa.Table | None:
     """A complete earlier result file made with the same settings, or None."""
     if not path.exists():
         return None
     try:
         metadata = pq.read_schema(path).metadata or {}
-        if metadata.get(b"settings", b"").decode() != settings_key(precision, top_k):
+        if metadata.get(b"settings", b"").decode() != settings_key(precision, top_k, pixels):
             return None
         return read_results(path)
     except (OSError, pa.ArrowException):

@@ -2,12 +2,15 @@
 
 
 import time
+
+import pyarrow.compute as pc
 from pathlib import Path
 
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from inference_assets.core.manifest import build_manifest, read_manifest
 from inference_assets.core.pixel_store import write_pixel_shard
+from inference_assets.core.progress import Progress
 from inference_assets.metadata import markdown_table, rate
 from inference_assets.partitions import IMAGE_SHARDS, NUM_PARTITIONS, SINGLE_RUN
 from inference_assets.predictions.resources import DeviceResource, ModelResource
@@ -66,14 +69,23 @@ def preprocessed_images(
     device: DeviceResource,
 ) -> MaterializeResult:
     layout = storage.layout
-    preprocessing = model.preprocessing
+    preprocessing = device.pixels(model.preprocessing)
     shard_dir = layout.pixel_dir(preprocessing.fingerprint)
     start = time.perf_counter()
     images = ok = failed = reused = decoded = 0
-    for key in context.partition_keys:
-        entries = read_manifest(layout.manifest_path, key)
+    manifest = read_manifest(layout.manifest_path)  # read once, split per partition in memory
+    partitions = [(key, manifest.filter(pc.equal(manifest["partition"], key))) for key in context.partition_keys]
+    progress = Progress("preprocessing", sum(entries.num_rows for _, entries in partitions), context.log.info)
+    for key, entries in partitions:
         summary = write_pixel_shard(
-            entries, preprocessing, shard_dir, key, device.workers, storage.max_image_pixels, reuse=not config.force
+            entries,
+            preprocessing,
+            shard_dir,
+            key,
+            device.workers,
+            storage.max_image_pixels,
+            reuse=not config.force,
+            progress=progress.advance,
         )
         images += summary.images
         ok += summary.ok
@@ -97,6 +109,7 @@ def preprocessed_images(
             "images_per_second": rate(decoded, seconds),
             "decode_workers": device.workers,
             "input_size": f"{preprocessing.input_size[0]}x{preprocessing.input_size[1]}",
+            "jpeg_draft": preprocessing.jpeg_draft,
             "preprocessing": preprocessing.description,
             "path": MetadataValue.path(str(shard_dir)),
         }

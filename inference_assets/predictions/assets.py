@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 
 from inference_assets.core.inference import InferenceSettings, predict_shard
 from inference_assets.core.pixel_store import read_pixel_shard
+from inference_assets.core.progress import Progress
 from inference_assets.core.results import read_results
 from inference_assets.images.assets import preprocessed_images
 from inference_assets.images.resources import StorageResource
@@ -44,18 +45,27 @@ def predictions(
         channels_last=device.channels_last,
         batch_size=model.batch_size,
         top_k=model.top_k,
+        compile=device.compile,
     )
-    shard_dir = layout.pixel_dir(model.preprocessing.fingerprint)
+    shard_dir = layout.pixel_dir(device.pixels(model.preprocessing).fingerprint)
     start = time.perf_counter()
     predicted = reused = failed = 0
     batch_size = settings.effective_batch_size
     forward_seconds = 0.0
     labels: Counter = Counter()
-    for key in context.partition_keys:
-        shard = read_pixel_shard(shard_dir, key)
+    shards = [(key, read_pixel_shard(shard_dir, key)) for key in context.partition_keys]
+    progress = Progress("predictions", sum(shard.index.num_rows for _, shard in shards), context.log.info)
+    for key, shard in shards:
         output = layout.result_file(model.slug, key)
         summary = predict_shard(
-            model.load(settings.device), shard, settings, output, key, reuse=not config.force, log=context.log.warning
+            model.load(settings.device),
+            shard,
+            settings,
+            output,
+            key,
+            reuse=not config.force,
+            log=context.log.warning,
+            progress=progress.advance,
         )
         batch_size = min(batch_size, summary.batch_size)
         predicted += summary.predicted
@@ -82,6 +92,8 @@ def predictions(
             "device": str(settings.device),
             "precision": settings.precision,
             "channels_last": settings.channels_last,
+            "compiled": settings.compile,
+            "jpeg_draft": device.jpeg_draft,
             "batch_size": batch_size,
             "top_k": settings.top_k,
             "top_labels": markdown_table(("label", "images"), labels.most_common(10)),

@@ -93,6 +93,12 @@ class DeviceResource(ConfigurableResource):
     )
     channels_last: bool = Field(default=False, description="Run the model in channels-last memory format.")
     decode_workers: int = Field(default=0, ge=0, description="Threads decoding images; 0 means one per CPU core.")
+    jpeg_draft: bool = Field(
+        default=False,
+        description="Decode large JPEGs in Pillow's draft mode (DCT-domain downscaling): faster, not the exact "
+        "reference pixels; see the README's Performance section for its measured top-1 agreement.",
+    )
+    compile: bool = Field(default=False, description="torch.compile the model (compiles once per run, then faster).")
 
     _device: torch.device = PrivateAttr()
 
@@ -106,3 +112,7 @@ class DeviceResource(ConfigurableResource):
     @property
     def workers(self) -> int:
         return self.decode_workers or os.cpu_count() or 1
+
+    def pixels(self, preprocessing: Preprocessing) -> Preprocessing:
+        """How stored pixels are made for this model's preprocessing: exactly, or with JPEG draft mode."""
+        return preprocessing.with_jpeg_draft() if self.jpeg_draft else preprocessing
