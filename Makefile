@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::UserWarning
 
-.PHONY: install run test dev clean
+.PHONY: install run test dev bench bench-scale clean
 
 install: $(STAMP)
 
@@ -32,6 +32,20 @@ test: $(STAMP)
 dev: $(STAMP)
 	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## bench: throughput and memory against Ray Data, a DataLoader loop, a per-image loop and the limits
+## (BENCH_IMAGES, BENCH_REPEATS, ... : see bench/run.py); results in bench/results/
+bench: $(STAMP) $(VENV)/.bench-installed
+	$(BIN)/python -m bench.run
+
+## bench-scale: the same, plus the project alone at 20,000 images (speed and memory vs 2,000)
+bench-scale: $(STAMP) $(VENV)/.bench-installed
+	BENCH_SCALE=$${BENCH_SCALE:-20000} $(BIN)/python -m bench.run
+
+$(VENV)/.bench-installed: pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' > $(VENV)/pip-bench.log 2>&1 \
+		|| (grep -v "^WARNING: Location" $(VENV)/pip-bench.log; exit 1)
+	touch $@
 
 ## clean: remove generated outputs (keeps .venv and the Dagster instance)
 clean:

@@ -1,0 +1,93 @@
+"""The two limits: the model's forward pass alone on ready tensors, and decode + resize + crop alone.
+
+``model``: batches of already-normalized tensors (made before the clock starts) through the
+forward pass at the project's batch size, precision and memory format; images/s.
+``decode``: every image of the collection opened, converted to RGB and resized/cropped by the
+model's own geometric transform, on a process pool with one process per core; images/s.
+Together they bound any pipeline that decodes and then predicts on the same cores:
+1 / (1/model + 1/decode). Both run with the allocator setting the project uses
+(``inference_assets.core.allocator``), so the limit is the best this machine does, not a
+strawman.
+"""
+
+import multiprocessing
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from inference_assets.core.allocator import keep_freed_memory
+
+from bench.common import Timer, autocast, image_paths, load_model, parser, report
+
+_resize_crop = None
+
+
+def _init(args) -> None:
+    global _resize_crop
+    keep_freed_memory()
+    from inference_assets.core.models import ModelSpec, resolve_preprocessing
+
+    _resize_crop = resolve_preprocessing(ModelSpec(name=args.model, weights=args.weights)).resize_crop
+
+
+def _decode(path) -> int:
+    with Image.open(path) as image:
+        return int(_resize_crop(image.convert("RGB")).shape[1])
+
+
+def decode_limit(args) -> None:
+    paths = image_paths(args.images)
+    with multiprocessing.get_context("fork").Pool(args.workers, initializer=_init, initargs=(args,)) as pool:
+        pool.map(_decode, paths[: args.workers * 2])  # warm: imports and first-call costs
+        with Timer() as timer:
+            sizes = pool.map(_decode, paths, chunksize=8)
+    report(images=len(sizes), seconds=timer.seconds, workers=args.workers)
+
+
+def model_limit(args) -> None:
+    keep_freed_memory()
+    count = len(image_paths(args.images))
+    if args.max_images:
+        count = min(count, args.max_images)
+    classifier = load_model(args)
+    device = torch.device(args.device)
+    module = classifier.module
+    h, w = classifier.preprocessing.input_size
+    batch = classifier.preprocessing.normalize(torch.randint(0, 256, (args.batch_size, 3, h, w), dtype=torch.uint8))
+    batch = batch.to(device)
+    if args.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    batches = -(-count // args.batch_size)
+    with torch.inference_mode():
+        for _ in range(3):
+            with autocast(args):
+                module(batch)
+        _sync(device)
+        with Timer() as timer:
+            for _ in range(batches):
+                with autocast(args):
+                    module(batch)
+            _sync(device)
+    report(images=batches * args.batch_size, seconds=timer.seconds, batch_size=args.batch_size,
+           channels_last=args.channels_last, threads=torch.get_num_threads())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("which", choices=["model", "decode"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--max-images", type=int, default=0, help="model: time at most this many images (0: all)")
+    args = p.parse_args()
+    (model_limit if args.which == "model" else decode_limit)(args)
+
+
+if __name__ == "__main__":
+    main()

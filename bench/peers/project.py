@@ -1,0 +1,79 @@
+"""This project, end to end through real Dagster materializations: manifest → pixels → predictions → DuckDB.
+
+The three runs ``make run`` makes (``inference_assets.run.pipeline_steps``, asset checks included):
+manifest; pixels + predictions over the whole partition range in one run; DuckDB refresh. End to end is the sum of the three runs'
+wall times; each stage's own time comes from its asset's ``seconds`` metadata. The top-1 per
+image is read back from the DuckDB ``predictions`` table.
+"""
+
+import os
+import time
+
+import duckdb
+from dagster import DagsterInstance
+
+from bench.common import parser, report, write_predictions
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--work", required=True, help="work dir (manifest, pixels, result files) and DuckDB file live here")
+    p.add_argument("--channels-last", choices=["on", "off"], default="off")
+    p.add_argument("--draft", action="store_true", help="Pillow JPEG draft mode (DCT-domain downscaling)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    args = p.parse_args()
+    os.environ.update(
+        INFERENCE_IMAGE_ROOT=str(args.images),
+        INFERENCE_WORK_DIR=os.path.join(args.work, "work"),
+        INFERENCE_DUCKDB_PATH=os.path.join(args.work, "warehouse.duckdb"),
+        INFERENCE_DEVICE=args.device,
+        INFERENCE_PRECISION=args.precision,
+        INFERENCE_MODEL=args.model,
+        INFERENCE_WEIGHTS=args.weights,
+    )
+    from inference_assets.definitions import default_resources
+    from inference_assets.run import materialize_step, pipeline_steps
+
+    from inference_assets.predictions.resources import DeviceResource, ModelResource
+
+    resources = default_resources()
+    resources["device"] = DeviceResource(
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last == "on",
+        decode_workers=args.workers,
+        jpeg_draft=args.draft,
+        compile=args.compile,
+    )
+    resources["model"] = ModelResource(name=args.model, weights=args.weights, batch_size=args.batch_size)
+    stage_of = {"image_manifest": "manifest", "preprocessed_images": "preprocess", "predictions": "predict",
+                "prediction_results": "warehouse"}
+    run_seconds, stage_seconds, metadata = {}, {}, {}
+    with DagsterInstance.ephemeral() as instance:
+        for (_, selection, tags), name in zip(pipeline_steps(), ("manifest", "preprocess + predict", "warehouse")):
+            start = time.perf_counter()
+            result = materialize_step(selection, tags, resources, instance, log_level="WARNING")
+            run_seconds[name] = time.perf_counter() - start
+            if not result.success:
+                raise SystemExit(f"{name} failed")
+            for event in result.get_asset_materialization_events():
+                values = {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+                stage = stage_of[event.asset_key.to_user_string()]
+                stage_seconds[stage] = values.get("seconds")
+                metadata[stage] = {k: values[k] for k in values
+                                   if k in ("computed", "predicted", "reused", "images", "batch_size", "channels_last",
+                                            "decode_workers", "images_per_second", "files_hashed", "hashes_reused",
+                                            "jpeg_draft", "compiled", "seconds")}
+    # stages without their own `seconds` (manifest, warehouse) are timed by their whole run
+    seconds = {**{k: v for k, v in stage_seconds.items() if v is not None},
+               **{k: run_seconds[k] for k in ("manifest", "warehouse")}}
+    with duckdb.connect(os.environ["INFERENCE_DUCKDB_PATH"], read_only=True) as conn:
+        rows = conn.execute(
+            "SELECT i.relative_path, p.class_index FROM predictions p JOIN images i USING (image_id) ORDER BY 1"
+        ).fetchall()
+    write_predictions(args.out, [path for path, _ in rows], [int(i) for _, i in rows])
+    report(images=len(rows), seconds=sum(run_seconds.values()), stages=seconds, runs=run_seconds, metadata=metadata)
+
+
+if __name__ == "__main__":
+    main()

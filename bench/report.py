@@ -1,0 +1,89 @@
+"""The Markdown table of a benchmark summary (what ``bench/results/*.md`` and the README show)."""
+
+from __future__ import annotations
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f} %"
+
+
+def _agreement(a: dict | None) -> str:
+    if not a:
+        return "–"
+    return f"{100 * a['rate']:.2f} % ({a['same']}/{a['images']})"
+
+
+def markdown(s: dict) -> str:
+    m, c = s["machine"], s["config"]
+    lines = [
+        f"# Benchmark: {c['images']} images, {c['model']} ({c['weights']}), {c['device']}, {c['precision']}",
+        "",
+        f"- When: {s['date']}",
+        f"- Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['cpu_flags']) or 'no AVX'}), {m['memory_gib']} GiB"
+        f", GPU: {m['gpu'] or 'none'}; {m['os']}, Python {m['python']}",
+        "- Libraries: " + ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v),
+        f"- Collection: {c['images']} generated images (seed {c['seed']}): "
+        + ", ".join(f"{v} {k}" for k, v in c["collection"].items()),
+        f"- Medians of {c['repeats']} interleaved rounds; batch size {c['batch_size']} (the project's automatic choice) "
+        "for the project, Ray Data and the model limit; 64 for the DataLoader loop.",
+        "",
+        "| pipeline | images/s (median) | runs | peak memory (PSS, MiB) | top-1 = reference |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for name, p in s["peers"].items():
+        runs = ", ".join(f"{x:.1f}" for x in p["images_per_second_runs"])
+        lines.append(
+            f"| {p['title']} | {p['images_per_second']:.1f} | {runs} | {p['peak_pss_mib']:.0f} | "
+            f"{_agreement(p['top1_agreement_with_reference'])} |"
+        )
+    if "limit_images_per_second" in s:
+        lines.append(f"| limit 1 / (1/model + 1/decode) | {s['limit_images_per_second']:.1f} | | | |")
+    lines += ["", "The reference for top-1 is the per-image loop: the model's own transform and an fp32 forward pass, one image at a time.", ""]
+    if s.get("ratios"):
+        lines += ["| ratio | value |", "|---|---:|"]
+        lines += [f"| {k} | {v:.2f}× |" if "limit" not in k else f"| {k} | {100 * v:.1f} % |" for k, v in s["ratios"].items()]
+        lines.append("")
+    project = s["peers"].get("project")
+    if project and project["details"]:
+        stages = project["details"][-1].get("stages", {})
+        if stages:
+            lines.append(
+                "Project stages (last round): " + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()) + "."
+            )
+            lines.append("")
+    if s.get("variants"):
+        lines += [
+            "| project variant | images/s | peak memory (MiB) | top-1 = exact project run | top-1 = reference |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, v in s["variants"].items():
+            label = name
+            if name == "incremental":
+                label = f"incremental: +{v['added_images']} new images, re-run over the last full run's outputs"
+            lines.append(
+                f"| {label} | {v['images_per_second']:.1f} ({v['seconds']:.1f}s) | {v['peak_pss_mib']:.0f} | "
+                f"{_agreement(v['top1_agreement_with_exact'])} | {_agreement(v['top1_agreement_with_reference'])} |"
+            )
+        inc = s["variants"].get("incremental")
+        if inc:
+            lines += ["", f"Incremental re-run cost: {inc['seconds']:.1f}s = {_pct(inc['cost_vs_full_run'])} of a full run "
+                      f"(stages: " + ", ".join(f"{k} {x:.1f}s" for k, x in inc["report"].get("stages", {}).items()) + ")."]
+        lines.append("")
+    for name, why in (s.get("skipped_variants") or {}).items():
+        lines += [f"Variant `{name}` not run: {why}.", ""]
+    if s.get("scale"):
+        sc = s["scale"]
+        lines += [
+            "| scale | images | images/s | peak memory (MiB) |",
+            "|---|---:|---:|---:|",
+            f"| small | {sc['images'][0]} | {sc['images_per_second'][0]:.1f} | {sc['peak_pss_mib'][0]:.0f} |",
+            f"| large | {sc['images'][1]} | {sc['images_per_second'][1]:.1f} | {sc['peak_pss_mib'][1]:.0f} |",
+            f"| change | ×{sc['images'][1] / sc['images'][0]:.0f} | {100 * sc['speed_change']:+.1f} % | {100 * sc['memory_change']:+.1f} % |",
+            "",
+        ]
+        inc = sc.get("incremental")
+        if inc:
+            lines += [f"Incremental re-run at {sc['images'][1]} images: +{inc['added_images']} new images in "
+                      f"{inc['seconds']:.1f}s = {_pct(inc['cost_vs_full_run'])} of that full run (stages: "
+                      + ", ".join(f"{k} {x:.1f}s" for k, x in (inc.get("stages") or {}).items()) + ").", ""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,317 @@
+"""``make bench``: this project against the Ray Data tutorial, a DataLoader loop and a per-image loop,
+and against the machine's own limits, on one generated collection, in one run.
+
+Settings (environment):
+
+- ``BENCH_IMAGES`` [2000]: collection size; ``BENCH_SEED`` [0].
+- ``BENCH_REPEATS`` [3]: rounds; every peer runs once per round (interleaved, so a noisy
+  spell hits all of them) and the medians are reported.
+- ``BENCH_PEERS`` [all]: comma list of ``project, ray_data, dataloader, per_image, model_limit, decode_limit``.
+- ``BENCH_VARIANTS`` [``bf16,jpeg_draft,compile,incremental``]: the project's options, each run once
+  and compared with the exact path; ``incremental`` re-runs after adding 1 % new images.
+- ``BENCH_SCALE`` [0]: also run the project alone on this many images (e.g. 20000) and compare
+  its speed and peak memory with the ``BENCH_IMAGES`` run.
+- ``BENCH_WORK`` [bench/work], ``BENCH_RESULTS`` [bench/results]: where generated files and results go.
+- ``BENCH_DEVICE`` [auto], ``BENCH_MODEL`` / ``BENCH_WEIGHTS`` [the bundled EfficientNet-Lite0],
+  ``BENCH_PRECISION`` [fp32].
+
+Writes ``bench/results/<date>-<device>-<images>.json`` and ``.md`` (the table the README quotes).
+Generated images and work files go under ``bench/work/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from bench.collection import build_collection
+from bench.machine import describe
+from bench.measure import Measured, run_measured
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = BENCH_DIR.parent
+WORK = Path(os.environ.get("BENCH_WORK") or BENCH_DIR / "work")
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or BENCH_DIR / "results")
+
+PEERS = ("project", "ray_data", "dataloader", "per_image", "model_limit", "decode_limit")
+TITLES = {
+    "project": "this project, end to end (Dagster: manifest → pixels → predictions → DuckDB)",
+    "ray_data": "Ray Data tutorial pipeline",
+    "dataloader": "PyTorch DataLoader loop (batch 64, workers = cores)",
+    "per_image": "per-image loop (batch 1)",
+    "model_limit": "limit: forward pass alone on ready tensors",
+    "decode_limit": "limit: decode + resize + crop alone, all cores",
+}
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+class Bench:
+    def __init__(self) -> None:
+        import torch
+
+        from inference_assets.core.devices import default_batch_size
+
+        self.images = int(env("BENCH_IMAGES", "2000"))
+        self.seed = int(env("BENCH_SEED", "0"))
+        self.repeats = int(env("BENCH_REPEATS", "3"))
+        self.peers = [p.strip() for p in env("BENCH_PEERS", ",".join(PEERS)).split(",") if p.strip()]
+        self.variants = [v.strip() for v in env("BENCH_VARIANTS", "bf16,jpeg_draft,compile,incremental").split(",") if v.strip()]
+        self.scale = int(env("BENCH_SCALE", "0"))
+        device = env("BENCH_DEVICE", "auto")
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.model = env("BENCH_MODEL", "tf_efficientnet_lite0")
+        self.weights = env("BENCH_WEIGHTS", "bundled")
+        self.precision = env("BENCH_PRECISION", "fp32")
+        self.batch_size = default_batch_size(torch.device(self.device))  # the project's automatic choice
+        self.cores = os.cpu_count() or 1
+        self.timeout = float(env("BENCH_TIMEOUT", "7200"))
+        self.logs = WORK / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    # --- running peers ------------------------------------------------------------------
+
+    def collection(self, count: int) -> Path:
+        root = WORK / f"collection-seed{self.seed}-{count}"
+        marker = root / ".complete"
+        if not marker.exists():
+            print(f"building {count} images under {root} ...", flush=True)
+            start = time.perf_counter()
+            kinds = build_collection(root, count, self.seed)
+            marker.write_text(json.dumps(kinds))
+            print(f"  {kinds} in {time.perf_counter() - start:.0f}s", flush=True)
+        return root
+
+    def command(self, peer: str, images: Path, out: Path, **options) -> list[str]:
+        common = ["--images", str(images), "--out", str(out), "--model", self.model, "--weights", self.weights,
+                  "--device", self.device, "--precision", options.pop("precision", self.precision),
+                  "--workers", str(self.cores)]
+        py = [sys.executable, "-m"]
+        if peer == "project":
+            extra = ["--work", str(options.pop("work")), "--batch-size", "0"]
+            extra += ["--draft"] if options.pop("draft", False) else []
+            extra += ["--compile"] if options.pop("compile", False) else []
+            return py + ["bench.peers.project", *common, *extra]
+        if peer == "ray_data":
+            return py + ["bench.peers.ray_data", *common, "--batch-size", str(self.batch_size), "--concurrency", "1"]
+        if peer == "dataloader":
+            return py + ["bench.peers.dataloader_loop", *common, "--batch-size", "64"]
+        if peer == "per_image":
+            return py + ["bench.peers.per_image", *common]
+        if peer == "model_limit":
+            return py + ["bench.peers.limits", "model", *common, "--batch-size", str(self.batch_size)]
+        if peer == "decode_limit":
+            return py + ["bench.peers.limits", "decode", *common]
+        raise ValueError(f"unknown peer {peer!r}: use {', '.join(PEERS)}")
+
+    def run(self, peer: str, images: Path, label: str, **options) -> dict:
+        out = WORK / "predictions" / f"{label}.parquet"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)
+        if peer == "project" and "work" not in options:
+            options["work"] = WORK / "project" / label
+            shutil.rmtree(options["work"], ignore_errors=True)
+        command = self.command(peer, images, out, **options)
+        environment = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+        print(f"--> {label}", flush=True)
+        measured: Measured = run_measured(command, environment, PROJECT_ROOT, self.timeout, self.logs / f"{label}.log")
+        report = measured.report
+        if measured.returncode != 0 or "seconds" not in report:
+            print(measured.output_tail, file=sys.stderr)
+            raise SystemExit(f"{label} failed (exit {measured.returncode}); log: {self.logs / f'{label}.log'}")
+        result = {
+            "peer": peer,
+            "images": report["images"],
+            "seconds": report["seconds"],
+            "images_per_second": report["images"] / report["seconds"],
+            "wall_seconds": measured.wall_seconds,
+            "peak_pss_mib": measured.peak_pss_mib,
+            "peak_rss_mib": measured.peak_rss_mib,
+            "report": report,
+            "predictions": str(out) if out.exists() else None,
+        }
+        print(f"    {result['images_per_second']:.1f} img/s, {result['seconds']:.1f}s, peak {result['peak_pss_mib']:.0f} MiB",
+              flush=True)
+        return result
+
+    # --- the benchmark ------------------------------------------------------------------
+
+    def main(self) -> dict:
+        images = self.collection(self.images)
+        runs: dict[str, list[dict]] = {peer: [] for peer in self.peers}
+        for round_ in range(1, self.repeats + 1):
+            for peer in self.peers:
+                runs[peer].append(self.run(peer, images, f"{peer}-{round_}"))
+        variants, skipped = {}, {}
+        exact = runs.get("project", [{}])[-1]
+        for variant in self.variants:
+            if variant == "bf16":
+                if self.device == "cpu" and not cpu_has_bf16():
+                    print("--> bf16 skipped: this CPU has no native bf16 (avx512_bf16 / amx_bf16)", flush=True)
+                    skipped[variant] = "this CPU has no native bf16 instructions (avx512_bf16 / amx_bf16)"
+                    continue
+                variants[variant] = self.run("project", images, "project-bf16", precision="bf16")
+            elif variant == "jpeg_draft":
+                variants[variant] = self.run("project", images, "project-jpeg-draft", draft=True)
+            elif variant == "compile":
+                variants[variant] = self.run("project", images, "project-compile", compile=True)
+            elif variant == "incremental" and exact:
+                work = WORK / "project" / f"project-{self.repeats}"
+                variants[variant] = self.incremental(images, self.images, work, "project-incremental")
+        scale = self.scale_run(runs) if self.scale else None
+        summary = self.summarize(images, runs, variants, scale)
+        summary["skipped_variants"] = skipped
+        return summary
+
+    def incremental(self, images: Path, count: int, work: Path, label: str) -> dict:
+        """Add 1 % new images to the collection and re-run the project over a full run's outputs in ``work``."""
+        added = max(1, count // 100)
+        build_collection(images, count + added, self.seed, start=count)
+        try:
+            result = self.run("project", images, label, work=work)
+        finally:
+            for path in images.rglob("img_*"):
+                if int(path.stem.split("_")[1]) >= count:
+                    path.unlink()
+        result["added_images"] = added
+        return result
+
+    def scale_run(self, runs: dict) -> dict:
+        big = self.collection(self.scale)
+        result = self.run("project", big, f"project-{self.scale}")
+        work = WORK / "project" / f"project-{self.scale}"
+        result["incremental"] = self.incremental(big, self.scale, work, f"project-{self.scale}-incremental")
+        shutil.rmtree(work, ignore_errors=True)
+        return result
+
+    # --- the report -----------------------------------------------------------------------
+
+    def summarize(self, images: Path, runs: dict, variants: dict, scale: dict | None) -> dict:
+        def median(peer: str, key: str) -> float | None:
+            values = [r[key] for r in runs.get(peer, [])]
+            return statistics.median(values) if values else None
+
+        rates = {peer: median(peer, "images_per_second") for peer in runs}
+        reference = self.top1(runs["per_image"][-1]) if "per_image" in runs else None
+        summary = {
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": describe(),
+            "config": {
+                "images": self.images, "seed": self.seed, "repeats": self.repeats, "device": self.device,
+                "model": self.model, "weights": self.weights, "precision": self.precision,
+                "batch_size": self.batch_size, "collection": json.loads((images / ".complete").read_text()),
+            },
+            "peers": {},
+            "variants": {},
+        }
+        for peer, results in runs.items():
+            summary["peers"][peer] = {
+                "title": TITLES[peer],
+                "images_per_second": rates[peer],
+                "images_per_second_runs": [round(r["images_per_second"], 2) for r in results],
+                "seconds": median(peer, "seconds"),
+                "peak_pss_mib": median(peer, "peak_pss_mib"),
+                "top1_agreement_with_reference": self.agreement(reference, results[-1]),
+                "details": [r["report"] for r in results],
+            }
+        ratios = {}
+        project = rates.get("project")
+        if project:
+            for peer in ("ray_data", "dataloader", "per_image"):
+                if rates.get(peer):
+                    ratios[f"project / {peer}"] = project / rates[peer]
+            if rates.get("model_limit") and rates.get("decode_limit"):
+                limit = 1 / (1 / rates["model_limit"] + 1 / rates["decode_limit"])
+                summary["limit_images_per_second"] = limit
+                ratios["project / limit"] = project / limit
+            if "predict" in runs["project"][-1]["report"].get("stages", {}) and rates.get("model_limit"):
+                predict = statistics.median(
+                    r["report"]["images"] / r["report"]["stages"]["predict"] for r in runs["project"]
+                )
+                ratios["predict stage / model limit"] = predict / rates["model_limit"]
+        summary["ratios"] = ratios
+        exact = runs["project"][-1] if "project" in runs else None
+        for name, result in variants.items():
+            entry = {
+                "images_per_second": result["images_per_second"],
+                "seconds": result["seconds"],
+                "peak_pss_mib": result["peak_pss_mib"],
+                "top1_agreement_with_exact": self.agreement(self.top1(exact), result) if exact else None,
+                "top1_agreement_with_reference": self.agreement(reference, result),
+                "report": result["report"],
+            }
+            if name == "incremental" and project:
+                entry["added_images"] = result["added_images"]
+                entry["cost_vs_full_run"] = result["seconds"] / median("project", "seconds")
+            summary["variants"][name] = entry
+        if scale:
+            small = runs["project"]
+            summary["scale"] = {
+                "images": [self.images, self.scale],
+                "images_per_second": [rates["project"], scale["images_per_second"]],
+                "peak_pss_mib": [median("project", "peak_pss_mib"), scale["peak_pss_mib"]],
+                "speed_change": scale["images_per_second"] / rates["project"] - 1,
+                "memory_change": scale["peak_pss_mib"] / median("project", "peak_pss_mib") - 1,
+                "report": scale["report"],
+                "incremental": {
+                    "added_images": scale["incremental"]["added_images"],
+                    "seconds": scale["incremental"]["seconds"],
+                    "cost_vs_full_run": scale["incremental"]["seconds"] / scale["seconds"],
+                    "stages": scale["incremental"]["report"].get("stages"),
+                },
+            }
+            del small
+        return summary
+
+    @staticmethod
+    def top1(result: dict | None) -> dict[str, int] | None:
+        if not result or not result.get("predictions"):
+            return None
+        table = pq.read_table(result["predictions"]).to_pydict()
+        return dict(zip(table["path"], table["class_index"], strict=True))
+
+    def agreement(self, reference: dict | None, result: dict) -> dict | None:
+        theirs = self.top1(result)
+        if reference is None or theirs is None:
+            return None
+        same = sum(1 for path, index in reference.items() if theirs.get(path) == index)
+        missing = sum(1 for path in reference if path not in theirs)
+        return {"images": len(reference), "same": same, "missing": missing, "rate": same / len(reference)}
+
+
+def main() -> None:
+    bench = Bench()
+    summary = bench.main()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = f"{summary['date'][:10]}-{bench.device}-{bench.images}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from bench.report import markdown
+
+    text = markdown(summary)
+    (RESULTS / f"{stem}.md").write_text(text)
+    print()
+    print(text)
+    print(f"written: {RESULTS / stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
