@@ -55,15 +55,14 @@ class ShardPredictionSummary:
         return self.predicted / self.seconds if self.seconds > 0 else 0.0
 
 
-def _batches(
-    shard: PixelShard, rows: np.ndarray, batch_size: int, prepare: Callable[[torch.Tensor], torch.Tensor]
-) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+def _batches(shard: PixelShard, rows: np.ndarray, batch_size: int, pin: bool) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
     for start in range(0, len(rows), batch_size):
         batch_rows = rows[start : start + batch_size]
         # one positional read per run of consecutive rows (rows of failed images are skipped)
         runs = np.split(batch_rows, np.flatnonzero(np.diff(batch_rows) != 1) + 1)
         parts = [shard.read_rows(int(run[0]), int(run[-1]) + 1) for run in runs]
-        yield batch_rows, prepare(torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts)))
+        tensor = torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        yield batch_rows, (tensor.pin_memory() if pin else tensor)
 
 
 def classify(
@@ -99,19 +98,15 @@ def classify(
     if on_batch_size is not None:
         on_batch_size(limit)
 
-    def normalize(batch: torch.Tensor) -> torch.Tensor:
-        x = classifier.preprocessing.normalize(batch)
-        return x.contiguous(memory_format=torch.channels_last) if settings.channels_last else x
-
     # The prefetch thread reads (and on CUDA pins) the next batch; normalizing stays on this
     # thread: on CPU, torch ops from a second thread start a second OpenMP team, which
     # oversubscribes the cores (measured: 20 % slower). uint8 crosses to a GPU (4x less than
     # float) and is normalized there.
-    prepare, on_device = (lambda batch: batch.pin_memory() if pin else batch), normalize
-
     def forward(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            x = on_device(batch.to(device, non_blocking=pin))
+            x = classifier.preprocessing.normalize(batch.to(device, non_blocking=pin))
+            if settings.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             count = x.shape[0]
             if settings.compile and count < limit:  # one input shape: no recompilation for the last batch
                 x = torch.cat([x, x.new_zeros((limit - count, *x.shape[1:]))])
@@ -119,7 +114,7 @@ def classify(
                 logits = module(x)[:count]
             top = logits.float().softmax(dim=-1).topk(k, dim=-1)
         return top.values.cpu().numpy(), top.indices.cpu().numpy()
-    for batch_rows, batch in prefetch(_batches(shard, rows, limit, prepare)):
+    for batch_rows, batch in prefetch(_batches(shard, rows, limit, pin)):
         pending = [(batch_rows, batch)]  # a stack: the first rows are on top
         while pending:
             part_rows, part = pending.pop()

@@ -78,8 +78,8 @@ def from_timm_config(pretrained_cfg: dict) -> Preprocessing:
         return _pil_to_chw(geometric(image))
 
     _, height, width = data_config["input_size"]
-    sizes = [t.size for t in stages[:cut] if type(t).__name__ == "Resize"]
-    resize_to = min(sizes[0]) if sizes and isinstance(sizes[0], (list, tuple)) else (sizes[0] if sizes else None)
+    resize = next((t.size for t in stages[:cut] if isinstance(t, T.Resize)), None)
+    resize_to = min(resize) if isinstance(resize, (list, tuple)) else resize
     description = f"timm {data_config['input_size']} {data_config['interpolation']} " + " ".join(
         repr(t).replace("\n", "") for t in stages[:cut]
     )

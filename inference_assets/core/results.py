@@ -53,7 +53,7 @@ class ResultFileWriter:
         device: str,
         precision: str,
         top_k: int,
-        pixels: str = "",
+        pixels: str,
     ):
         self.path = path
         self._schema = RESULT_SCHEMA.with_metadata({"settings": settings_key(precision, top_k, pixels)})
@@ -147,16 +147,16 @@ def read_results(path: Path) -> pa.Table:
     return pq.read_table(path, schema=RESULT_SCHEMA)
 
 
-def settings_key(precision: str, top_k: int, pixels: str = "") -> str:
+def settings_key(precision: str, top_k: int, pixels: str) -> str:
     """The settings a stored prediction must share with the current run to be reused.
 
     ``pixels`` is the preprocessing fingerprint of the stored pixels predicted from (exact or
     JPEG draft mode decoding, say).
     """
-    return f"precision={precision};top_k={top_k}" + (f";pixels={pixels}" if pixels else "")
+    return f"precision={precision};top_k={top_k};pixels={pixels}"
 
 
-def read_reusable(path: Path, precision: str, top_k: int, pixels: str = "") -> pa.Table | None:
+def read_reusable(path: Path, precision: str, top_k: int, pixels: str) -> pa.Table | None:
     """A complete earlier result file made with the same settings, or None."""
     if not path.exists():
         return None

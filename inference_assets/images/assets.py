@@ -2,10 +2,9 @@
 
 
 import time
-
-import pyarrow.compute as pc
 from pathlib import Path
 
+import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from inference_assets.core.manifest import build_manifest, read_manifest
