@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from inference_assets.core.devices import autocast_dtype
 from inference_assets.core.models import Classifier, ModelSpec, load_classifier
 
 PREDICTION_SCHEMA = pa.schema([("path", pa.string()), ("class_index", pa.int32())])
@@ -48,22 +48,30 @@ def relative(paths: list[Path], root: Path) -> list[str]:
 
 
 def load_model(args) -> Classifier:
-    return load_classifier(ModelSpec(name=args.model, weights=args.weights), torch.device(args.device))
+    return load_classifier(model_spec(args), torch.device(args.device))
 
 
-def reference_transform(classifier: Classifier):
-    """The model's own evaluation transform as its library documents it (PIL image -> normalized tensor)."""
-    if classifier.spec.library == "timm":
+def reference_transform(spec: ModelSpec):
+    """The model's own evaluation transform as its library documents it (PIL image -> normalized tensor).
+
+    Built from the model's pretrained config (timm) or weights preset (torchvision), without
+    loading any weights.
+    """
+    from inference_assets.core.models import _timm_pretrained_cfg, _torchvision_weights
+
+    if spec.library == "timm":
         import timm.data
 
-        return timm.data.create_transform(**timm.data.resolve_model_data_config(classifier.module))
-    from inference_assets.core.models import _torchvision_weights
+        return timm.data.create_transform(**timm.data.resolve_data_config(pretrained_cfg=_timm_pretrained_cfg(spec.arch)))
+    return _torchvision_weights(spec).transforms()
 
-    return _torchvision_weights(classifier.spec).transforms()
+
+def model_spec(args) -> ModelSpec:
+    return ModelSpec(name=args.model, weights=args.weights)
 
 
 def autocast(args):
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    dtype = autocast_dtype(args.precision)
     return torch.autocast(device_type=torch.device(args.device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
@@ -74,7 +82,6 @@ def write_predictions(out: Path, paths: list[str], class_indices: list[int]) -> 
 
 def report(**fields) -> None:
     print(json.dumps(fields), flush=True)
-    sys.stdout.flush()
 
 
 class Timer:

@@ -19,7 +19,8 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _cpu_flags() -> list[str]:
+def cpu_flags() -> list[str]:
+    """The CPU's vector-instruction flags (avx*, amx*, fma*) from /proc/cpuinfo."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -70,7 +71,7 @@ def describe() -> dict:
     return {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
-        "cpu_flags": _cpu_flags(),
+        "cpu_flags": cpu_flags(),
         "memory_gib": _memory_gib(),
         "gpu": _gpu(),
         "os": f"{platform.system()} {platform.release()}",

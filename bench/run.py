@@ -33,7 +33,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from bench.collection import build_collection
-from bench.machine import describe
+from bench.machine import cpu_flags, describe
 from bench.measure import Measured, run_measured
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -50,15 +50,6 @@ TITLES = {
     "model_limit": "limit: forward pass alone on ready tensors",
     "decode_limit": "limit: decode + resize + crop alone, all cores",
 }
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def env(name: str, default: str) -> str:
@@ -165,7 +156,7 @@ class Bench:
         exact = runs.get("project", [{}])[-1]
         for variant in self.variants:
             if variant == "bf16":
-                if self.device == "cpu" and not cpu_has_bf16():
+                if self.device == "cpu" and not {"avx512_bf16", "amx_bf16"} & set(cpu_flags()):
                     print("--> bf16 skipped: this CPU has no native bf16 (avx512_bf16 / amx_bf16)", flush=True)
                     skipped[variant] = "this CPU has no native bf16 instructions (avx512_bf16 / amx_bf16)"
                     continue
@@ -264,7 +255,6 @@ class Bench:
                 entry["cost_vs_full_run"] = result["seconds"] / median("project", "seconds")
             summary["variants"][name] = entry
         if scale:
-            small = runs["project"]
             summary["scale"] = {
                 "images": [self.images, self.scale],
                 "images_per_second": [rates["project"], scale["images_per_second"]],
@@ -279,7 +269,6 @@ class Bench:
                     "stages": scale["incremental"]["report"].get("stages"),
                 },
             }
-            del small
         return summary
 
     @staticmethod

@@ -39,7 +39,7 @@ def main() -> None:
         classifier = load_model(args)
         device = torch.device(args.device)
         loader = DataLoader(
-            ImageFiles(paths, names, reference_transform(classifier)),
+            ImageFiles(paths, names, reference_transform(classifier.spec)),
             batch_size=args.batch_size,
             num_workers=args.workers,
             pin_memory=device.type == "cuda",

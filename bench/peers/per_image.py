@@ -11,7 +11,7 @@ def main() -> None:
     paths = image_paths(args.images)
     with Timer() as timer:
         classifier = load_model(args)
-        transform = reference_transform(classifier)
+        transform = reference_transform(classifier.spec)
         device = torch.device(args.device)
         indices = []
         with torch.inference_mode():

@@ -16,7 +16,7 @@ from typing import Dict
 
 import numpy as np
 
-from bench.common import Timer, autocast, load_model, parser, report, write_predictions
+from bench.common import Timer, autocast, load_model, model_spec, parser, reference_transform, report, write_predictions
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
         ds = ray.data.read_images(str(args.images), mode="RGB", include_paths=True)
 
         # The transform is built on the driver, as in the tutorial, and shipped with the function.
-        transform = _reference_transform(args)
+        transform = reference_transform(model_spec(args))
 
         def preprocess_image(row: Dict[str, np.ndarray]):
             return {
@@ -88,12 +88,6 @@ def main() -> None:
         ray=ray.__version__,
     )
     ray.shutdown()
-
-
-def _reference_transform(args):
-    from bench.common import reference_transform
-
-    return reference_transform(load_model(args))
 
 
 if __name__ == "__main__":
