@@ -3,6 +3,11 @@
 The shard count comes from ``$INFERENCE_PARTITIONS`` (default 16). An image's shard is a
 hash of its stable id modulo the count, so a growing collection never moves an image;
 changing the count reshuffles everything, so pick it once per collection.
+
+``$INFERENCE_PARTITIONS_PER_RUN`` sets how a backfill (or ``--partition-range``) over the
+partitioned assets is split into runs: ``0`` (default) runs the whole range as one run (the
+model loads once); ``N`` runs at most N partitions per run, so the run queue can spread them
+over processes, GPUs or Kubernetes pods.
 """
 
 import os
@@ -19,5 +24,11 @@ NUM_PARTITIONS = int(os.environ.get("INFERENCE_PARTITIONS", DEFAULT_NUM_PARTITIO
 
 IMAGE_SHARDS = StaticPartitionsDefinition(partition_keys(NUM_PARTITIONS))
 
-# A range of partitions (`--partition-range`, a backfill) runs as one run: the model loads once.
-SINGLE_RUN = BackfillPolicy.single_run()
+PARTITIONS_PER_RUN = int(os.environ.get("INFERENCE_PARTITIONS_PER_RUN", "0"))
+
+# How a range of partitions (a backfill, `--partition-range`) is split into runs.
+BACKFILL_POLICY = (
+    BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN)
+    if PARTITIONS_PER_RUN > 0
+    else BackfillPolicy.single_run()
+)

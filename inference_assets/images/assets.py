@@ -11,7 +11,7 @@ from inference_assets.core.manifest import build_manifest, read_manifest
 from inference_assets.core.pixel_store import write_pixel_shard
 from inference_assets.core.progress import Progress
 from inference_assets.metadata import markdown_table, rate
-from inference_assets.partitions import IMAGE_SHARDS, NUM_PARTITIONS, SINGLE_RUN
+from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS, NUM_PARTITIONS
 from inference_assets.predictions.resources import DeviceResource, ModelResource
 
 from .resources import StorageResource
@@ -55,7 +55,7 @@ class PreprocessConfig(Config):
 @asset(
     group_name="images",
     partitions_def=IMAGE_SHARDS,
-    backfill_policy=SINGLE_RUN,
+    backfill_policy=BACKFILL_POLICY,
     deps=[image_manifest],
     description="Each partition's images decoded (EXIF orientation, RGB) and resized/cropped exactly as "
     "the model's own transform does, stored as uint8 in a memory-mappable .npy with a per-image status.",

@@ -14,7 +14,8 @@ from inference_assets.core.results import read_results
 from inference_assets.images.assets import preprocessed_images
 from inference_assets.images.resources import StorageResource
 from inference_assets.metadata import markdown_table, rate
-from inference_assets.partitions import IMAGE_SHARDS, SINGLE_RUN
+from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS
+from inference_assets.pools import GPU_POOL
 
 from .resources import DeviceResource, ModelResource
 
@@ -26,8 +27,9 @@ class PredictConfig(Config):
 @asset(
     group_name="inference",
     partitions_def=IMAGE_SHARDS,
-    backfill_policy=SINGLE_RUN,
+    backfill_policy=BACKFILL_POLICY,
     deps=[preprocessed_images],
+    pool=GPU_POOL,
     description="Top-k classes and probabilities for every preprocessed image of the partition, "
     "or the reason it failed; one Parquet file per partition and model, written atomically.",
 )

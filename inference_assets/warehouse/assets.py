@@ -9,6 +9,7 @@ from inference_assets.images.assets import image_manifest
 from inference_assets.images.resources import StorageResource
 from inference_assets.metadata import markdown_table
 from inference_assets.partitions import IMAGE_SHARDS
+from inference_assets.pools import DUCKDB_POOL
 from inference_assets.predictions.assets import predictions
 from inference_assets.predictions.resources import ModelResource
 
@@ -21,6 +22,7 @@ def loaded_result_files(storage: StorageResource, model: ModelResource):
 @asset(
     group_name="warehouse",
     deps=[image_manifest, predictions],
+    pool=DUCKDB_POOL,
     description="DuckDB tables images, predictions and failures, replaced in one transaction from the "
     "manifest and the per-partition result files of the configured model (single writer).",
 )
