@@ -1,6 +1,6 @@
 """The Dagster code location: assets, checks and resources."""
 
-from dagster import Definitions, define_asset_job, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import Definitions, EnvVar, define_asset_job, load_asset_checks_from_modules, load_assets_from_modules
 
 from inference_assets.core.models import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from inference_assets.images import assets as image_assets
@@ -8,7 +8,7 @@ from inference_assets.images import checks as image_checks
 from inference_assets.images.resources import StorageResource
 from inference_assets.predictions import assets as prediction_assets
 from inference_assets.predictions.resources import DeviceResource, ModelResource
-from inference_assets.settings import DATA_DIR, env
+from inference_assets.settings import DATA_DIR, env, optional_env
 from inference_assets.warehouse import assets as warehouse_assets
 from inference_assets.warehouse import checks as warehouse_checks
 from inference_assets.warehouse.resources import WarehouseResource
@@ -26,6 +26,10 @@ def default_resources() -> dict:
     return {
         "storage": StorageResource(
             image_root=env("INFERENCE_IMAGE_ROOT", DATA_DIR / "images"),
+            image_table=optional_env("INFERENCE_IMAGE_TABLE"),
+            # an EnvVar: the URL (and its password) is read at run time, never shown in the UI
+            database_url=EnvVar("INFERENCE_DATABASE_URL") if optional_env("INFERENCE_DATABASE_URL") else None,
+            image_query=optional_env("INFERENCE_IMAGE_QUERY"),
             work_dir=env("INFERENCE_WORK_DIR", DATA_DIR / "work"),
         ),
         "model": ModelResource(

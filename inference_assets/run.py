@@ -21,7 +21,6 @@ from dagster import AssetSelection, DagsterInstance, materialize
 
 from inference_assets.core.devices import resolve_device
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.manifest import check_source_root
 from inference_assets.core.models import ModelSpec, check_weights_available
 from inference_assets.core.warehouse import WarehouseLockedError, check_database_path, top_labels
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
@@ -53,7 +52,7 @@ def _configuration_error(result) -> str | None:
 
 def preflight(resources: dict) -> None:
     """Check the configuration before any work: each problem is one line naming it and the fix."""
-    check_source_root(Path(resources["storage"].image_root))
+    resources["storage"].open_source()  # a missing folder, an unusable URL or query: one line
     spec = ModelSpec(name=resources["model"].name, weights=resources["model"].weights)
     spec.library  # noqa: B018 - raises for an unknown model
     check_weights_available(spec)  # also: a local file saved from another architecture

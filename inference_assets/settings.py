@@ -1,6 +1,12 @@
 """Defaults read from the environment, so the same code location runs anywhere.
 
-- ``INFERENCE_IMAGE_ROOT``: folder of images (default ``data/images`` in the project).
+- ``INFERENCE_IMAGE_ROOT``: folder of images, or a bucket URI such as ``s3://bucket/prefix``
+  (default ``data/images`` in the project). S3 credentials and endpoint: the usual ``AWS_*``
+  variables (``AWS_ENDPOINT_URL`` for an S3-compatible server).
+- ``INFERENCE_IMAGE_TABLE``: a Parquet/CSV file of image locations (``uri``, optional ``id``,
+  ``label``) instead of a folder.
+- ``INFERENCE_DATABASE_URL`` + ``INFERENCE_IMAGE_QUERY``: a SQLAlchemy URL and a query returning
+  ``id`` and ``image`` (bytes) or ``uri``, optionally ``label``, instead of a folder.
 - ``INFERENCE_WORK_DIR``: manifest, pixels and per-partition results (default ``data/work``).
 - ``INFERENCE_DUCKDB_PATH``: the results database (default ``data/warehouse.duckdb``).
 - ``INFERENCE_DEVICE``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (default ``auto``).
@@ -22,3 +28,8 @@ DATA_DIR = PROJECT_ROOT / "data"
 def env(name: str, default: object) -> str:
     value = os.environ.get(name, "").strip()
     return value if value else str(default)
+
+
+def optional_env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None

@@ -29,7 +29,7 @@ def test_missing_source_root(monkeypatch, tmp_path, image_root):
     message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(tmp_path / "nowhere"))
     assert message == (
         f"configuration error: image source root '{tmp_path / 'nowhere'}' is not a folder: "
-        "set INFERENCE_IMAGE_ROOT (or the 'storage' resource's image_root) to a folder of images"
+        "set INFERENCE_IMAGE_ROOT (or the 'storage' resource's image_root) to a folder of images or a bucket URI such as s3://bucket/prefix"
     )
 
 
@@ -37,8 +37,8 @@ def test_empty_source_root(monkeypatch, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(tmp_path / "empty"))
-    assert f"no images found under '{tmp_path / 'empty'}'" in message
-    assert "point INFERENCE_IMAGE_ROOT at a folder that holds images" in message
+    assert f"no images found in '{tmp_path / 'empty'}'" in message
+    assert "point INFERENCE_IMAGE_ROOT (or the image table or query) at images" in message
 
 
 def test_unknown_model(monkeypatch, tmp_path, image_root):

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -30,16 +32,20 @@ _ORIENTATION = 0x0112
 
 
 def load_rgb(
-    uri: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
+    uri: str | Path | bytes | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
 ) -> Image.Image:
-    """Decode an image file (a path or a manifest ``uri``) into an upright RGB image.
+    """Decode an image (a local path, a local manifest ``uri``, or an open binary file such as
+    a source's bytes) into an upright RGB image.
 
     ``draft``: for a JPEG, let the decoder downscale by 1/2, 1/4 or 1/8 in the DCT domain while
     both sides stay at least this size (Pillow's draft mode). Much faster for large photos, but
     not the exact pixels the reference transform sees: opt-in.
     """
-    path = local_path(uri) if isinstance(uri, str) else uri
-    with warnings.catch_warnings(), open(path, "rb") as fh:
+    if hasattr(uri, "read"):
+        opened = contextlib.nullcontext(uri)
+    else:
+        opened = open(local_path(uri) if isinstance(uri, str) else uri, "rb")
+    with warnings.catch_warnings(), opened as fh:
         # our own limit below is the guard; Pillow's (2x its own default) stays as a backstop
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.filterwarnings("ignore", message="Palette images with Transparency")

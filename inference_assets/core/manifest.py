@@ -1,12 +1,13 @@
-"""The image manifest: one row per image file under a source root, stored as Parquet.
+"""The image manifest: one row per image of a source (see :mod:`.sources`), stored as Parquet.
 
-Columns: ``image_id`` (stable, from the relative path), ``relative_path``, ``uri``
-(absolute path, see :mod:`local_files`), ``size_bytes``, ``modified_at``, ``mtime_ns``,
-``content_hash`` (``sha256:<hex>``), ``label`` (the parent folder's name, or null for images
-directly under the root), ``partition`` (the shard key, see :mod:`partitioning`) and
-``error`` (why the file cannot be read — a dangling or looping symlink, one leaving the root,
-no permission — in which case size, time and hash are null; the image then gets a failure
-row downstream instead of disappearing).
+Columns: ``image_id`` (stable, from the image's key: its path relative to the root, its object
+key under the prefix, or its table/database id), ``relative_path`` (that key as text), ``uri``
+(how the source reopens it: a local path, ``s3://bucket/key``, or a database row reference),
+``size_bytes``, ``modified_at``, ``mtime_ns``, ``content_hash`` (``sha256:<hex>``), ``label``
+(the parent folder's name or the table's label column, else null), ``partition`` (the shard
+key, see :mod:`partitioning`) and ``error`` (why the image cannot be read — a dangling or
+looping symlink, a missing object, NULL bytes, no permission — in which case size, time and
+hash are null; the image then gets a failure row downstream instead of disappearing).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_output, remove_orphaned_temporaries
 from .errors import ConfigError
-from .hashing import file_sha256
-from .local_files import FoundFile, display, uri_for, walk_images
+from .local_files import display
 from .partitioning import image_id_for_bytes, partition_for
+from .sources import ImageSource, SourceEntry
+from .sources.config import IMAGE_EXTENSIONS
+from .sources.folder import FolderSource, check_source_root
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+__all__ = ["IMAGE_EXTENSIONS", "build_manifest", "check_source_root", "read_manifest"]
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -60,103 +63,105 @@ class ManifestSummary:
     labels: Counter = field(default_factory=Counter)
 
 
-def check_source_root(root: Path) -> Path:
-    """The resolved source root, or a one-line error naming it and the fix."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise ConfigError(
-            f"image source root {str(root)!r} is not a folder: set INFERENCE_IMAGE_ROOT "
-            "(or the 'storage' resource's image_root) to a folder of images"
-        )
-    return root.resolve()
-
-
-def _previous_hashes(previous: Path | None) -> dict[str, tuple[int, int, str]]:
-    """relative_path -> (size, mtime_ns, content_hash) from an earlier manifest, if any."""
+def _previous_hashes(previous: Path | None) -> dict[tuple[str, str], tuple[int, int, str]]:
+    """(relative_path, uri) -> (size, mtime_ns, content_hash) from an earlier manifest, if any."""
     if previous is None or not previous.exists():
         return {}
-    table = pq.read_table(previous, columns=["relative_path", "size_bytes", "mtime_ns", "content_hash"])
+    table = pq.read_table(previous, columns=["relative_path", "uri", "size_bytes", "mtime_ns", "content_hash"])
     return {
-        row["relative_path"]: (row["size_bytes"], row["mtime_ns"], row["content_hash"])
+        (row["relative_path"], row["uri"]): (row["size_bytes"], row["mtime_ns"], row["content_hash"])
         for row in table.to_pylist()
     }
 
 
 def build_manifest(
-    root: Path,
+    source: ImageSource | Path,
     output: Path,
     num_partitions: int,
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     follow_external_symlinks: bool = False,
 ) -> ManifestSummary:
-    """List the images under ``root`` into a Parquet manifest at ``output`` (atomically).
+    """List the images of ``source`` (a source, or a local folder) into a Parquet manifest at
+    ``output`` (atomically).
 
-    A file whose size and modification time match the previous manifest at ``output``
-    keeps its recorded content hash instead of being read again.
+    An image whose location, size and modification time match the previous manifest at
+    ``output`` keeps its recorded content hash instead of being read again.
     """
-    root = check_source_root(root)
+    if isinstance(source, (str, Path)):
+        source = FolderSource(Path(source), extensions, follow_external_symlinks)
     remove_orphaned_temporaries(output.parent, output.name)
     known = _previous_hashes(output)
     summary = ManifestSummary()
     with atomic_output(output) as tmp:
         with pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as writer:
             rows: list[dict] = []
-            for found in walk_images(root, extensions, follow_external_symlinks):
-                rows.append(_manifest_row(found, num_partitions, known, summary))
+            for entry in source.entries():
+                rows.append(_manifest_row(source, entry, num_partitions, known, summary))
                 if len(rows) >= _WRITE_CHUNK:
                     writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
                     rows.clear()
             writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
         if summary.images == 0:  # raised before the rename: an earlier manifest stays in place
             raise ConfigError(
-                f"no images found under {str(root)!r} (looked for {', '.join(sorted(set(extensions)))}): "
-                "point INFERENCE_IMAGE_ROOT at a folder that holds images, or widen the extensions"
+                f"no images found in {source.description!r} (looked for {', '.join(sorted(set(extensions)))}): "
+                "point INFERENCE_IMAGE_ROOT (or the image table or query) at images, or widen the extensions"
             )
     return summary
 
 
-def _manifest_row(found: FoundFile, num_partitions: int, known: dict, summary: ManifestSummary) -> dict:
-    relative = display(found.relative)
-    image_id = image_id_for_bytes(found.relative)
+def _manifest_row(
+    source: ImageSource, entry: SourceEntry, num_partitions: int, known: dict, summary: ManifestSummary
+) -> dict:
+    relative = display(entry.key)
+    image_id = image_id_for_bytes(entry.key)
     partition = partition_for(image_id, num_partitions)
-    parent = found.relative.rpartition(b"/")[0].rpartition(b"/")[2]
-    label = display(parent) if parent else None
     row = {
         "image_id": image_id,
         "relative_path": relative,
-        "uri": uri_for(found.path),
+        "uri": entry.uri,
         "size_bytes": None,
         "modified_at": None,
         "mtime_ns": None,
         "content_hash": None,
-        "label": label,
+        "label": entry.label,
         "partition": partition,
-        "error": found.error,
+        "error": entry.error,
     }
     summary.images += 1
     summary.per_partition[partition] += 1
-    if label is not None:
-        summary.labels[label] += 1
-    if found.error is None:
-        stat = found.stat  # from the listing: no second stat per file
+    if entry.label is not None:
+        summary.labels[entry.label] += 1
+    if entry.error is None:
         try:
-            previous = known.get(relative)
-            if previous and previous[0] == stat.st_size and previous[1] == stat.st_mtime_ns and previous[2]:
+            previous = known.get((relative, entry.uri))
+            if entry.content_hash is not None:
+                content_hash = entry.content_hash  # the listing read the bytes already
+                summary.hashed += 1
+            elif (
+                previous
+                and entry.mtime_ns is not None
+                and previous[0] == entry.size
+                and previous[1] == entry.mtime_ns
+                and previous[2]
+            ):
                 content_hash = previous[2]
                 summary.hash_reused += 1
             else:
-                content_hash = f"sha256:{file_sha256(found.path)}"
+                content_hash = source.content_hash(entry.uri)
                 summary.hashed += 1
-        except OSError as exc:
-            row["error"] = f"cannot read: {exc.strerror or exc}"
+        except Exception as exc:  # deleted since listed, no permission, unreachable...
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+            row["error"] = f"cannot read: {reason}"[:500]
         else:
             row.update(
-                size_bytes=stat.st_size,
-                modified_at=datetime.fromtimestamp(stat.st_mtime_ns / 1e9, tz=timezone.utc),
-                mtime_ns=stat.st_mtime_ns,
+                size_bytes=entry.size,
+                modified_at=(
+                    datetime.fromtimestamp(entry.mtime_ns / 1e9, tz=timezone.utc) if entry.mtime_ns is not None else None
+                ),
+                mtime_ns=entry.mtime_ns,
                 content_hash=content_hash,
             )
-            summary.total_bytes += stat.st_size
+            summary.total_bytes += entry.size or 0
     if row["error"] is not None:
         summary.unreadable += 1
     return row

@@ -105,13 +105,21 @@ def index_path(shard_dir: Path, partition: str) -> Path:
 
 
 def _prepare(
-    preprocessing: Preprocessing, uri: str, listing_error: str | None, max_pixels: int | None
+    preprocessing: Preprocessing,
+    uri: str,
+    listing_error: str | None,
+    max_pixels: int | None,
+    opener: Callable[[str], object] | None,
 ) -> tuple[np.ndarray | None, str | None, str | None]:
     """(pixels, None, None) or (None, stage, reason): one bad image never fails a partition."""
     if listing_error is not None:
         return None, STAGE_READ, listing_error
     try:
-        return preprocessing.resize_crop(load_rgb(uri, max_pixels, preprocessing.draft_request)), None, None
+        image = uri if opener is None else opener(uri)  # fetches remote bytes; a local path as is
+    except Exception as exc:
+        return None, STAGE_READ, describe_error(exc)
+    try:
+        return preprocessing.resize_crop(load_rgb(image, max_pixels, preprocessing.draft_request)), None, None
     except Exception as exc:
         stage = STAGE_READ if isinstance(exc, OSError) and exc.filename is not None else STAGE_DECODE
         return None, stage, describe_error(exc)
@@ -138,10 +146,13 @@ def write_pixel_shard(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     reuse: bool = True,
     progress: Callable[[int], None] | None = None,
+    opener: Callable[[str], object] | None = None,
 ) -> ShardWriteSummary:
     """Decode and resize/crop the manifest ``entries`` of one partition into the shard folder.
 
-    ``progress(n)`` is told of every ``n`` images done (decoded, failed or reused).
+    ``opener(uri)`` gives what to decode (a local path, or a binary file of the image's bytes:
+    the source's ``open``); without it ``uri`` is a local path. ``progress(n)`` is told of every
+    ``n`` images done (decoded, failed or reused).
     """
     progress = progress or (lambda n: None)
     start = time.perf_counter()
@@ -170,7 +181,7 @@ def write_pixel_shard(
         (_, uri, _), listing_error, stored_row = item
         if stored_row is not None:
             return previous.read_rows(stored_row, stored_row + 1)[0], None, None
-        return _prepare(preprocessing, uri, listing_error, max_pixels)
+        return _prepare(preprocessing, uri, listing_error, max_pixels, opener)
 
     pixels_path = shard_dir / f"{partition}.{uuid.uuid4().hex[:12]}.npy"
     tmp_pixels = temporary_sibling(pixels_path)

@@ -2,7 +2,6 @@
 
 
 import time
-from pathlib import Path
 
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
@@ -19,14 +18,13 @@ from .resources import StorageResource
 
 @asset(
     group_name="images",
-    description="Every image under the source root: stable id, path, size, mtime, content hash, "
-    "label (parent folder), and the partition it belongs to. Stored as Parquet.",
+    description="Every image of the source (a folder, a bucket prefix, an image table or a SQL query): "
+    "stable id, key, location, size, mtime, content hash, label, and the partition it belongs to. Parquet.",
 )
 def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
     path = storage.layout.manifest_path
-    summary = build_manifest(
-        Path(storage.image_root), path, NUM_PARTITIONS, storage.extensions, storage.follow_external_symlinks
-    )
+    source = storage.open_source()
+    summary = build_manifest(source, path, NUM_PARTITIONS, storage.extensions)
     context.log.info(
         f"manifest: {summary.images} images, {summary.total_bytes} bytes "
         f"({summary.hashed} hashed, {summary.hash_reused} unchanged, {summary.unreadable} unreadable) -> {path}"
@@ -42,6 +40,8 @@ def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> 
             "labelled_images": sum(summary.labels.values()),
             "distinct_labels": len(summary.labels),
             "partitions": NUM_PARTITIONS,
+            "source": source.description,
+            "source_kind": storage.source_config.kind,
             "per_partition": markdown_table(("partition", "images"), per_partition),
             "path": MetadataValue.path(str(path)),
         }
@@ -68,6 +68,9 @@ def preprocessed_images(
     device: DeviceResource,
 ) -> MaterializeResult:
     layout = storage.layout
+    source = storage.open_source()
+    # a remote source spends most of an image's time waiting on the network: more fetches in flight
+    workers = device.workers * (1 if storage.source_config.kind == "folder" else 4)
     preprocessing = device.pixels(model.preprocessing)
     shard_dir = layout.pixel_dir(preprocessing.fingerprint)
     start = time.perf_counter()
@@ -81,10 +84,11 @@ def preprocessed_images(
             preprocessing,
             shard_dir,
             key,
-            device.workers,
+            workers,
             storage.max_image_pixels,
             reuse=not config.force,
             progress=progress.advance,
+            opener=source.open,
         )
         images += summary.images
         ok += summary.ok
@@ -106,7 +110,7 @@ def preprocessed_images(
             "computed": decoded,
             "seconds": round(seconds, 3),
             "images_per_second": rate(decoded, seconds),
-            "decode_workers": device.workers,
+            "decode_workers": workers,
             "input_size": f"{preprocessing.input_size[0]}x{preprocessing.input_size[1]}",
             "jpeg_draft": preprocessing.jpeg_draft,
             "preprocessing": preprocessing.description,

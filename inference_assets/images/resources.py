@@ -7,13 +7,42 @@ from pydantic import Field
 
 from inference_assets.core.decoding import DEFAULT_MAX_PIXELS
 from inference_assets.core.layout import Layout
-from inference_assets.core.manifest import IMAGE_EXTENSIONS
+from inference_assets.core.sources import ImageSource, SourceConfig, open_source
+from inference_assets.core.sources.config import IMAGE_EXTENSIONS
+from inference_assets.core.sources.filesystems import S3Options
 
 
 class StorageResource(ConfigurableResource):
-    """The image source folder and the work folder for manifests, pixels and result files."""
+    """The image source (a folder, a bucket prefix, an image table or a SQL query) and the work
+    folder for manifests, pixels and result files."""
 
-    image_root: str = Field(description="Folder tree of images to classify (recursive).")
+    image_root: str = Field(
+        default="",
+        description="Folder tree of images to classify (recursive), or a bucket URI such as s3://bucket/prefix "
+        "(any URI pyarrow's filesystems understand). Used when neither image_table nor image_query is set.",
+    )
+    image_table: str | None = Field(
+        default=None,
+        description="A Parquet or CSV file (local path or URI) listing images: a 'uri' column, optional 'id' and "
+        "'label' columns.",
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL for image_query, e.g. sqlite:////data/images.db or "
+        "postgresql+psycopg://user:pass@host/db (give it as an EnvVar to keep the password out of the UI)."
+    )
+    image_query: str | None = Field(
+        default=None,
+        description="SQL returning either 'id' and 'image' (the bytes, BLOB/bytea) or 'uri' (a location), "
+        "optionally 'label'.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, ...); default: AWS_ENDPOINT_URL or AWS itself."
+    )
+    s3_region: str | None = Field(default=None, description="S3 region; default: AWS_REGION / AWS_DEFAULT_REGION.")
+    s3_access_key_id: str | None = Field(default=None, description="Default: AWS_ACCESS_KEY_ID (or a profile).")
+    s3_secret_access_key: str | None = Field(
+        default=None, description="Default: AWS_SECRET_ACCESS_KEY (give it as an EnvVar)."
+    )
     work_dir: str = Field(description="Folder for the manifest, preprocessed pixels and per-partition results.")
     extensions: list[str] = Field(
         default=list(IMAGE_EXTENSIONS), description="File name endings that count as images (case-insensitive)."
@@ -30,3 +59,24 @@ class StorageResource(ConfigurableResource):
     @property
     def layout(self) -> Layout:
         return Layout(Path(self.work_dir).expanduser())
+
+    @property
+    def source_config(self) -> SourceConfig:
+        return SourceConfig(
+            image_root=self.image_root,
+            image_table=self.image_table or None,
+            database_url=self.database_url or None,
+            image_query=self.image_query or None,
+            extensions=tuple(self.extensions),
+            follow_external_symlinks=self.follow_external_symlinks,
+            s3=S3Options(
+                endpoint_url=self.s3_endpoint_url or None,
+                region=self.s3_region or None,
+                access_key_id=self.s3_access_key_id or None,
+                secret_access_key=self.s3_secret_access_key or None,
+            ),
+        )
+
+    def open_source(self) -> ImageSource:
+        """The configured source (raises a one-line ConfigError when it cannot be used)."""
+        return open_source(self.source_config)

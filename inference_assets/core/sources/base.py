@@ -1,0 +1,61 @@
+"""What every image source provides: a sorted listing of entries, and a way to open one."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One image as a source lists it (before hashing).
+
+    ``key`` is the image's stable name inside the source (its relative path, object key or
+    row id) as exact bytes; the image id is derived from it. ``size``/``mtime_ns`` are what
+    the listing knows (``None`` where the source has no such notion): an unchanged pair lets
+    the manifest keep an earlier content hash without reading the image again.
+    ``content_hash`` is set when the listing had to read the bytes anyway (database BLOBs).
+    """
+
+    key: bytes
+    uri: str
+    size: int | None = None
+    mtime_ns: int | None = None
+    label: str | None = None
+    error: str | None = None
+    content_hash: str | None = None
+
+
+class ImageSource(Protocol):
+    """A collection of images."""
+
+    description: str
+
+    def entries(self) -> Iterator[SourceEntry]:
+        """Every image, in a deterministic order (sorted by key)."""
+
+    def open(self, uri: str) -> str | bytes | BinaryIO:
+        """The image behind ``uri``: a local path, or a readable binary file (raises on failure)."""
+
+    def content_hash(self, uri: str) -> str:
+        """``sha256:<hex>`` of the image's bytes."""
+
+
+def sha256_of(readable: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: readable.read(1 << 20), b""):
+        digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def bytes_file(data: bytes) -> BinaryIO:
+    return io.BytesIO(data)
+
+
+def parent_label(key: str) -> str | None:
+    """The name of the folder an image sits in, or None directly under the root."""
+    parent = key.rpartition("/")[0].rpartition("/")[2]
+    return parent or None
