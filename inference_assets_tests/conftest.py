@@ -66,3 +66,32 @@ def classifier():
     """The bundled default classifier on CPU, loaded once per test session."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     return load_classifier(ModelSpec(), "cpu")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto) on 127.0.0.1 for the whole session."""
+    from .servers import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The usual AWS_* variables pointing at the test server."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    """A real PostgreSQL server on 127.0.0.1 for the whole session (skipped if not installed)."""
+    from .servers import PostgresServer
+
+    workdir = tmp_path_factory.mktemp("postgres")
+    server = PostgresServer(workdir)
+    yield server
+    server.stop()
