@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .errors import ConfigError
+from .gpu_assignment import DeviceLock, acquire_device
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,6 +31,37 @@ def resolve_device(name: str) -> torch.device:
             )
         return device
     raise ConfigError(f"unknown device {name!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def needs_assignment(device: torch.device) -> bool:
+    """CUDA without an index (``auto`` or ``cuda``): which GPU is for ``assign_device`` to decide.
+
+    An explicit ``cuda:N`` is honored as given, without a lock (sharing a GPU on purpose).
+    """
+    return device.type == "cuda" and device.index is None
+
+
+def assign_device(
+    device: torch.device,
+    count: int | None = None,
+    timeout: float = 3600.0,
+    on_wait: Callable[[str], None] | None = None,
+    holder: str | None = None,
+    **lock_options,
+) -> tuple[torch.device, DeviceLock | None]:
+    """``device`` as given with no lock, or for CUDA without an index a free GPU and its lock.
+
+    A free GPU is one of ``count`` (default ``torch.cuda.device_count()``) that no other process
+    on this machine has locked (``gpu_assignment.py``); the lock is taken even with one GPU, so
+    that steps the ``gpu`` pool let through by mistake wait instead of sharing it.
+    """
+    if not needs_assignment(device):
+        return device, None
+    count = torch.cuda.device_count() if count is None else count
+    if count < 1:
+        raise ConfigError(f"device {str(device)!r} asked for but no CUDA device is visible: check CUDA_VISIBLE_DEVICES")
+    lock = acquire_device(count, timeout=timeout, on_wait=on_wait, holder=holder, **lock_options)
+    return torch.device("cuda", lock.index), lock
 
 
 def default_batch_size(device: torch.device) -> int:

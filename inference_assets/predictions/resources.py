@@ -2,13 +2,14 @@
 
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from dagster import ConfigurableResource, InitResourceContext
+from dagster import ConfigurableResource, InitResourceContext, get_dagster_logger
 from pydantic import Field, PrivateAttr
 
-from inference_assets.core.devices import resolve_device
+from inference_assets.core.devices import assign_device, needs_assignment, resolve_device
+from inference_assets.core.gpu_assignment import DeviceLock, describe_holder
 from inference_assets.core.models import (
     DEFAULT_MODEL,
     DEFAULT_WEIGHTS,
@@ -85,7 +86,14 @@ class ModelResource(ConfigurableResource):
 
 
 class DeviceResource(ConfigurableResource):
-    """Where and how inference runs, and how many threads decode images."""
+    """Where and how inference runs, and how many threads decode images.
+
+    With ``auto`` (on a CUDA machine) or ``cuda``, the step that first asks for the torch device
+    gets a GPU no other step on this machine holds (a file lock, ``core/gpu_assignment.py``),
+    waiting for one to be released if all are taken, and keeps it until the step ends. So
+    concurrent ``predictions`` steps use different GPUs; ``preprocessed_images``, which never
+    asks, takes none. ``cuda:N`` is used as given, without a lock.
+    """
 
     device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
@@ -99,14 +107,43 @@ class DeviceResource(ConfigurableResource):
         "reference pixels; see the README's Performance section for its measured top-1 agreement.",
     )
     compile: bool = Field(default=False, description="torch.compile the model (compiles once per run, then faster).")
+    gpu_wait_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="With 'auto'/'cuda': how long a step waits for a free GPU while other steps on this "
+        "machine hold every one (locks in $INFERENCE_GPU_LOCK_DIR, default /tmp/inference_assets-gpu-locks).",
+    )
 
     _device: torch.device = PrivateAttr()
+    _lock: DeviceLock | None = PrivateAttr(default=None)
+    _run_id: str | None = PrivateAttr(default=None)
+    _log: Any = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._device = resolve_device(self.device)
+        self._lock = None
+        self._run_id = context.run.run_id if context.run is not None else None
+        self._log = context.log
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._lock is not None:  # the GPU is free for other steps once this one ends
+            self._lock.release()
+            self._lock = None
 
     @property
     def torch_device(self) -> torch.device:
+        """The device to run on; on first use, for ``auto``/``cuda`` on CUDA, a free GPU now held by this step."""
+        if needs_assignment(self._device):
+            log = self._log or get_dagster_logger()
+            device, self._lock = assign_device(
+                self._device,
+                timeout=self.gpu_wait_seconds,
+                on_wait=log.warning,
+                holder=describe_holder(self._run_id),
+            )
+            torch.cuda.set_device(device)  # stray allocations (pinned memory, caches) go there too, not to GPU 0
+            log.info(f"using GPU {device} (lock {self._lock.path})")
+            self._device = device
         return self._device
 
     @property
