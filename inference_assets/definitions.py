@@ -2,10 +2,14 @@
 
 from dagster import Definitions, EnvVar, define_asset_job, load_asset_checks_from_modules, load_assets_from_modules
 
+from inference_assets.automation.schedules import nightly_pending_work
+from inference_assets.automation.sensors import new_images
+from inference_assets.core.errors import ConfigError
 from inference_assets.core.models import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from inference_assets.images import assets as image_assets
 from inference_assets.images import checks as image_checks
 from inference_assets.images.resources import StorageResource
+from inference_assets.kubernetes import kubernetes_executor  # imports dagster_k8s only when called
 from inference_assets.predictions import assets as prediction_assets
 from inference_assets.predictions.resources import DeviceResource, ModelResource
 from inference_assets.settings import DATA_DIR, env, optional_env
@@ -36,14 +40,34 @@ def default_resources() -> dict:
             name=env("INFERENCE_MODEL", DEFAULT_MODEL), weights=env("INFERENCE_WEIGHTS", DEFAULT_WEIGHTS)
         ),
         "device": DeviceResource(
-            device=env("INFERENCE_DEVICE", "auto"), precision=env("INFERENCE_PRECISION", "fp32")
+            device=env("INFERENCE_DEVICE", "auto"),
+            precision=env("INFERENCE_PRECISION", "fp32"),
+            # in a container os.cpu_count() is the node's cores, not the pod's limit: set this there
+            decode_workers=int(env("INFERENCE_DECODE_WORKERS", 0)),
         ),
         "duckdb": WarehouseResource(database=env("INFERENCE_DUCKDB_PATH", DATA_DIR / "warehouse.duckdb")),
     }
 
 
+def default_executor():
+    """``INFERENCE_EXECUTOR=k8s``: each step in its own Kubernetes Job (deploy/k8s/executor.yaml);
+    default: Dagster's own (steps in processes of the run's machine)."""
+    name = env("INFERENCE_EXECUTOR", "multiprocess")
+    if name == "k8s":
+        return kubernetes_executor()
+    if name != "multiprocess":
+        raise ConfigError(f"INFERENCE_EXECUTOR={name!r} is not known: use 'multiprocess' (default) or 'k8s'")
+    return None
+
+
 defs = Definitions(
-    assets=ASSETS, asset_checks=ASSET_CHECKS, jobs=[partitioned_inference_job], resources=default_resources()
+    assets=ASSETS,
+    asset_checks=ASSET_CHECKS,
+    jobs=[partitioned_inference_job],
+    sensors=[new_images],
+    schedules=[nightly_pending_work],
+    resources=default_resources(),
+    executor=default_executor(),
 )
 
 
