@@ -1,0 +1,1 @@
+"""Automation: the sensor that follows a growing collection, and the nightly schedule."""

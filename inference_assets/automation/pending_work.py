@@ -1,0 +1,30 @@
+"""The run requests for pending work, shared by the sensor and the schedule."""
+
+from dagster import AssetKey, RunRequest
+
+from inference_assets.core.pending import MissingResults, partitions_missing_results
+from inference_assets.images.resources import StorageResource
+from inference_assets.predictions.resources import ModelResource
+
+MANIFEST = [AssetKey("image_manifest")]
+PARTITION_WORK = [AssetKey("preprocessed_images"), AssetKey("predictions"), AssetKey("prediction_results")]
+EVERYTHING = [AssetKey("image_manifest"), *PARTITION_WORK]
+
+
+def missing_results(storage: StorageResource, model: ModelResource) -> list[MissingResults]:
+    layout = storage.layout
+    return partitions_missing_results(layout.manifest_path, lambda key: layout.result_file(model.slug, key))
+
+
+def partition_run_requests(pending: list[MissingResults]) -> list[RunRequest]:
+    """One run per partition with pending work: its pixels, its predictions, then the DuckDB
+    refresh (the ``duckdb`` pool lets one refresh write at a time)."""
+    return [
+        RunRequest(
+            run_key=f"{item.partition}:{item.digest}",
+            partition_key=item.partition,
+            asset_selection=PARTITION_WORK,
+            tags={"inference_assets/pending_images": str(item.missing)},
+        )
+        for item in pending
+    ]

@@ -1,0 +1,49 @@
+"""Schedule: the nightly "scheduled backfill" of every partition with pending work.
+
+Cron from ``INFERENCE_SCHEDULE_CRON`` (default ``0 2 * * *``, 02:00 every night) in
+``INFERENCE_SCHEDULE_TIMEZONE`` (default UTC). A tick lists the whole source:
+
+- when the listing differs from the manifest, one run refreshes the manifest and then works
+  through the partitions that changed (a range run from the first to the last of them: the
+  others in between reuse everything, so they cost a check), ending with the DuckDB refresh;
+- otherwise, one run per partition whose manifest images lack current results;
+- nothing pending: the tick is skipped with the reason.
+"""
+
+import os
+
+from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
+
+from inference_assets.core.pending import changed_partitions, listing_digest, manifest_digests, scan_listing
+from inference_assets.images.resources import StorageResource
+from inference_assets.partitions import NUM_PARTITIONS
+from inference_assets.predictions.resources import ModelResource
+
+from .pending_work import EVERYTHING, missing_results, partition_run_requests
+
+CRON = os.environ.get("INFERENCE_SCHEDULE_CRON", "0 2 * * *")
+TIMEZONE = os.environ.get("INFERENCE_SCHEDULE_TIMEZONE", "UTC")
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+@schedule(
+    name="nightly_pending_work",
+    cron_schedule=CRON,
+    execution_timezone=TIMEZONE,
+    target=["image_manifest", "preprocessed_images", "predictions", "prediction_results"],
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Every night: a manifest refresh and the partitions it changed, or a run per partition "
+    "with pending work; skipped when there is nothing to do.",
+)
+def nightly_pending_work(context: ScheduleEvaluationContext, storage: StorageResource, model: ModelResource):
+    scan = scan_listing(storage.open_source().entries(), NUM_PARTITIONS)
+    changed = changed_partitions(scan.digests, manifest_digests(storage.layout.manifest_path, NUM_PARTITIONS))
+    if changed:
+        return RunRequest(
+            run_key=f"nightly:{listing_digest(scan.digests)}",
+            asset_selection=EVERYTHING,
+            tags={RANGE_START_TAG: changed[0], RANGE_END_TAG: changed[-1]},
+        )
+    requests = partition_run_requests(missing_results(storage, model))
+    return requests or SkipReason(f"nothing pending: {scan.scanned} images listed, all predicted")

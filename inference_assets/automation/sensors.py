@@ -1,0 +1,58 @@
+"""Sensor: notices new and changed images and requests runs only for partitions with pending work.
+
+Each tick lists the source for at most ``INFERENCE_SENSOR_LISTING_SECONDS`` (default 20 s),
+keeping its place in the cursor, so a huge collection is listed over several ticks. When a
+listing pass is complete and differs from the manifest, it requests one ``image_manifest``
+run. On every tick it also requests a run for each partition whose manifest images lack
+current results (pixels + predictions + DuckDB refresh). Run keys name the exact work, so a
+tick never requests the same work twice.
+"""
+
+import json
+import os
+
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+
+from inference_assets.core.pending import ListingScan, changed_partitions, listing_digest, manifest_digests, scan_listing
+from inference_assets.images.resources import StorageResource
+from inference_assets.partitions import NUM_PARTITIONS
+from inference_assets.predictions.resources import ModelResource
+
+from .pending_work import MANIFEST, missing_results, partition_run_requests
+
+LISTING_SECONDS = float(os.environ.get("INFERENCE_SENSOR_LISTING_SECONDS", "20"))
+INTERVAL_SECONDS = int(os.environ.get("INFERENCE_SENSOR_INTERVAL_SECONDS", "60"))
+
+
+@sensor(
+    name="new_images",
+    minimum_interval_seconds=INTERVAL_SECONDS,
+    asset_selection=["image_manifest", "preprocessed_images", "predictions", "prediction_results"],
+    default_status=DefaultSensorStatus.STOPPED,
+    description="Lists the image source (a bounded time per tick, resuming from its cursor); requests a "
+    "manifest run when images were added, changed or removed, and a run per partition with pending work.",
+)
+def new_images(context: SensorEvaluationContext, storage: StorageResource, model: ModelResource):
+    state = json.loads(context.cursor) if context.cursor else {}
+    scan = scan_listing(
+        storage.open_source().entries(),
+        NUM_PARTITIONS,
+        ListingScan.from_json(state.get("scan")),
+        budget_seconds=LISTING_SECONDS,
+    )
+    requests: list[RunRequest] = []
+    if not scan.complete:
+        context.log.info(f"listed {scan.scanned} images so far; going on next tick")
+        state["scan"] = scan.to_json()
+    else:
+        state.pop("scan", None)
+        changed = changed_partitions(scan.digests, manifest_digests(storage.layout.manifest_path, NUM_PARTITIONS))
+        if changed:
+            context.log.info(f"{scan.scanned} images listed; {len(changed)} partitions changed: {', '.join(changed)}")
+            requests.append(RunRequest(run_key=f"manifest:{listing_digest(scan.digests)}", asset_selection=MANIFEST))
+    if not requests:  # the manifest is current: work on what it lists
+        requests = partition_run_requests(missing_results(storage, model))
+    cursor = json.dumps(state)
+    if not requests:
+        return SensorResult(skip_reason=SkipReason("no new images and no partition with pending work"), cursor=cursor)
+    return SensorResult(run_requests=requests, cursor=cursor)
