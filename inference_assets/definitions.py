@@ -35,6 +35,7 @@ def default_resources() -> dict:
             database_url=EnvVar("INFERENCE_DATABASE_URL") if optional_env("INFERENCE_DATABASE_URL") else None,
             image_query=optional_env("INFERENCE_IMAGE_QUERY"),
             work_dir=env("INFERENCE_WORK_DIR", DATA_DIR / "work"),
+            shared_dir=optional_env("INFERENCE_SHARED_DIR"),
         ),
         "model": ModelResource(
             name=env("INFERENCE_MODEL", DEFAULT_MODEL), weights=env("INFERENCE_WEIGHTS", DEFAULT_WEIGHTS)

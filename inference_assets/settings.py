@@ -13,7 +13,16 @@
 - ``INFERENCE_PRECISION``: ``fp32``, ``bf16`` or ``fp16`` (default ``fp32``).
 - ``INFERENCE_MODEL`` / ``INFERENCE_WEIGHTS``: architecture and weights (default the bundled
   EfficientNet-Lite0).
-- ``INFERENCE_PARTITIONS``: number of shards (default 16; see ``partitions.py``).
+- ``INFERENCE_PARTITIONS``: number of shards (default 16; see ``partitions.py``);
+  ``INFERENCE_PARTITIONS_PER_RUN``: 0 (default) runs a backfill as one run, N as runs of N.
+- ``INFERENCE_SHARED_DIR``: a shared location (``s3://bucket/prefix``) mirroring the work folder,
+  for steps on different machines.
+- ``INFERENCE_DECODE_WORKERS``: decoding threads (default one per core; set it in containers).
+- ``INFERENCE_EXECUTOR``: ``multiprocess`` (default) or ``k8s`` (a Kubernetes Job per step).
+- ``INFERENCE_GPU_LOCK_DIR``: where concurrent steps lock GPUs (see ``core/gpu_assignment.py``).
+- ``INFERENCE_SENSOR_LISTING_SECONDS`` / ``INFERENCE_SENSOR_INTERVAL_SECONDS``: the sensor's
+  listing budget per tick (20) and its interval (60); ``INFERENCE_SCHEDULE_CRON`` /
+  ``INFERENCE_SCHEDULE_TIMEZONE``: the nightly schedule (``0 2 * * *``, UTC).
 
 Every value can also be changed per run in the Launchpad's resource config.
 """

@@ -47,6 +47,14 @@ def _isolated_environment(monkeypatch, tmp_path):
         "INFERENCE_PRECISION",
         "INFERENCE_MODEL",
         "INFERENCE_WEIGHTS",
+        "INFERENCE_IMAGE_TABLE",
+        "INFERENCE_DATABASE_URL",
+        "INFERENCE_IMAGE_QUERY",
+        "INFERENCE_SHARED_DIR",
+        "INFERENCE_PARTITIONS_PER_RUN",
+        "INFERENCE_EXECUTOR",
+        "INFERENCE_DECODE_WORKERS",
+        "INFERENCE_GPU_LOCK_DIR",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))

@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from dagster import DagsterInstance
+from dagster import AssetSelection, DagsterInstance
 from dagster_duckdb import DuckDBResource
 
 from inference_assets.core.errors import ConfigError
@@ -236,3 +236,41 @@ def test_a_bad_query_or_url_is_a_one_line_error(tmp_path):
         open_source(SourceConfig(database_url=url, image_query="SELECT 1 AS x"))
     with pytest.raises(ConfigError, match=r"^cannot use database URL .*INFERENCE_DATABASE_URL"):
         open_source(SourceConfig(database_url="nosuchdialect://x", image_query="SELECT 1"))
+
+
+# --- per-partition files on shared storage -------------------------------------------------
+
+
+def test_steps_on_different_machines_cooperate_through_a_bucket(s3_env, image_root, tmp_path):
+    """Three 'machines' (three local work folders) share s3://work/run: one lists and decodes,
+    one predicts, one refreshes DuckDB; none of them sees another's local folder."""
+    s3_env.client().create_bucket(Bucket="work")
+
+    def machine(name):
+        storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / name), shared_dir="s3://work/run")
+        return {
+            "storage": storage,
+            "model": ModelResource(batch_size=4),
+            "device": DeviceResource(device="cpu", decode_workers=2),
+            "duckdb": DuckDBResource(database=str(tmp_path / "warehouse.duckdb")),
+        }
+
+    steps = pipeline_steps()
+    manifest_step, partition_step, refresh_step = steps
+    cpu_node, gpu_node, db_node = machine("cpu-node"), machine("gpu-node"), machine("db-node")
+    with DagsterInstance.ephemeral() as instance:
+        assert materialize_step(manifest_step[1], manifest_step[2], cpu_node, instance, "WARNING").success
+        assert materialize_step(AssetSelection.assets("preprocessed_images"), partition_step[2], cpu_node, instance, "WARNING").success
+        assert not (tmp_path / "gpu-node").exists()
+        assert materialize_step(AssetSelection.assets("predictions"), partition_step[2], gpu_node, instance, "WARNING").success
+        assert materialize_step(refresh_step[1], refresh_step[2], db_node, instance, "WARNING").success
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
+        rows = dict(conn.execute("SELECT i.relative_path, p.class_label FROM predictions p JOIN images i USING (image_id)").fetchall())
+    assert len(rows) == len(SAMPLES) and all(rows[k] == v for k, v in KNOWN_TOP1.items())
+    assert not list((tmp_path / "db-node").rglob("*.npy"))  # the refresh machine fetched only what it reads
+    keys = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket="work", Prefix="run/")["Contents"]]
+    assert "run/manifest/image_manifest.parquet" in keys
+    result_files = [k for k in keys if k.startswith("run/predictions/") and k.endswith(".parquet")]
+    index_files = [k for k in keys if k.startswith("run/preprocessed/") and k.endswith(".parquet")]
+    pixel_files = [k for k in keys if k.startswith("run/preprocessed/") and k.endswith(".npy")]
+    assert len(result_files) == len(index_files) == len(pixel_files) == 16

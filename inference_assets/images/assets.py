@@ -24,7 +24,10 @@ from .resources import StorageResource
 def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
     path = storage.layout.manifest_path
     source = storage.open_source()
+    shared = storage.shared
+    shared.fetch(path)  # the previous manifest's hashes are reused for unchanged images
     summary = build_manifest(source, path, NUM_PARTITIONS, storage.extensions)
+    shared.publish(path)
     context.log.info(
         f"manifest: {summary.images} images, {summary.total_bytes} bytes "
         f"({summary.hashed} hashed, {summary.hash_reused} unchanged, {summary.unreadable} unreadable) -> {path}"
@@ -75,10 +78,13 @@ def preprocessed_images(
     shard_dir = layout.pixel_dir(preprocessing.fingerprint)
     start = time.perf_counter()
     images = ok = failed = reused = decoded = 0
+    shared = storage.shared
+    shared.fetch(layout.manifest_path)
     manifest = read_manifest(layout.manifest_path)  # read once, split per partition in memory
     partitions = [(key, manifest.filter(pc.equal(manifest["partition"], key))) for key in context.partition_keys]
     progress = Progress("preprocessing", sum(entries.num_rows for _, entries in partitions), context.log.info)
     for key, entries in partitions:
+        shared.fetch_pixel_shard(shard_dir, key)  # pixels another machine made are reused
         summary = write_pixel_shard(
             entries,
             preprocessing,
@@ -90,6 +96,7 @@ def preprocessed_images(
             progress=progress.advance,
             opener=source.open,
         )
+        shared.publish_pixel_shard(shard_dir, key)
         images += summary.images
         ok += summary.ok
         failed += summary.failed

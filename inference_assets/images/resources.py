@@ -9,7 +9,8 @@ from inference_assets.core.decoding import DEFAULT_MAX_PIXELS
 from inference_assets.core.layout import Layout
 from inference_assets.core.sources import ImageSource, SourceConfig, open_source
 from inference_assets.core.sources.config import IMAGE_EXTENSIONS
-from inference_assets.core.sources.filesystems import S3Options
+from inference_assets.core.shared_storage import SharedStorage
+from inference_assets.core.sources.filesystems import FileSystems, S3Options
 
 
 class StorageResource(ConfigurableResource):
@@ -44,6 +45,11 @@ class StorageResource(ConfigurableResource):
         default=None, description="Default: AWS_SECRET_ACCESS_KEY (give it as an EnvVar)."
     )
     work_dir: str = Field(description="Folder for the manifest, preprocessed pixels and per-partition results.")
+    shared_dir: str | None = Field(
+        default=None,
+        description="Shared location (e.g. s3://bucket/inference-work) mirroring work_dir, so steps on different "
+        "machines cooperate: each step fetches the files it reads from there and publishes what it writes.",
+    )
     extensions: list[str] = Field(
         default=list(IMAGE_EXTENSIONS), description="File name endings that count as images (case-insensitive)."
     )
@@ -76,6 +82,11 @@ class StorageResource(ConfigurableResource):
                 secret_access_key=self.s3_secret_access_key or None,
             ),
         )
+
+    @property
+    def shared(self) -> SharedStorage:
+        """The shared mirror of the work folder (a no-op when shared_dir is not set)."""
+        return SharedStorage(self.shared_dir or None, self.layout.work_dir, FileSystems(self.source_config.s3))
 
     def open_source(self) -> ImageSource:
         """The configured source (raises a one-line ConfigError when it cannot be used)."""

@@ -55,10 +55,14 @@ def predictions(
     batch_size = settings.effective_batch_size
     forward_seconds = 0.0
     labels: Counter = Counter()
+    shared = storage.shared
+    for key in context.partition_keys:
+        shared.fetch_pixel_shard(shard_dir, key)
     shards = [(key, read_pixel_shard(shard_dir, key)) for key in context.partition_keys]
     progress = Progress("predictions", sum(shard.index.num_rows for _, shard in shards), context.log.info)
     for key, shard in shards:
         output = layout.result_file(model.slug, key)
+        shared.fetch(output)  # predictions another machine made are reused
         summary = predict_shard(
             model.load(settings.device),
             shard,
@@ -69,6 +73,7 @@ def predictions(
             log=context.log.warning,
             progress=progress.advance,
         )
+        shared.publish(output)
         batch_size = min(batch_size, summary.batch_size)
         predicted += summary.predicted
         reused += summary.reused

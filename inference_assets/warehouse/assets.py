@@ -15,8 +15,14 @@ from inference_assets.predictions.resources import ModelResource
 
 
 def loaded_result_files(storage: StorageResource, model: ModelResource):
-    """The complete per-partition result files of the configured model."""
-    return storage.layout.result_files(model.slug, IMAGE_SHARDS.get_partition_keys())
+    """The complete per-partition result files of the configured model (fetched from the shared
+    storage first when it is configured)."""
+    keys = IMAGE_SHARDS.get_partition_keys()
+    shared = storage.shared
+    shared.fetch(storage.layout.manifest_path)
+    for key in keys:
+        shared.fetch(storage.layout.result_file(model.slug, key))
+    return storage.layout.result_files(model.slug, keys)
 
 
 @asset(
