@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::UserWarning
 
-.PHONY: install run test dev bench bench-scale clean
+.PHONY: install instance run test dev backfill bench bench-scale clean
 
 install: $(STAMP)
 
@@ -20,8 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## run: materialize every asset over every partition, print a summary
-run: $(STAMP)
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+run: $(STAMP) instance
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/python -m inference_assets.run
 
 ## test: the whole test suite
@@ -29,9 +28,24 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## dev: the Dagster UI on http://127.0.0.1:3000
-dev: $(STAMP)
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
+dev: $(STAMP) instance
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## instance: the Dagster instance in $(DAGSTER_HOME): installs deploy/dagster.yaml (run queue, pool
+## limits) there if its dagster.yaml is missing or empty; never overwrites a non-empty one
+instance:
+	@mkdir -p $(DAGSTER_HOME)
+	@test -s $(DAGSTER_HOME)/dagster.yaml || { cp deploy/dagster.yaml $(DAGSTER_HOME)/dagster.yaml \
+		&& echo "installed deploy/dagster.yaml as $(DAGSTER_HOME)/dagster.yaml"; }
+
+## backfill: with `make dev` running, queue one run per partition of preprocessed_images +
+## predictions (PARTITIONS=shard-00,shard-03 for some; default all), after refreshing the manifest.
+## `make dev`'s daemon launches them as the run queue allows (deploy/dagster.yaml), with make dev's
+## INFERENCE_* settings; watch them in the UI, then materialize prediction_results there.
+backfill: $(STAMP) instance
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster asset materialize -m inference_assets.definitions --select image_manifest
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster job backfill -w workspace.yaml -j partitioned_inference \
+		$(if $(PARTITIONS),--partitions $(PARTITIONS),--all) --noprompt
 
 ## bench: throughput and memory against Ray Data, a DataLoader loop, a per-image loop and the limits
 ## (BENCH_IMAGES, BENCH_REPEATS, ... : see bench/run.py); results in bench/results/

@@ -1,0 +1,364 @@
+"""Backfills over every partition with the checked-in instance config (deploy/dagster.yaml).
+
+Each test starts ``dagster dev`` (webserver + daemon, as ``make dev``) on a free local port and
+launches a backfill with the UI's own GraphQL mutation (``launchPartitionBackfill``, what
+"Materialize" > "Launch backfill" sends), next to the CLI's way of doing the same:
+
+- multi-run (``INFERENCE_PARTITIONS_PER_RUN=1``): the UI's backfill, and ``dagster job backfill``
+  (``make backfill``) into the same run queue: one run per partition; the queue
+  (``max_concurrent_runs: 2``) and the ``gpu`` pool (1 slot) are checked from the run and step
+  timestamps the instance recorded;
+- single run (the variable unset): the UI's backfill and ``dagster asset materialize
+  --partition-range`` (no daemon needed): one run each over the four partitions; both get past
+  a ``gpu`` slot left taken by an ended run (the daemon's run monitoring frees it).
+
+Four partitions and the six sample photos keep it affordable: each run is three processes (run
+worker, one per step) that import torch, and the daemon looks at backfills every 30 seconds.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pytest
+import yaml
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+
+from inference_assets.core.partitioning import partition_keys
+
+from .conftest import PROJECT_ROOT, pipeline_env
+
+BIN = Path(sys.executable).parent
+DAGSTER = str(BIN / "dagster")
+MATERIALIZE = [DAGSTER, "asset", "materialize", "-m", "inference_assets.definitions"]
+INSTANCE_YAML = PROJECT_ROOT / "deploy" / "dagster.yaml"
+KEYS = partition_keys(4)
+MAX_CONCURRENT_RUNS = yaml.safe_load(INSTANCE_YAML.read_text())["concurrency"]["runs"]["max_concurrent_runs"]
+BACKFILL_TIMEOUT = 360  # seconds, from launch to every run finished
+
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+BACKFILL_TAG = "dagster/backfill"
+SET_BY_PIPELINE_ENV = ("INFERENCE_IMAGE_ROOT", "INFERENCE_WORK_DIR", "INFERENCE_DUCKDB_PATH", "INFERENCE_DEVICE")
+
+# The UI's mutation (ui-core LAUNCH_PARTITION_BACKFILL_MUTATION), with the error types we can get.
+LAUNCH_BACKFILL = """
+mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PartitionKeysNotFoundError { message }
+    ... on UnauthorizedError { message }
+    ... on PythonError { message stack }
+  }
+}
+"""
+BACKFILL_STATUS = """
+query BackfillStatus($backfillId: String!) {
+  partitionBackfillOrError(backfillId: $backfillId) {
+    __typename
+    ... on PartitionBackfill { status numPartitions error { message } }
+    ... on PythonError { message }
+  }
+}
+"""
+WORKSPACE_STATUS = """
+{ workspaceOrError { ... on Workspace { locationEntries {
+    name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+
+
+def _env(image_root: Path, work: Path, **extra: str) -> dict[str, str]:
+    """A pipeline environment with 4 partitions and the checked-in dagster.yaml in its DAGSTER_HOME."""
+    env = pipeline_env(image_root, work)
+    for name in [n for n in env if n.startswith("INFERENCE_") and n not in SET_BY_PIPELINE_ENV]:
+        del env[name]  # e.g. the caller's INFERENCE_PARTITIONS_PER_RUN
+    env.update(INFERENCE_PARTITIONS=str(len(KEYS)), OMP_NUM_THREADS="1", **extra)  # runs share two cores
+    shutil.copy(INSTANCE_YAML, Path(env["DAGSTER_HOME"]) / "dagster.yaml")
+    return env
+
+
+def _cli(args, env, check=True) -> str:
+    done = subprocess.run(args, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    if check:
+        assert done.returncode == 0, f"{args} failed:\n{output[-4000:]}"
+    return output
+
+
+def _instance(env) -> DagsterInstance:
+    """The instance in env's DAGSTER_HOME, its storage created (before any other process opens it)."""
+    instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
+    instance.get_run_records(limit=1)
+    instance.event_log_storage.get_concurrency_keys()
+    return instance
+
+
+def _runs(instance, backfill_id: str):
+    return instance.get_run_records(filters=RunsFilter(tags={BACKFILL_TAG: backfill_id}))
+
+
+def _max_overlap(intervals) -> int:
+    """Most intervals open at one moment (an interval ending when another starts does not overlap it)."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    open_now = most = 0
+    for _, step in edges:
+        open_now += step
+        most = max(most, open_now)
+    return most
+
+
+def _step_intervals(instance, run_ids, step_key: str) -> list[tuple[float, float]]:
+    intervals = []
+    for run_id in run_ids:
+        logs = instance.all_logs(run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS})
+        times = {e.dagster_event.event_type: e.timestamp for e in logs if e.step_key == step_key}
+        intervals.append((times[DagsterEventType.STEP_START], times[DagsterEventType.STEP_SUCCESS]))
+    return intervals
+
+
+def _refresh_and_check_duckdb(env) -> None:
+    """Materialize prediction_results; all six photos are in DuckDB, each predicted or failed exactly once."""
+    log = _cli([*MATERIALIZE, "--select", "prediction_results"], env)
+    assert "Asset check 'every_image_accounted_for' on 'prediction_results' passed" in log
+    with duckdb.connect(env["INFERENCE_DUCKDB_PATH"], read_only=True) as conn:
+        images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
+        outcomes = conn.execute(
+            "SELECT count(*), count(DISTINCT image_id) FROM "
+            "(SELECT image_id FROM predictions UNION ALL SELECT image_id FROM failures)"
+        ).fetchone()
+        predicted = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+    assert images == 6 and outcomes == (6, 6) and predicted == 6
+
+
+def test_checked_in_instance_config(tmp_path):
+    """deploy/dagster.yaml loads; `make instance` installs it only where dagster.yaml is missing or empty."""
+    if not shutil.which("make"):
+        pytest.skip("no `make` on this machine")
+    home = tmp_path / "home"
+
+    def make_instance() -> str:
+        command = ["make", "-s", "-C", str(PROJECT_ROOT), "instance", f"DAGSTER_HOME={home}"]
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return (home / "dagster.yaml").read_text()
+
+    assert make_instance() == INSTANCE_YAML.read_text()  # missing: installed
+    (home / "dagster.yaml").write_text("")
+    assert make_instance() == INSTANCE_YAML.read_text()  # empty (what `make dev` used to leave): installed
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    assert make_instance() == "telemetry:\n  enabled: false\n"  # a user's own: kept
+
+    (home / "dagster.yaml").write_text(INSTANCE_YAML.read_text())
+    with DagsterInstance.from_config(str(home)) as instance:
+        config = instance.get_concurrency_config()
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+    assert config.run_queue_config.max_concurrent_runs == MAX_CONCURRENT_RUNS == 2
+    assert config.pool_config.default_pool_limit == 1
+    assert config.pool_config.pool_granularity.value == "op"
+
+
+def _free_port() -> int:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    except OSError as error:
+        pytest.skip(f"cannot bind a TCP port on 127.0.0.1 for the Dagster webserver: {error}")
+
+
+class DagsterDev:
+    """``dagster dev`` (webserver + daemon, as ``make dev`` runs it) on a free local port."""
+
+    def __init__(self, env, log_path: Path):
+        self.env, self.log_path = env, log_path
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/graphql"
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [DAGSTER, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)],
+            env=env,
+            cwd=PROJECT_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the webserver, daemon, code servers, runs
+        )
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def graphql(self, query: str, variables: dict | None = None) -> dict:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            reply = json.loads(response.read())
+        assert not reply.get("errors"), reply["errors"]
+        return reply["data"]
+
+    def wait_until_loaded(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"dagster dev exited ({self.process.returncode}):\n{self.log_tail()}"
+            try:
+                entries = self.graphql(WORKSPACE_STATUS)["workspaceOrError"]["locationEntries"]
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                entries = []
+            if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                errors = [e for e in entries if e["locationOrLoadError"]["__typename"] != "RepositoryLocation"]
+                assert not errors, errors
+                return
+            time.sleep(1)
+        pytest.fail(f"dagster dev did not load the code location in {timeout}s:\n{self.log_tail()}")
+
+    def launch_backfill(self, params: dict) -> str:
+        result = self.graphql(LAUNCH_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"]
+        assert result["__typename"] == "LaunchBackfillSuccess", result
+        return result["backfillId"]
+
+    def backfill_status(self, backfill_id: str) -> str:
+        result = self.graphql(BACKFILL_STATUS, {"backfillId": backfill_id})["partitionBackfillOrError"]
+        assert result["__typename"] == "PartitionBackfill", result
+        return result["status"]
+
+    def stop(self) -> None:
+        """Interrupt dagster dev, then kill whatever is left of its process group."""
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)
+                try:
+                    self.process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    pass
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.process.wait(timeout=30)
+        finally:
+            self._log.close()
+
+
+@contextmanager
+def dagster_dev(env, log_path: Path):
+    server = DagsterDev(env, log_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _ui_backfill_params() -> dict:
+    """What the UI sends for "Materialize" on preprocessed_images + predictions with every partition chosen."""
+    return {
+        "tags": [{"key": "dagster/from_ui", "value": "true"}],
+        "assetSelection": [{"path": ["preprocessed_images"]}, {"path": ["predictions"]}],
+        "partitionNames": KEYS,
+        "fromFailure": False,
+    }
+
+
+def _wait_for_runs(server: DagsterDev, instance, expected: dict[str, int]) -> dict[str, list]:
+    """The run records of each backfill, once it has its expected number of runs and all are finished."""
+    deadline = time.monotonic() + BACKFILL_TIMEOUT
+    while True:
+        records = {backfill_id: _runs(instance, backfill_id) for backfill_id in expected}
+        runs = [r.dagster_run for records_of_one in records.values() for r in records_of_one]
+        if all(len(records[b]) == n for b, n in expected.items()) and all(run.is_finished for run in runs):
+            return records
+        if any(run.status == DagsterRunStatus.FAILURE for run in runs):
+            pytest.fail(f"a backfill run failed:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            seen = [(run.tags.get(BACKFILL_TAG), run.tags.get(RANGE_START), run.status.value) for run in runs]
+            pytest.fail(f"backfill runs not finished after {BACKFILL_TIMEOUT}s: {seen}\n{server.log_tail()}")
+        time.sleep(2)
+
+
+def _wait_for_backfill_status(server: DagsterDev, backfill_id: str, timeout: float = 90) -> str:
+    """The asset backfill's final status; the daemon sets it on its next pass (every 30s) after the last run."""
+    deadline = time.monotonic() + timeout
+    while (status := server.backfill_status(backfill_id)) in ("REQUESTED", "CANCELING", "FAILING"):
+        if time.monotonic() > deadline:
+            pytest.fail(f"backfill {backfill_id} still {status} {timeout}s after its runs:\n{server.log_tail()}")
+        time.sleep(2)
+    return status
+
+
+def test_multi_run_backfills_from_the_ui_and_the_cli_through_the_daemon(image_root, tmp_path):
+    env = _env(image_root, tmp_path, INFERENCE_PARTITIONS_PER_RUN="1")
+    with _instance(env) as instance, dagster_dev(env, tmp_path / "dagster_dev.log") as server:
+        _cli([*MATERIALIZE, "--select", "image_manifest"], env)  # while the server starts
+        server.wait_until_loaded()
+
+        # as the UI: "Materialize" on the two partitioned assets, every partition, "Launch backfill"
+        ui_backfill = server.launch_backfill(_ui_backfill_params())
+        # as `make backfill`: a job backfill from the CLI, one run per partition, into the same queue
+        job_backfill = [DAGSTER, "job", "backfill", "-w", "workspace.yaml", "-j", "partitioned_inference"]
+        submitted = _cli([*job_backfill, "--all", "--noprompt"], env)
+        cli_backfill = re.search(r"Launched backfill job `(\w+)`", submitted).group(1)
+
+        records = _wait_for_runs(server, instance, {ui_backfill: len(KEYS), cli_backfill: len(KEYS)})
+        all_runs = records[ui_backfill] + records[cli_backfill]
+        assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in all_runs)
+        _refresh_and_check_duckdb(env)
+        assert _wait_for_backfill_status(server, ui_backfill) == "COMPLETED_SUCCESS"
+
+        # one run per partition in each: one-partition ranges (asset backfill), partition tags (job backfill)
+        ui_runs = [r.dagster_run for r in records[ui_backfill]]
+        assert sorted(r.tags[RANGE_START] for r in ui_runs) == KEYS
+        assert all(r.tags[RANGE_START] == r.tags[RANGE_END] and r.tags["dagster/from_ui"] == "true" for r in ui_runs)
+        assert sorted(r.dagster_run.tags["dagster/partition"] for r in records[cli_backfill]) == KEYS
+
+        # the run queue: never more than max_concurrent_runs in progress, and it did run that many at once
+        assert _max_overlap([(r.start_time, r.end_time) for r in all_runs]) == MAX_CONCURRENT_RUNS
+        # the gpu pool (default_limit 1): one `predictions` step at a time across all runs
+        predictions = _step_intervals(instance, [r.dagster_run.run_id for r in all_runs], "predictions")
+        assert _max_overlap(predictions) == 1
+        assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 1
+        assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+
+
+def test_single_run_backfills_from_the_ui_and_the_cli(image_root, tmp_path):
+    env = _env(image_root, tmp_path)  # INFERENCE_PARTITIONS_PER_RUN unset: the single-run backfill policy
+    with _instance(env) as instance, dagster_dev(env, tmp_path / "dagster_dev.log") as server:
+        _cli([*MATERIALIZE, "--select", "image_manifest"], env)
+        # the gpu slot left taken by a run that ended (as one killed mid-step, then marked failed):
+        # the daemon's run monitoring frees it, else every run below would wait for it for good
+        (ended,) = instance.get_run_records()
+        instance.event_log_storage.initialize_concurrency_limit_to_default("gpu")
+        instance.event_log_storage.claim_concurrency_slot("gpu", ended.dagster_run.run_id, "predictions")
+        assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+
+        server.wait_until_loaded()
+        ui_backfill = server.launch_backfill(_ui_backfill_params())
+
+        # meanwhile (the daemon takes the backfill up within 30s) the CLI's own single run: no daemon needed
+        selection = ["--select", "preprocessed_images,predictions"]
+        partition_range = [*MATERIALIZE, *selection, "--partition-range", f"{KEYS[0]}...{KEYS[-1]}"]
+        # with a multi-run policy Dagster's CLI refuses a range (it would need the daemon)
+        refused = _cli(partition_range, {**env, "INFERENCE_PARTITIONS_PER_RUN": "1"}, check=False)
+        assert "Partition ranges with the CLI require all selected assets to have a BackfillPolicy" in refused
+        _cli(partition_range, env)
+
+        (ui_run,) = _wait_for_runs(server, instance, {ui_backfill: 1})[ui_backfill]
+        _refresh_and_check_duckdb(env)
+        assert _wait_for_backfill_status(server, ui_backfill) == "COMPLETED_SUCCESS"
+
+        ranged = [r for r in instance.get_run_records() if RANGE_START in r.dagster_run.tags]
+        assert len(ranged) == 2 and ui_run.dagster_run.run_id in {r.dagster_run.run_id for r in ranged}
+        for record in ranged:  # one run each over the four partitions: the UI's backfill, the CLI's run
+            assert record.dagster_run.status == DagsterRunStatus.SUCCESS
+            assert (record.dagster_run.tags[RANGE_START], record.dagster_run.tags[RANGE_END]) == (KEYS[0], KEYS[-1])
+        # the gpu pool holds for a daemon-launched run and a CLI run alike
+        predictions = _step_intervals(instance, [r.dagster_run.run_id for r in ranged], "predictions")
+        assert _max_overlap(predictions) == 1
+        assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots  # the stale one too
