@@ -70,7 +70,7 @@ def pipeline_steps() -> list[tuple[str, AssetSelection, dict[str, str]]]:
             AssetSelection.assets("preprocessed_images", "predictions"),
             {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]},
         ),
-        ("DuckDB refresh + checks", _with_checks("prediction_results"), {}),
+        ("DuckDB refresh + checks + evaluation", _with_checks("prediction_results", "evaluation"), {}),
     ]
 
 
@@ -121,10 +121,19 @@ def print_summary(database: str, timings: dict[str, float]) -> None:
         reasons = conn.execute(
             "SELECT stage, error, count(*) FROM failures GROUP BY ALL ORDER BY 3 DESC LIMIT 3"
         ).fetchall()
+        has_evaluation = conn.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'evaluation_summary'"
+        ).fetchone()[0]
+        evaluation = conn.execute(
+            "SELECT evaluated, top1_accuracy, top5_accuracy, unknown_labels FROM evaluation_summary"
+        ).fetchone() if has_evaluation else None
     print()
     print(f"images seen: {images}   predicted: {predicted}   failed: {failed}")
     if labels:
         print("top labels:  " + "; ".join(f"{label} ({n})" for label, n in labels))
+    if evaluation and evaluation[0]:
+        print(f"accuracy:    top-1 {evaluation[1]:.1%}, top-5 {evaluation[2]:.1%} on {evaluation[0]} labelled images"
+              + (f" ({evaluation[3]} with labels the model does not know)" if evaluation[3] else ""))
     for stage, error, n in reasons:
         print(f"failures:    {n} at {stage}: {error}")
     print(f"time:        {sum(timings.values()):.1f}s (" + ", ".join(f"{k}: {v:.1f}s" for k, v in timings.items()) + ")")

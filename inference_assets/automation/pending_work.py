@@ -7,7 +7,12 @@ from inference_assets.images.resources import StorageResource
 from inference_assets.predictions.resources import ModelResource
 
 MANIFEST = [AssetKey("image_manifest")]
-PARTITION_WORK = [AssetKey("preprocessed_images"), AssetKey("predictions"), AssetKey("prediction_results")]
+PARTITION_WORK = [
+    AssetKey("preprocessed_images"),
+    AssetKey("predictions"),
+    AssetKey("prediction_results"),
+    AssetKey("evaluation"),
+]
 EVERYTHING = [AssetKey("image_manifest"), *PARTITION_WORK]
 
 
@@ -18,7 +23,7 @@ def missing_results(storage: StorageResource, model: ModelResource) -> list[Miss
 
 def partition_run_requests(pending: list[MissingResults]) -> list[RunRequest]:
     """One run per partition with pending work: its pixels, its predictions, then the DuckDB
-    refresh (the ``duckdb`` pool lets one refresh write at a time)."""
+    refresh and the evaluation (the ``duckdb`` pool lets one of them write at a time)."""
     return [
         RunRequest(
             run_key=f"{item.partition}:{item.digest}",

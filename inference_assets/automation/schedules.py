@@ -31,7 +31,7 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
     name="nightly_pending_work",
     cron_schedule=CRON,
     execution_timezone=TIMEZONE,
-    target=["image_manifest", "preprocessed_images", "predictions", "prediction_results"],
+    target=["image_manifest", "preprocessed_images", "predictions", "prediction_results", "evaluation"],
     default_status=DefaultScheduleStatus.STOPPED,
     description="Every night: a manifest refresh and the partitions it changed, or a run per partition "
     "with pending work; skipped when there is nothing to do.",

@@ -27,7 +27,7 @@ INTERVAL_SECONDS = int(os.environ.get("INFERENCE_SENSOR_INTERVAL_SECONDS", "60")
 @sensor(
     name="new_images",
     minimum_interval_seconds=INTERVAL_SECONDS,
-    asset_selection=["image_manifest", "preprocessed_images", "predictions", "prediction_results"],
+    asset_selection=["image_manifest", "preprocessed_images", "predictions", "prediction_results", "evaluation"],
     default_status=DefaultSensorStatus.STOPPED,
     description="Lists the image source (a bounded time per tick, resuming from its cursor); requests a "
     "manifest run when images were added, changed or removed, and a run per partition with pending work.",

@@ -4,6 +4,7 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
+from inference_assets.core.evaluation import evaluate
 from inference_assets.core.warehouse import refresh_warehouse, top_labels
 from inference_assets.images.assets import image_manifest
 from inference_assets.images.resources import StorageResource
@@ -56,5 +57,42 @@ def prediction_results(
                 f"```\nduckdb {duckdb.database} \"select class_label, count(*) from predictions "
                 "group by 1 order by 2 desc\"\n```"
             ),
+        }
+    )
+
+
+@asset(
+    group_name="warehouse",
+    deps=[prediction_results],
+    pool=DUCKDB_POOL,
+    description="Accuracy against the images' own labels (folder names, ImageNet WordNet ids or a table's "
+    "label column): top-1/top-5, per class, and the most confused pairs, as DuckDB tables evaluation_*.",
+)
+def evaluation(context: AssetExecutionContext, duckdb: DuckDBResource) -> MaterializeResult:
+    with duckdb.get_connection() as conn:
+        summary = evaluate(conn)
+        classes = conn.execute(
+            "SELECT label, images, round(top1_accuracy, 3), round(top5_accuracy, 3) FROM evaluation_classes "
+            "ORDER BY top1_accuracy, images DESC LIMIT 20"
+        ).fetchall()
+        confusions = conn.execute("SELECT label, predicted, images FROM evaluation_confusions LIMIT 10").fetchall()
+    if summary.evaluated:
+        context.log.info(
+            f"evaluation: {summary.evaluated} labelled images, top-1 {summary.top1_accuracy:.3f}, "
+            f"top-5 {summary.top5_accuracy:.3f}"
+        )
+    else:
+        context.log.info(f"evaluation: no image carries a known class label ({summary.labelled} labelled)")
+    unknown = summary.unknown_labels.most_common(10)
+    return MaterializeResult(
+        metadata={
+            "labelled_images": summary.labelled,
+            "evaluated_images": summary.evaluated,
+            "unknown_labels": sum(summary.unknown_labels.values()),
+            "top1_accuracy": MetadataValue.float(summary.top1_accuracy) if summary.evaluated else MetadataValue.null(),
+            "top5_accuracy": MetadataValue.float(summary.top5_accuracy) if summary.evaluated else MetadataValue.null(),
+            "per_class": markdown_table(("label", "images", "top-1", "top-5"), classes),
+            "most_confused": markdown_table(("label", "predicted as", "images"), confusions),
+            "labels_not_in_the_model": markdown_table(("label", "images"), unknown),
         }
     )

@@ -1,0 +1,148 @@
+"""Accuracy against the labels images carry (their folder name, or a table's label column).
+
+A label counts as a class when, lower-cased with ``_``/``-`` read as spaces, it equals a predicted
+class label or one of its comma-separated synonyms ("tabby" and "tabby cat" both match timm's
+"tabby, tabby cat"), or when it is an ImageNet WordNet id (``n01440764``) whose description
+does. A label that matches no class of the model's vocabulary (ImageNet-1k's descriptions and
+torchvision's category names, plus every label the model predicted) is reported as unknown and
+left out of the accuracy, rather than counted as a miss.
+
+Tables (replaced together in one transaction):
+
+- ``evaluation_images``: image_id, label, class_label, top1_correct, top5_correct (evaluated images);
+- ``evaluation_classes``: label, images, top1_correct, top5_correct, top1_accuracy, top5_accuracy;
+- ``evaluation_confusions``: label, predicted, images (top-1 misses, most frequent first);
+- ``evaluation_summary``: one row: labelled, evaluated, unknown_labels, top1_accuracy, top5_accuracy.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+_WNID = re.compile(r"^n\d{8}$")
+
+
+def normalize(label: str) -> str:
+    return " ".join(re.sub(r"[_\-]+", " ", label).lower().split())
+
+
+def synonyms(class_label: str) -> frozenset[str]:
+    """A class label's names: the whole label and each comma-separated part, normalized."""
+    parts = [class_label, *class_label.split(",")]
+    return frozenset(normalize(p) for p in parts if p.strip())
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet() -> tuple[dict[str, str], list[str]]:
+    """WordNet id -> description, and ImageNet-1k class names from timm and torchvision (no download)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    wnids = {info.index_to_label_name(i): info.index_to_description(i) for i in range(info.num_classes())}
+    names = list(wnids.values())
+    try:
+        from torchvision.models import ResNet50_Weights
+
+        names += list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    except Exception:  # torchvision missing or changed: timm's names still cover ImageNet-1k
+        pass
+    return wnids, names
+
+
+def truth_names(label: str) -> frozenset[str]:
+    """The names a ground-truth label stands for."""
+    wnids, _ = _imagenet()
+    if _WNID.match(label.strip()) and label.strip() in wnids:
+        return synonyms(wnids[label.strip()])
+    return frozenset({normalize(label)})
+
+
+@dataclass
+class EvaluationSummary:
+    labelled: int = 0
+    evaluated: int = 0
+    unknown_labels: Counter = field(default_factory=Counter)
+    top1_correct: int = 0
+    top5_correct: int = 0
+
+    @property
+    def top1_accuracy(self) -> float | None:
+        return self.top1_correct / self.evaluated if self.evaluated else None
+
+    @property
+    def top5_accuracy(self) -> float | None:
+        return self.top5_correct / self.evaluated if self.evaluated else None
+
+
+def evaluate(conn: duckdb.DuckDBPyConnection, max_confusions: int = 20) -> EvaluationSummary:
+    """Compute and store the evaluation tables from the ``predictions`` table."""
+    rows = conn.execute(
+        "SELECT image_id, label, class_label, topk_labels FROM predictions WHERE label IS NOT NULL ORDER BY image_id"
+    ).fetchall()
+    predicted = {name for (labels,) in conn.execute("SELECT DISTINCT topk_labels FROM predictions").fetchall() for name in labels}
+    vocabulary = frozenset().union(*(synonyms(name) for name in (*_imagenet()[1], *predicted)))
+    summary = EvaluationSummary(labelled=len(rows))
+    images = {"image_id": [], "label": [], "class_label": [], "top1_correct": [], "top5_correct": []}
+    per_class: dict[str, list[int]] = {}
+    confusions: Counter = Counter()
+    for image_id, label, class_label, topk in rows:
+        names = truth_names(label)
+        if not names & vocabulary:
+            summary.unknown_labels[label] += 1
+            continue
+        top1 = bool(names & synonyms(class_label))
+        top5 = any(names & synonyms(name) for name in topk[:5])
+        summary.evaluated += 1
+        summary.top1_correct += top1
+        summary.top5_correct += top5
+        counts = per_class.setdefault(label, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += top1
+        counts[2] += top5
+        if not top1:
+            confusions[(label, class_label)] += 1
+        for key, value in zip(images, (image_id, label, class_label, top1, top5)):
+            images[key].append(value)
+    classes = sorted(per_class.items())
+    tables = {
+        "evaluation_images": pa.table(images, schema=pa.schema([
+            ("image_id", pa.string()), ("label", pa.string()), ("class_label", pa.string()),
+            ("top1_correct", pa.bool_()), ("top5_correct", pa.bool_())])),
+        "evaluation_classes": pa.table({
+            "label": [c for c, _ in classes],
+            "images": pa.array([n for _, (n, _, _) in classes], pa.int64()),
+            "top1_correct": pa.array([t1 for _, (_, t1, _) in classes], pa.int64()),
+            "top5_correct": pa.array([t5 for _, (_, _, t5) in classes], pa.int64()),
+            "top1_accuracy": pa.array([t1 / n for _, (n, t1, _) in classes], pa.float64()),
+            "top5_accuracy": pa.array([t5 / n for _, (n, _, t5) in classes], pa.float64()),
+        }),
+        "evaluation_confusions": pa.table({
+            "label": [t for (t, _), _ in confusions.most_common(max_confusions)],
+            "predicted": [p for (_, p), _ in confusions.most_common(max_confusions)],
+            "images": pa.array([n for _, n in confusions.most_common(max_confusions)], pa.int64()),
+        }),
+        "evaluation_summary": pa.table({
+            "labelled": pa.array([summary.labelled], pa.int64()),
+            "evaluated": pa.array([summary.evaluated], pa.int64()),
+            "unknown_labels": pa.array([sum(summary.unknown_labels.values())], pa.int64()),
+            "top1_accuracy": pa.array([summary.top1_accuracy], pa.float64()),
+            "top5_accuracy": pa.array([summary.top5_accuracy], pa.float64()),
+        }),
+    }
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for name, table in tables.items():
+            conn.register("_evaluation_rows", table)
+            conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _evaluation_rows")
+            conn.unregister("_evaluation_rows")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return summary
