@@ -3,11 +3,18 @@ import os
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from inference_assets.core.manifest import build_manifest, read_manifest
 from inference_assets.core.models import ModelSpec, resolve_preprocessing
-from inference_assets.core.pixel_store import STATUS_FAILED, STATUS_OK, read_pixel_shard, write_pixel_shard
+from inference_assets.core.pixel_store import (
+    INDEX_SCHEMA,
+    STATUS_FAILED,
+    STATUS_OK,
+    read_pixel_shard,
+    write_pixel_shard,
+)
 
 
 @pytest.fixture
@@ -117,3 +124,17 @@ def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(manifest, tm
         path.write_bytes(b"partial")
     write_pixel_shard(manifest, resolve_preprocessing(ModelSpec()), folder, "shard-00", workers=2)
     assert not orphan.exists() and live.exists() and other.exists()
+
+
+def test_a_shard_in_an_older_format_is_rewritten_not_reused(manifest, tmp_path):
+    """An index written by an earlier version (here: without the 'stage' column) is not trusted."""
+    preprocessing = resolve_preprocessing(ModelSpec())
+    shard_dir = tmp_path / "px"
+    write_pixel_shard(manifest, preprocessing, shard_dir, "p", workers=2)
+    index = pq.read_table(shard_dir / "p.parquet")
+    pq.write_table(index.drop_columns(["stage"]), shard_dir / "p.parquet")
+    with pytest.raises(ValueError, match="written by an older version"):
+        read_pixel_shard(shard_dir, "p")
+    summary = write_pixel_shard(manifest, preprocessing, shard_dir, "p", workers=2)
+    assert summary.rewritten and summary.decoded == manifest.num_rows
+    assert read_pixel_shard(shard_dir, "p").index.schema.names == INDEX_SCHEMA.names

@@ -265,6 +265,11 @@ def read_pixel_shard(shard_dir: Path, partition: str) -> PixelShard:
             "materialize preprocessed_images for this partition first"
         )
     index = pq.read_table(path)
+    if index.schema.names != INDEX_SCHEMA.names:
+        raise ValueError(
+            f"preprocessed pixels for partition {partition!r} in {str(shard_dir)!r} were written by an older "
+            "version (columns differ): materialize preprocessed_images for this partition again"
+        )
     meta = {k.decode(): v.decode() for k, v in (index.schema.metadata or {}).items()}
     pixels = np.load(shard_dir / meta["pixels_file"], mmap_mode="r")
     if list(pixels.shape) != json.loads(meta["shape"]) or pixels.shape[0] != index.num_rows:
