@@ -12,12 +12,13 @@ from inference_assets.images.resources import StorageResource
 from inference_assets.kubernetes import kubernetes_executor  # imports dagster_k8s only when called
 from inference_assets.predictions import assets as prediction_assets
 from inference_assets.predictions.resources import DeviceResource, ModelResource
+from inference_assets.report import assets as report_assets
 from inference_assets.settings import DATA_DIR, env, optional_env
 from inference_assets.warehouse import assets as warehouse_assets
 from inference_assets.warehouse import checks as warehouse_checks
 from inference_assets.warehouse.resources import WarehouseResource
 
-ASSETS = load_assets_from_modules([image_assets, prediction_assets, warehouse_assets])
+ASSETS = load_assets_from_modules([image_assets, prediction_assets, warehouse_assets, report_assets])
 ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
 
 # One partition (or a range, as a single run) of preprocessing + predictions.

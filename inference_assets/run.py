@@ -70,7 +70,7 @@ def pipeline_steps() -> list[tuple[str, AssetSelection, dict[str, str]]]:
             AssetSelection.assets("preprocessed_images", "predictions"),
             {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]},
         ),
-        ("DuckDB refresh + checks + evaluation", _with_checks("prediction_results", "evaluation"), {}),
+        ("DuckDB refresh + checks + evaluation + report", _with_checks("prediction_results", "evaluation", "report"), {}),
     ]
 
 
@@ -112,7 +112,7 @@ def run_pipeline(log_level: str = "INFO") -> dict:
     return {"resources": resources, "timings": timings}
 
 
-def print_summary(database: str, timings: dict[str, float]) -> None:
+def print_summary(database: str, timings: dict[str, float], report_path: Path | None = None) -> None:
     with duckdb.connect(database, read_only=True) as conn:
         images, predicted, failed = conn.execute(
             "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM predictions), (SELECT count(*) FROM failures)"
@@ -138,6 +138,8 @@ def print_summary(database: str, timings: dict[str, float]) -> None:
         print(f"failures:    {n} at {stage}: {error}")
     print(f"time:        {sum(timings.values()):.1f}s (" + ", ".join(f"{k}: {v:.1f}s" for k, v in timings.items()) + ")")
     print(f"results:     {database}")
+    if report_path is not None and report_path.exists():
+        print(f"report:      {report_path}  (open it in a browser; it needs no network)")
     duckdb_cli = shutil.which("duckdb") and "duckdb" or os.path.relpath(Path(sys.executable).parent / "duckdb")
     print(f'try:         {duckdb_cli} {database} "select class_label, count(*) from predictions group by 1 order by 2 desc"')
 
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", help="Dagster console log level (default INFO)")
     args = parser.parse_args(argv)
     outcome = run_pipeline(args.log_level)
-    print_summary(outcome["resources"]["duckdb"].database, outcome["timings"])
+    resources = outcome["resources"]
+    print_summary(resources["duckdb"].database, outcome["timings"], resources["storage"].layout.report_path)
     return 0
 
 

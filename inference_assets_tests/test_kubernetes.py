@@ -43,7 +43,7 @@ VALUES_PATH = PROJECT_ROOT / "deploy" / "k8s" / "values.yaml"
 NAMESPACE = "dagster"  # the Helm release's namespace
 GPU = "nvidia.com/gpu"
 RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-ASSET_STEPS = ("image_manifest", "preprocessed_images", "predictions", "prediction_results", "evaluation")
+ASSET_STEPS = ("image_manifest", "preprocessed_images", "predictions", "prediction_results", "evaluation", "report")
 
 
 def k8s_asset_job():

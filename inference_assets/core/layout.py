@@ -5,6 +5,7 @@
     <work_dir>/manifest/image_manifest.parquet
     <work_dir>/preprocessed/<preprocessing fingerprint>/<partition>.parquet + .npy
     <work_dir>/predictions/<model slug>/<partition>.parquet
+    <work_dir>/report/index.html
 
 Pixels are keyed by the preprocessing they were made with and results by model + weights,
 so changing either never mixes outputs.
@@ -23,6 +24,10 @@ class Layout:
     @property
     def manifest_path(self) -> Path:
         return self.work_dir / "manifest" / "image_manifest.parquet"
+
+    @property
+    def report_path(self) -> Path:
+        return self.work_dir / "report" / "index.html"
 
     def pixel_dir(self, preprocessing_fingerprint: str) -> Path:
         return self.work_dir / "preprocessed" / preprocessing_fingerprint

@@ -1,0 +1,171 @@
+"""A static, self-contained HTML report of the DuckDB results: no network, no external files
+(charts and thumbnails are inline ``data:`` PNGs, the style is inline). Sections: summary
+numbers, charts, a gallery of predictions grouped by class, the least confident predictions,
+failures with their reasons, and the evaluation when the images carry labels."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from .atomic import atomic_output
+from .charts import class_distribution_png, confidence_histogram_png
+from .thumbnails import png_data_uri
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{margin-bottom:.2rem} .sub{color:#666;margin-top:0}
+.numbers{display:flex;gap:1rem;flex-wrap:wrap;margin:1.5rem 0}
+.number{background:#f3f6fa;border-radius:8px;padding:.8rem 1.2rem;min-width:8rem}
+.number b{display:block;font-size:1.8rem} .number span{color:#555}
+.charts img{max-width:100%;margin-right:1rem}
+.class{margin:1.2rem 0} .class h3{margin:.2rem 0}
+.cards{display:flex;flex-wrap:wrap;gap:.6rem}
+.card{width:120px;font-size:.75rem;text-align:center;word-break:break-all}
+.card img{width:96px;height:96px;object-fit:contain;background:#eee;border-radius:4px}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem} td,th{border-bottom:1px solid #ddd;padding:.3rem .6rem;text-align:left}
+.bad{color:#a33}
+"""
+
+
+@dataclass
+class ReportSummary:
+    images: int
+    predicted: int
+    failed: int
+    classes: int
+    thumbnails: int
+    evaluated: int
+    bytes: int
+
+
+def _tables(conn) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _name(uri: str) -> str:
+    return uri.rstrip("/").rpartition("/")[2].rpartition("#")[2] or uri
+
+
+def build_report(
+    conn: duckdb.DuckDBPyConnection,
+    thumbnail: Callable[[str], str | None],
+    title: str = "Image classification results",
+    classes_in_gallery: int = 12,
+    images_per_class: int = 8,
+    least_confident: int = 12,
+) -> tuple[str, ReportSummary]:
+    """The report's HTML, and what it shows (for metadata)."""
+    images, predicted, failed = conn.execute(
+        "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM predictions), (SELECT count(*) FROM failures)"
+    ).fetchone()
+    models = [r[0] for r in conn.execute("SELECT DISTINCT model || ' (' || weights || ')' FROM predictions").fetchall()]
+    counts = conn.execute(
+        "SELECT class_label, count(*) FROM predictions GROUP BY 1 ORDER BY 2 DESC, 1"
+    ).fetchall()
+    confidences = [r[0] for r in conn.execute("SELECT confidence FROM predictions").fetchall()]
+    thumbs = 0
+
+    def card(uri: str, caption: str) -> str:
+        nonlocal thumbs
+        picture = thumbnail(uri)
+        thumbs += picture is not None
+        image = f'<img src="{picture}" alt="{_e(_name(uri))}">' if picture else '<div class="bad">no picture</div>'
+        return f'<div class="card" title="{_e(uri)}">{image}<br>{caption}</div>'
+
+    parts = [
+        f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="sub">{_e(", ".join(models) or "no predictions yet")} · generated '
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
+        '<div class="numbers" id="summary">',
+        f'<div class="number" id="images"><b>{images}</b><span>images</span></div>',
+        f'<div class="number" id="predicted"><b>{predicted}</b><span>predicted</span></div>',
+        f'<div class="number" id="failed"><b>{failed}</b><span>failed</span></div>',
+        f'<div class="number" id="classes"><b>{len(counts)}</b><span>classes predicted</span></div>',
+    ]
+    evaluation = None
+    if {"evaluation_summary", "evaluation_classes", "evaluation_confusions"} <= _tables(conn):
+        evaluation = conn.execute("SELECT evaluated, top1_accuracy, top5_accuracy, unknown_labels FROM evaluation_summary").fetchone()
+        if evaluation and evaluation[0]:
+            parts.append(f'<div class="number" id="top1"><b>{evaluation[1]:.1%}</b><span>top-1 accuracy</span></div>')
+            parts.append(f'<div class="number" id="top5"><b>{evaluation[2]:.1%}</b><span>top-5 accuracy</span></div>')
+    parts.append("</div>")
+
+    if counts:
+        top = counts[:15]
+        parts += [
+            '<h2>Charts</h2><div class="charts">',
+            f'<img id="class-chart" alt="predicted classes" src="{png_data_uri(class_distribution_png([c for c, _ in top], [n for _, n in top]))}">',
+            f'<img id="confidence-chart" alt="confidence histogram" src="{png_data_uri(confidence_histogram_png(confidences))}">',
+            "</div>",
+        ]
+        parts.append('<h2>Predictions by class</h2><div id="gallery">')
+        for label, n in counts[:classes_in_gallery]:
+            rows = conn.execute(
+                "SELECT uri, confidence FROM predictions WHERE class_label = ? ORDER BY confidence DESC, uri LIMIT ?",
+                [label, images_per_class],
+            ).fetchall()
+            cards = "".join(card(uri, f"{_e(_name(uri))}<br>{conf:.2f}") for uri, conf in rows)
+            parts.append(f'<div class="class"><h3>{_e(label)} <small>({n})</small></h3><div class="cards">{cards}</div></div>')
+        parts.append("</div>")
+        low = conn.execute(
+            "SELECT uri, class_label, confidence, topk_labels[1:3] FROM predictions ORDER BY confidence, uri LIMIT ?",
+            [least_confident],
+        ).fetchall()
+        cards = "".join(
+            card(uri, f"{_e(label)} {conf:.2f}<br><small>{_e(' / '.join(alts[1:]))}</small>") for uri, label, conf, alts in low
+        )
+        parts.append(f'<h2>Least confident</h2><div class="cards" id="least-confident">{cards}</div>')
+
+    parts.append('<h2>Failures</h2><div id="failures">')
+    if failed:
+        reasons = conn.execute("SELECT stage, error, count(*) FROM failures GROUP BY ALL ORDER BY 3 DESC, 2 LIMIT 50").fetchall()
+        parts.append("<table><tr><th>stage</th><th>reason</th><th>images</th></tr>")
+        parts += [f"<tr><td>{_e(s)}</td><td>{_e(r)}</td><td>{n}</td></tr>" for s, r, n in reasons]
+        parts.append("</table><table><tr><th>image</th><th>stage</th><th>reason</th></tr>")
+        rows = conn.execute("SELECT uri, stage, error FROM failures ORDER BY uri LIMIT 200").fetchall()
+        parts += [f'<tr><td title="{_e(u)}">{_e(_name(u))}</td><td>{_e(s)}</td><td class="bad">{_e(r)}</td></tr>' for u, s, r in rows]
+        parts.append("</table>")
+    else:
+        parts.append("<p>None: every image was predicted.</p>")
+    parts.append("</div>")
+
+    if evaluation and evaluation[0]:
+        parts.append('<h2>Evaluation against the labels</h2><div id="evaluation">')
+        parts.append(
+            f"<p>{evaluation[0]} labelled images: top-1 {evaluation[1]:.1%}, top-5 {evaluation[2]:.1%}"
+            + (f"; {evaluation[3]} with labels the model does not know (left out)" if evaluation[3] else "") + ".</p>"
+        )
+        per_class = conn.execute(
+            "SELECT label, images, top1_accuracy, top5_accuracy FROM evaluation_classes ORDER BY top1_accuracy, label LIMIT 50"
+        ).fetchall()
+        parts.append("<table><tr><th>label</th><th>images</th><th>top-1</th><th>top-5</th></tr>")
+        parts += [f"<tr><td>{_e(l)}</td><td>{n}</td><td>{a:.1%}</td><td>{b:.1%}</td></tr>" for l, n, a, b in per_class]
+        parts.append("</table>")
+        confusions = conn.execute("SELECT label, predicted, images FROM evaluation_confusions LIMIT 20").fetchall()
+        if confusions:
+            parts.append("<h3>Most confused</h3><table><tr><th>label</th><th>predicted as</th><th>images</th></tr>")
+            parts += [f"<tr><td>{_e(l)}</td><td>{_e(p)}</td><td>{n}</td></tr>" for l, p, n in confusions]
+            parts.append("</table>")
+        parts.append("</div>")
+    parts.append("</body></html>")
+    text = "\n".join(parts)
+    summary = ReportSummary(images, predicted, failed, len(counts), thumbs, evaluation[0] if evaluation else 0, len(text.encode()))
+    return text, summary
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write the page atomically (a reader never sees half a report)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -1,0 +1,36 @@
+"""Small PNG thumbnails of source images, as ``data:`` URIs for Markdown metadata and the report."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable
+
+from PIL import Image
+
+from .decoding import load_rgb
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def thumbnail_png(image: object, size: int = 96) -> bytes:
+    """A PNG no larger than ``size`` x ``size`` of an image (a path or a binary file), upright."""
+    picture = load_rgb(image)
+    picture.thumbnail((size, size), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    picture.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def thumbnail_uri(opener: Callable[[str], object], uri: str, size: int = 96) -> str | None:
+    """A ``data:`` URI of the image at ``uri`` opened by a source's ``opener``; None if it cannot be read."""
+    try:
+        return png_data_uri(thumbnail_png(opener(uri), size))
+    except Exception:  # a failed image has no picture; its failure row says why
+        return None
+
+
+def markdown_image(data_uri: str | None, alt: str) -> str:
+    return f"![{alt}]({data_uri})" if data_uri else "–"

@@ -1,0 +1,42 @@
+"""Asset: a static, self-contained HTML report of the results (open it in any browser, offline)."""
+
+from functools import partial
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster_duckdb import DuckDBResource
+
+from inference_assets.core.report import build_report, write_report
+from inference_assets.core.thumbnails import thumbnail_uri
+from inference_assets.images.resources import StorageResource
+from inference_assets.pools import DUCKDB_POOL
+from inference_assets.warehouse.assets import evaluation, prediction_results
+
+
+@asset(
+    group_name="warehouse",
+    deps=[prediction_results, evaluation],
+    pool=DUCKDB_POOL,
+    description="A self-contained HTML page (no network needed): summary numbers, charts, predictions "
+    "grouped by class with thumbnails, the least confident predictions, failures, and the evaluation.",
+)
+def report(context: AssetExecutionContext, storage: StorageResource, duckdb: DuckDBResource) -> MaterializeResult:
+    path = storage.layout.report_path
+    source = storage.open_source()
+    with duckdb.get_connection() as conn:
+        text, summary = build_report(conn, partial(thumbnail_uri, source.open))
+    write_report(path, text)
+    storage.shared.publish(path)
+    context.log.info(f"report: {path} ({summary.bytes / 1e6:.1f} MB, {summary.thumbnails} thumbnails)")
+    return MaterializeResult(
+        metadata={
+            "path": MetadataValue.path(str(path)),
+            "open": MetadataValue.url(path.resolve().as_uri()),
+            "bytes": summary.bytes,
+            "images": summary.images,
+            "predicted": summary.predicted,
+            "failed": summary.failed,
+            "classes": summary.classes,
+            "thumbnails": summary.thumbnails,
+            "evaluated_images": summary.evaluated,
+        }
+    )

@@ -1,0 +1,54 @@
+"""Headless Chromium (Debian's package) for the tests: the rendered DOM, console messages, screenshots."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Flags for a machine with no network but loopback (see the project's environment notes).
+FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+]
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.skip("Chromium not found: apt-get install chromium (.ci/run does)")
+    return found
+
+
+@dataclass
+class Page:
+    dom: str
+    console: list[str]  # every console message the page produced
+
+
+def load(url: str, wait_ms: int = 2000, timeout: float = 120) -> Page:
+    """The DOM after scripts ran (``wait_ms`` of virtual time), and the page's console messages."""
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [chromium(), *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={wait_ms}", "--dump-dom", url],
+            capture_output=True, text=True, timeout=timeout,
+        )
+    assert done.returncode == 0, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    return Page(done.stdout, console)
+
+
+def screenshot(url: str, output: Path, size: str = "1200,1600", wait_ms: int = 2000, timeout: float = 120) -> Path:
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [chromium(), *FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
+             f"--virtual-time-budget={wait_ms}", f"--screenshot={output}", url],
+            capture_output=True, text=True, timeout=timeout,
+        )
+    assert done.returncode == 0 and output.exists(), done.stderr[-2000:]
+    return output

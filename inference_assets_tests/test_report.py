@@ -1,0 +1,61 @@
+"""The HTML report, opened in a real headless Chromium: it loads without console messages, shows
+the expected numbers, labels and pictures, needs no network, and its screenshot is not blank."""
+
+import re
+import shutil
+
+import numpy as np
+from dagster import DagsterInstance
+from dagster_duckdb import DuckDBResource
+from PIL import Image
+
+from inference_assets.images.resources import StorageResource
+from inference_assets.predictions.resources import DeviceResource, ModelResource
+from inference_assets.run import materialize_step, pipeline_steps
+
+from . import browser
+
+
+def _number(dom: str, element_id: str) -> str:
+    return re.search(rf'id="{element_id}"><b>([^<]+)</b>', dom).group(1)
+
+
+def test_the_report_in_a_real_browser(image_root, tmp_path):
+    (image_root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    (image_root / "holiday").mkdir()
+    shutil.copy(image_root / "espresso" / "coffee.jpg", image_root / "holiday" / "coffee-copy.jpg")
+    storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
+    resources = {
+        "storage": storage,
+        "model": ModelResource(batch_size=4),
+        "device": DeviceResource(device="cpu", decode_workers=2),
+        "duckdb": DuckDBResource(database=str(tmp_path / "warehouse.duckdb")),
+    }
+    with DagsterInstance.ephemeral() as instance:
+        results = [materialize_step(sel, tags, resources, instance, "WARNING") for _, sel, tags in pipeline_steps()]
+    assert all(r.success for r in results)
+    path = storage.layout.report_path
+    metadata = {k: v.value for k, v in results[-1].asset_materializations_for_node("report")[0].metadata.items()}
+    assert (metadata["images"], metadata["predicted"], metadata["failed"], metadata["thumbnails"]) == (8, 7, 1, 14)  # 7 in the gallery + 7 least confident
+
+    html = path.read_text()
+    assert not re.search(r'(src|href)="(?!data:)', html), "the page refers to something outside itself"
+
+    page = browser.load(path.as_uri())
+    assert page.console == []
+    dom = page.dom
+    assert (_number(dom, "images"), _number(dom, "predicted"), _number(dom, "failed")) == ("8", "7", "1")
+    assert _number(dom, "top1") == "75.0%" and _number(dom, "top5") == "100.0%"  # chelsea: a tabby called tiger cat
+    for label in ("espresso (2)", "tiger cat", "tripod", "missile"):
+        assert label.split(" (")[0] in dom
+    assert re.search(r"<h3>espresso <small>\(2\)</small></h3>", dom)
+    assert "broken.jpg" in dom and "decode" in dom  # the failure and its stage
+    assert "tabby</td><td>tiger cat</td><td>1</td>" in dom  # the evaluation's confusion
+    images = re.findall(r'<img [^>]*src="([^"]+)"', dom)
+    assert len(images) == 2 + 14 and all(src.startswith("data:image/png;base64,") for src in images)
+
+    shot = browser.screenshot(path.as_uri(), tmp_path / "report.png")
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    not_white = (pixels < 240).any(axis=2).mean()
+    assert pixels.shape[:2] == (1600, 1200) and not_white > 0.05, f"screenshot looks blank ({not_white:.1%} drawn)"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000  # photos and charts, not flat colour
