@@ -3,7 +3,10 @@
 
 from collections.abc import Iterable
 
-from dagster import MetadataValue
+from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+
+from inference_assets.core.charts import class_distribution_png, confidence_histogram_png
+from inference_assets.core.thumbnails import png_data_uri
 
 
 def markdown_table(headers: tuple[str, ...], rows: Iterable[tuple]) -> MetadataValue:
@@ -14,3 +17,36 @@ def markdown_table(headers: tuple[str, ...], rows: Iterable[tuple]) -> MetadataV
 
 def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 2) if seconds > 0 else 0.0
+
+
+def results_pictures(conn) -> dict:
+    """What the UI shows for the DuckDB tables: charts, failures by reason, a preview, counts, schema."""
+    counts = conn.execute("SELECT class_label, count(*) FROM predictions GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 15").fetchall()
+    confidences = [r[0] for r in conn.execute("SELECT confidence FROM predictions").fetchall()]
+    reasons = conn.execute("SELECT stage, error, count(*) FROM failures GROUP BY ALL ORDER BY 3 DESC, 2 LIMIT 10").fetchall()
+    preview = conn.execute(
+        "SELECT uri, class_label, round(confidence, 4) AS confidence, partition FROM predictions ORDER BY uri LIMIT 10"
+    ).fetchall()
+    columns = conn.execute(
+        "SELECT column_name, data_type, is_nullable FROM duckdb_columns() WHERE table_name = 'predictions' ORDER BY column_index"
+    ).fetchall()
+    rows = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("images", "predictions", "failures")}
+    metadata = {
+        "row_counts": markdown_table(("table", "rows"), rows.items()),
+        "failures_by_reason": markdown_table(("stage", "reason", "images"), reasons) if reasons else MetadataValue.md("none"),
+        "preview": MetadataValue.table(
+            records=[TableRecord({"uri": u, "class_label": c, "confidence": float(p), "partition": k}) for u, c, p, k in preview],
+            schema=TableSchema(columns=[TableColumn("uri", "string"), TableColumn("class_label", "string"),
+                                        TableColumn("confidence", "float"), TableColumn("partition", "string")]),
+        ),
+        "dagster/column_schema": TableSchema(
+            columns=[TableColumn(name, kind.lower(), description=None if nullable == "YES" else "not null")
+                     for name, kind, nullable in columns]
+        ),
+    }
+    if counts:
+        chart = png_data_uri(class_distribution_png([c for c, _ in counts], [n for _, n in counts]))
+        histogram = png_data_uri(confidence_histogram_png(confidences))
+        metadata["class_distribution"] = MetadataValue.md(f"![predicted classes]({chart})")
+        metadata["confidence_histogram"] = MetadataValue.md(f"![confidence histogram]({histogram})")
+    return metadata

@@ -38,6 +38,20 @@ def test_the_report_in_a_real_browser(image_root, tmp_path):
     metadata = {k: v.value for k, v in results[-1].asset_materializations_for_node("report")[0].metadata.items()}
     assert (metadata["images"], metadata["predicted"], metadata["failed"], metadata["thumbnails"]) == (8, 7, 1, 14)  # 7 in the gallery + 7 least confident
 
+    # what the Dagster UI shows for each asset
+    def meta(result, node):
+        return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
+
+    manifest, predictions, warehouse = meta(results[0], "image_manifest"), meta(results[1], "predictions"), meta(results[2], "prediction_results")
+    assert manifest["sample_images"].count("](data:image/png;base64,") == 4
+    assert predictions["sample_predictions"].count("](data:image/png;base64,") == 5
+    assert {"images_per_second", "device", "precision", "batch_size", "seconds", "predict_seconds", "reused", "predicted"} <= set(predictions)
+    for chart in ("class_distribution", "confidence_histogram"):
+        assert warehouse[chart].startswith("![") and "data:image/png;base64," in warehouse[chart]
+    assert "| decode | OSError: " in warehouse["failures_by_reason"] and "| 1 |" in warehouse["failures_by_reason"]
+    assert "| predictions | 7 |" in warehouse["row_counts"] and len(warehouse["preview"].records) == 7
+    assert {c.name for c in warehouse["dagster/column_schema"].columns} >= {"image_id", "class_label", "confidence", "topk_labels"}
+
     html = path.read_text()
     assert not re.search(r'(src|href)="(?!data:)', html), "the page refers to something outside itself"
 

@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 from inference_assets.core.manifest import build_manifest, read_manifest
 from inference_assets.core.pixel_store import write_pixel_shard
 from inference_assets.core.progress import Progress
+from inference_assets.core.thumbnails import markdown_image, thumbnail_uri
 from inference_assets.metadata import markdown_table, rate
 from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS, NUM_PARTITIONS
 from inference_assets.predictions.resources import DeviceResource, ModelResource
@@ -33,6 +34,14 @@ def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> 
         f"({summary.hashed} hashed, {summary.hash_reused} unchanged, {summary.unreadable} unreadable) -> {path}"
     )
     per_partition = [(key, summary.per_partition.get(key, 0)) for key in IMAGE_SHARDS.get_partition_keys()]
+    samples = []
+    for row in read_manifest(path).filter(pc.is_null(pc.field("error"))).slice(0, 12).to_pylist():
+        picture = thumbnail_uri(source.open, row["uri"], 64)  # None for an image that does not decode
+        if picture is not None:
+            samples.append(markdown_image(picture, row["relative_path"]))
+        if len(samples) == 4:
+            break
+    samples = " ".join(samples)
     return MaterializeResult(
         metadata={
             "images": summary.images,
@@ -46,6 +55,7 @@ def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> 
             "source": source.description,
             "source_kind": storage.source_config.kind,
             "per_partition": markdown_table(("partition", "images"), per_partition),
+            "sample_images": MetadataValue.md(samples or "no readable image"),
             "path": MetadataValue.path(str(path)),
         }
     )

@@ -11,6 +11,7 @@ from inference_assets.core.inference import InferenceSettings, predict_shard
 from inference_assets.core.pixel_store import read_pixel_shard
 from inference_assets.core.progress import Progress
 from inference_assets.core.results import read_results
+from inference_assets.core.thumbnails import markdown_image, thumbnail_uri
 from inference_assets.images.assets import preprocessed_images
 from inference_assets.images.resources import StorageResource
 from inference_assets.metadata import markdown_table, rate
@@ -55,6 +56,7 @@ def predictions(
     batch_size = settings.effective_batch_size
     forward_seconds = 0.0
     labels: Counter = Counter()
+    samples: list[dict] = []
     shared = storage.shared
     for key in context.partition_keys:
         shared.fetch_pixel_shard(shard_dir, key)
@@ -79,13 +81,23 @@ def predictions(
         reused += summary.reused
         failed += summary.failed
         forward_seconds += summary.seconds if summary.predicted else 0.0
-        predicted_labels = read_results(output).column("class_label").drop_null()
+        results = read_results(output)
+        predicted_labels = results.column("class_label").drop_null()
+        if len(samples) < 5:
+            done = results.filter(pc.is_valid(results["class_label"])).slice(0, 5 - len(samples))
+            samples += done.select(["uri", "class_label", "confidence"]).to_pylist()
         labels.update(dict(zip(*[v.to_pylist() for v in pc.value_counts(predicted_labels).flatten()])))
         (context.log.info if summary.images else context.log.debug)(
             f"{key}: {summary.predicted} predicted, {summary.reused} reused, {summary.failed} failed in "
             f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s on {settings.device}, {settings.precision})"
         )
     seconds = time.perf_counter() - start
+    source = storage.open_source()
+    sample_rows = [
+        (markdown_image(thumbnail_uri(source.open, row["uri"], 64), "image"), row["uri"].rpartition("/")[2],
+         row["class_label"], f"{row['confidence']:.3f}")
+        for row in samples
+    ]
     return MaterializeResult(
         metadata={
             "partitions": len(context.partition_keys),
@@ -104,6 +116,8 @@ def predictions(
             "batch_size": batch_size,
             "top_k": settings.top_k,
             "top_labels": markdown_table(("label", "images"), labels.most_common(10)),
+            "sample_predictions": markdown_table(("", "image", "class", "confidence"), sample_rows),
+            "predict_seconds": round(forward_seconds, 3),  # reading pixels + forward passes + writing
             "path": MetadataValue.path(str(layout.results_dir(model.slug))),
         }
     )

@@ -8,7 +8,7 @@ from inference_assets.core.evaluation import evaluate
 from inference_assets.core.warehouse import refresh_warehouse, top_labels
 from inference_assets.images.assets import image_manifest
 from inference_assets.images.resources import StorageResource
-from inference_assets.metadata import markdown_table
+from inference_assets.metadata import markdown_table, results_pictures
 from inference_assets.partitions import IMAGE_SHARDS
 from inference_assets.pools import DUCKDB_POOL
 from inference_assets.predictions.assets import predictions
@@ -40,6 +40,7 @@ def prediction_results(
     with duckdb.get_connection() as conn:
         summary = refresh_warehouse(conn, storage.layout.manifest_path, files)
         labels = top_labels(conn, limit=10)
+        pictures = results_pictures(conn)
     context.log.info(
         f"{duckdb.database}: {summary.predictions} predictions, {summary.failures} failures "
         f"from {summary.partitions_loaded} partition files; {summary.images} images in the manifest"
@@ -52,6 +53,7 @@ def prediction_results(
             "partitions_loaded": summary.partitions_loaded,
             "model": model.spec.name,
             "top_labels": markdown_table(("label", "images"), labels),
+            **pictures,
             "database": MetadataValue.path(duckdb.database),
             "sample_query": MetadataValue.md(
                 f"```\nduckdb {duckdb.database} \"select class_label, count(*) from predictions "
