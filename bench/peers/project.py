@@ -47,7 +47,7 @@ def main() -> None:
     )
     resources["model"] = ModelResource(name=args.model, weights=args.weights, batch_size=args.batch_size)
     stage_of = {"image_manifest": "manifest", "preprocessed_images": "preprocess", "predictions": "predict",
-                "prediction_results": "warehouse"}
+                "prediction_results": "warehouse", "evaluation": "evaluation", "report": "report"}
     run_seconds, stage_seconds, metadata = {}, {}, {}
     with DagsterInstance.ephemeral() as instance:
         for (_, selection, tags), name in zip(pipeline_steps(), ("manifest", "preprocess + predict", "warehouse")):
