@@ -5,8 +5,9 @@ from collections.abc import Iterable
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
-from inference_assets.core.charts import class_distribution_png, confidence_histogram_png
+from inference_assets.core.report import results_charts
 from inference_assets.core.thumbnails import png_data_uri
+from inference_assets.core.warehouse import failure_reasons
 
 
 def markdown_table(headers: tuple[str, ...], rows: Iterable[tuple]) -> MetadataValue:
@@ -21,9 +22,7 @@ def rate(count: int, seconds: float) -> float:
 
 def results_pictures(conn) -> dict:
     """What the UI shows for the DuckDB tables: charts, failures by reason, a preview, counts, schema."""
-    counts = conn.execute("SELECT class_label, count(*) FROM predictions GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 15").fetchall()
-    confidences = [r[0] for r in conn.execute("SELECT confidence FROM predictions").fetchall()]
-    reasons = conn.execute("SELECT stage, error, count(*) FROM failures GROUP BY ALL ORDER BY 3 DESC, 2 LIMIT 10").fetchall()
+    reasons = failure_reasons(conn, limit=10)
     preview = conn.execute(
         "SELECT uri, class_label, round(confidence, 4) AS confidence, partition FROM predictions ORDER BY uri LIMIT 10"
     ).fetchall()
@@ -44,9 +43,9 @@ def results_pictures(conn) -> dict:
                      for name, kind, nullable in columns]
         ),
     }
-    if counts:
-        chart = png_data_uri(class_distribution_png([c for c, _ in counts], [n for _, n in counts]))
-        histogram = png_data_uri(confidence_histogram_png(confidences))
+    charts = results_charts(conn)
+    if charts is not None:
+        chart, histogram = (png_data_uri(png) for png in charts)
         metadata["class_distribution"] = MetadataValue.md(f"![predicted classes]({chart})")
         metadata["confidence_histogram"] = MetadataValue.md(f"![confidence histogram]({histogram})")
     return metadata

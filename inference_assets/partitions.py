@@ -24,6 +24,11 @@ NUM_PARTITIONS = int(os.environ.get("INFERENCE_PARTITIONS", DEFAULT_NUM_PARTITIO
 
 IMAGE_SHARDS = StaticPartitionsDefinition(partition_keys(NUM_PARTITIONS))
 
+def range_tags(first: str, last: str) -> dict[str, str]:
+    """Run tags that make one run cover the partitions ``first`` to ``last`` (a single-run range)."""
+    return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
+
+
 PARTITIONS_PER_RUN = int(os.environ.get("INFERENCE_PARTITIONS_PER_RUN", "0"))
 
 # How a range of partitions (a backfill, `--partition-range`) is split into runs.

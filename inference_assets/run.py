@@ -22,12 +22,10 @@ from dagster import AssetSelection, DagsterInstance, materialize
 from inference_assets.core.devices import resolve_device
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.models import ModelSpec, check_weights_available
-from inference_assets.core.warehouse import WarehouseLockedError, check_database_path, top_labels
+from inference_assets.core.warehouse import WarehouseLockedError, check_database_path, failure_reasons, top_labels
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
-from inference_assets.partitions import IMAGE_SHARDS
+from inference_assets.partitions import IMAGE_SHARDS, range_tags
 
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def _instance() -> DagsterInstance:
@@ -68,7 +66,7 @@ def pipeline_steps() -> list[tuple[str, AssetSelection, dict[str, str]]]:
         (
             f"preprocess + predict ({len(keys)} partitions, one run)",
             AssetSelection.assets("preprocessed_images", "predictions"),
-            {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]},
+            range_tags(keys[0], keys[-1]),
         ),
         ("DuckDB refresh + checks + evaluation + report", _with_checks("prediction_results", "evaluation", "report"), {}),
     ]
@@ -118,9 +116,7 @@ def print_summary(database: str, timings: dict[str, float], report_path: Path | 
             "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM predictions), (SELECT count(*) FROM failures)"
         ).fetchone()
         labels = top_labels(conn, limit=5)
-        reasons = conn.execute(
-            "SELECT stage, error, count(*) FROM failures GROUP BY ALL ORDER BY 3 DESC LIMIT 3"
-        ).fetchall()
+        reasons = failure_reasons(conn, limit=3)
         has_evaluation = conn.execute(
             "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'evaluation_summary'"
         ).fetchone()[0]

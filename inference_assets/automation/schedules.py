@@ -16,22 +16,20 @@ from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext
 
 from inference_assets.core.pending import changed_partitions, listing_digest, manifest_digests, scan_listing
 from inference_assets.images.resources import StorageResource
-from inference_assets.partitions import NUM_PARTITIONS
+from inference_assets.partitions import NUM_PARTITIONS, range_tags
 from inference_assets.predictions.resources import ModelResource
 
 from .pending_work import EVERYTHING, missing_results, partition_run_requests
 
 CRON = os.environ.get("INFERENCE_SCHEDULE_CRON", "0 2 * * *")
 TIMEZONE = os.environ.get("INFERENCE_SCHEDULE_TIMEZONE", "UTC")
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 @schedule(
     name="nightly_pending_work",
     cron_schedule=CRON,
     execution_timezone=TIMEZONE,
-    target=["image_manifest", "preprocessed_images", "predictions", "prediction_results", "evaluation"],
+    target=EVERYTHING,
     default_status=DefaultScheduleStatus.STOPPED,
     description="Every night: a manifest refresh and the partitions it changed, or a run per partition "
     "with pending work; skipped when there is nothing to do.",
@@ -43,7 +41,7 @@ def nightly_pending_work(context: ScheduleEvaluationContext, storage: StorageRes
         return RunRequest(
             run_key=f"nightly:{listing_digest(scan.digests)}",
             asset_selection=EVERYTHING,
-            tags={RANGE_START_TAG: changed[0], RANGE_END_TAG: changed[-1]},
+            tags=range_tags(changed[0], changed[-1]),
         )
     requests = partition_run_requests(missing_results(storage, model))
     return requests or SkipReason(f"nothing pending: {scan.scanned} images listed, all predicted")

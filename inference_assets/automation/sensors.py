@@ -18,7 +18,7 @@ from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import NUM_PARTITIONS
 from inference_assets.predictions.resources import ModelResource
 
-from .pending_work import MANIFEST, missing_results, partition_run_requests
+from .pending_work import EVERYTHING, MANIFEST, missing_results, partition_run_requests
 
 LISTING_SECONDS = float(os.environ.get("INFERENCE_SENSOR_LISTING_SECONDS", "20"))
 INTERVAL_SECONDS = int(os.environ.get("INFERENCE_SENSOR_INTERVAL_SECONDS", "60"))
@@ -27,7 +27,7 @@ INTERVAL_SECONDS = int(os.environ.get("INFERENCE_SENSOR_INTERVAL_SECONDS", "60")
 @sensor(
     name="new_images",
     minimum_interval_seconds=INTERVAL_SECONDS,
-    asset_selection=["image_manifest", "preprocessed_images", "predictions", "prediction_results", "evaluation"],
+    asset_selection=EVERYTHING,
     default_status=DefaultSensorStatus.STOPPED,
     description="Lists the image source (a bounded time per tick, resuming from its cursor); requests a "
     "manifest run when images were added, changed or removed, and a run per partition with pending work.",

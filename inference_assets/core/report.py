@@ -16,6 +16,7 @@ import duckdb
 from .atomic import atomic_output
 from .charts import class_distribution_png, confidence_histogram_png
 from .thumbnails import png_data_uri
+from .warehouse import failure_reasons
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -56,6 +57,20 @@ def _name(uri: str) -> str:
     return uri.rstrip("/").rpartition("/")[2].rpartition("#")[2] or uri
 
 
+def results_charts(conn: duckdb.DuckDBPyConnection, classes: int = 15) -> tuple[bytes, bytes] | None:
+    """PNGs of the most frequent predicted classes and of the top-1 confidences (None: no predictions)."""
+    counts = conn.execute(
+        "SELECT class_label, count(*) FROM predictions GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [classes]
+    ).fetchall()
+    if not counts:
+        return None
+    confidences = [r[0] for r in conn.execute("SELECT confidence FROM predictions").fetchall()]
+    return (
+        class_distribution_png([c for c, _ in counts], [n for _, n in counts]),
+        confidence_histogram_png(confidences),
+    )
+
+
 def build_report(
     conn: duckdb.DuckDBPyConnection,
     thumbnail: Callable[[str], str | None],
@@ -72,12 +87,14 @@ def build_report(
     counts = conn.execute(
         "SELECT class_label, count(*) FROM predictions GROUP BY 1 ORDER BY 2 DESC, 1"
     ).fetchall()
-    confidences = [r[0] for r in conn.execute("SELECT confidence FROM predictions").fetchall()]
     thumbs = 0
+    pictures: dict[str, str | None] = {}  # an image in the gallery and among the least confident is decoded once
 
     def card(uri: str, caption: str) -> str:
         nonlocal thumbs
-        picture = thumbnail(uri)
+        if uri not in pictures:
+            pictures[uri] = thumbnail(uri)
+        picture = pictures[uri]
         thumbs += picture is not None
         image = f'<img src="{picture}" alt="{_e(_name(uri))}">' if picture else '<div class="bad">no picture</div>'
         return f'<div class="card" title="{_e(uri)}">{image}<br>{caption}</div>'
@@ -103,11 +120,11 @@ def build_report(
     parts.append("</div>")
 
     if counts:
-        top = counts[:15]
+        class_chart, confidence_chart = results_charts(conn)
         parts += [
             '<h2>Charts</h2><div class="charts">',
-            f'<img id="class-chart" alt="predicted classes" src="{png_data_uri(class_distribution_png([c for c, _ in top], [n for _, n in top]))}">',
-            f'<img id="confidence-chart" alt="confidence histogram" src="{png_data_uri(confidence_histogram_png(confidences))}">',
+            f'<img id="class-chart" alt="predicted classes" src="{png_data_uri(class_chart)}">',
+            f'<img id="confidence-chart" alt="confidence histogram" src="{png_data_uri(confidence_chart)}">',
             "</div>",
         ]
         parts.append('<h2>Predictions by class</h2><div id="gallery">')
@@ -130,7 +147,7 @@ def build_report(
 
     parts.append('<h2>Failures</h2><div id="failures">')
     if failed:
-        reasons = conn.execute("SELECT stage, error, count(*) FROM failures GROUP BY ALL ORDER BY 3 DESC, 2 LIMIT 50").fetchall()
+        reasons = failure_reasons(conn, limit=50)
         parts.append("<table><tr><th>stage</th><th>reason</th><th>images</th></tr>")
         parts += [f"<tr><td>{_e(s)}</td><td>{_e(r)}</td><td>{n}</td></tr>" for s, r, n in reasons]
         parts.append("</table><table><tr><th>image</th><th>stage</th><th>reason</th></tr>")

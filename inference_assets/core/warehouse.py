@@ -180,6 +180,13 @@ def refresh_warehouse(
     )
 
 
+def failure_reasons(conn: duckdb.DuckDBPyConnection, limit: int = 10) -> list[tuple[str, str, int]]:
+    """(stage, error, images) for the most frequent failure reasons."""
+    return conn.execute(
+        "SELECT stage, error, count(*) FROM failures GROUP BY ALL ORDER BY 3 DESC, 2 LIMIT ?", [limit]
+    ).fetchall()
+
+
 def top_labels(conn: duckdb.DuckDBPyConnection, limit: int = 10) -> list[tuple[str, int]]:
     """The most frequent predicted labels with their counts."""
     return conn.execute(

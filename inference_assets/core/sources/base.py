@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -42,17 +40,6 @@ class ImageSource(Protocol):
 
     def content_hash(self, uri: str) -> str:
         """``sha256:<hex>`` of the image's bytes."""
-
-
-def sha256_of(readable: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    for block in iter(lambda: readable.read(1 << 20), b""):
-        digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
-
-
-def bytes_file(data: bytes) -> BinaryIO:
-    return io.BytesIO(data)
 
 
 def parent_label(key: str) -> str | None:

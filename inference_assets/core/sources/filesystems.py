@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from ..errors import ConfigError
+from ..hashing import stream_sha256
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,12 @@ class FileSystems:
     def open(self, uri: str) -> BinaryIO:
         """The object's bytes as a file (one sequential read; no ranged requests per decoder seek)."""
         return io.BytesIO(self.read_bytes(uri))
+
+    def content_hash(self, uri: str) -> str:
+        """``sha256:<hex>`` of the object's bytes, streamed."""
+        fs, path = self.resolve(uri)
+        with fs.open_input_stream(path) as stream:
+            return f"sha256:{stream_sha256(stream)}"
 
     def info(self, uri: str) -> pafs.FileInfo:
         fs, path = self.resolve(uri)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 import pyarrow.fs as pafs
 
 from ..errors import ConfigError
-from .base import SourceEntry, parent_label, sha256_of
+from .base import SourceEntry, parent_label
 from .filesystems import FileSystems
 
 
@@ -62,6 +62,4 @@ class ObjectStoreSource:
         return self.filesystems.open(uri)
 
     def content_hash(self, uri: str) -> str:
-        fs, path = self.filesystems.resolve(uri)
-        with fs.open_input_stream(path) as stream:
-            return sha256_of(stream)
+        return self.filesystems.content_hash(uri)

@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError
-from .base import SourceEntry, sha256_of
+from .base import SourceEntry
 from .filesystems import FileSystems, is_uri
 
 
@@ -102,6 +102,4 @@ class LocationTableSource:
         return uri if not is_uri(uri) else self.filesystems.open(uri)
 
     def content_hash(self, uri: str) -> str:
-        fs, path = self.filesystems.resolve(uri)
-        with fs.open_input_stream(path) as stream:
-            return sha256_of(stream)
+        return self.filesystems.content_hash(uri)
