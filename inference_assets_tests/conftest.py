@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from dagster import DagsterInstance
+from dagster_duckdb import DuckDBResource
+
 from inference_assets.core.models import ModelSpec, load_classifier
+from inference_assets.images.resources import StorageResource
+from inference_assets.predictions.resources import DeviceResource, ModelResource
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_IMAGES = PROJECT_ROOT / "data" / "images"
@@ -59,6 +64,46 @@ def _isolated_environment(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
+
+
+def cpu_resources(storage, database: Path) -> dict:
+    """The resources of a pipeline run in the tests: ``storage`` as given, the bundled model at
+    batch 4, CPU with two decoding threads, and the DuckDB file ``database``."""
+    return {
+        "storage": storage,
+        "model": ModelResource(batch_size=4),
+        "device": DeviceResource(device="cpu", decode_workers=2),
+        "duckdb": DuckDBResource(database=str(database)),
+    }
+
+
+def run_all_steps(resources: dict, after_manifest=None) -> list:
+    """The three runs of `make run` through Dagster on an ephemeral instance, each asserted to
+    succeed; ``after_manifest()`` is called between the manifest run and the rest."""
+    from inference_assets.run import materialize_step, pipeline_steps
+
+    results = []
+    with DagsterInstance.ephemeral() as instance:
+        for number, (title, selection, tags) in enumerate(pipeline_steps()):
+            result = materialize_step(selection, tags, resources, instance, "WARNING")
+            assert result.success, title
+            results.append(result)
+            if number == 0 and after_manifest is not None:
+                after_manifest()
+    return results
+
+
+@pytest.fixture
+def resources(image_root, tmp_path):
+    """The pipeline's resources over a private copy of the sample photos."""
+    storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
+    return cpu_resources(storage, tmp_path / "warehouse.duckdb")
+
+
+@pytest.fixture
+def instance():
+    with DagsterInstance.ephemeral() as instance:
+        yield instance
 
 
 @pytest.fixture

@@ -4,35 +4,17 @@ import shutil
 
 import duckdb
 import torch
-import pytest
-from dagster import AssetKey, AssetSelection, BackfillPolicy, DagsterInstance, materialize
-from dagster_duckdb import DuckDBResource
+from dagster import AssetKey, AssetSelection, BackfillPolicy, materialize
 
 from inference_assets.core.hashing import file_sha256
 from inference_assets.core.manifest import read_manifest
 from inference_assets.core.partitioning import image_id_for, partition_for
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, defs
-from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import IMAGE_SHARDS
-from inference_assets.predictions.resources import DeviceResource, ModelResource
+from inference_assets.predictions.resources import ModelResource
 
 ALL = [*ASSETS, *ASSET_CHECKS]
 
-
-@pytest.fixture
-def resources(image_root, tmp_path):
-    return {
-        "storage": StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")),
-        "model": ModelResource(batch_size=4),
-        "device": DeviceResource(device="cpu", decode_workers=2),
-        "duckdb": DuckDBResource(database=str(tmp_path / "warehouse.duckdb")),
-    }
-
-
-@pytest.fixture
-def instance():
-    with DagsterInstance.ephemeral() as instance:
-        yield instance
 
 
 def _metadata(result, asset_name):

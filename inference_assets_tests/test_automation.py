@@ -4,9 +4,7 @@ real instance and real files; each requested run is then executed through Dagste
 import shutil
 
 import duckdb
-import pytest
-from dagster import AssetSelection, DagsterInstance, RunRequest, SkipReason, build_schedule_context, build_sensor_context, materialize
-from dagster_duckdb import DuckDBResource
+from dagster import AssetSelection, RunRequest, SkipReason, build_schedule_context, build_sensor_context, materialize
 
 from inference_assets.automation import sensors
 from inference_assets.automation.schedules import nightly_pending_work
@@ -16,26 +14,9 @@ from inference_assets.core.pending import ListingScan, scan_listing
 from inference_assets.core.sources.folder import FolderSource
 from inference_assets.core.sources.config import IMAGE_EXTENSIONS
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
-from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import NUM_PARTITIONS
-from inference_assets.predictions.resources import DeviceResource, ModelResource
 from inference_assets.run import materialize_step, pipeline_steps
 
-
-@pytest.fixture
-def resources(image_root, tmp_path):
-    return {
-        "storage": StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")),
-        "model": ModelResource(batch_size=4),
-        "device": DeviceResource(device="cpu", decode_workers=2),
-        "duckdb": DuckDBResource(database=str(tmp_path / "warehouse.duckdb")),
-    }
-
-
-@pytest.fixture
-def instance():
-    with DagsterInstance.ephemeral() as instance:
-        yield instance
 
 
 def _sensor_tick(instance, resources, cursor=None):
@@ -135,7 +116,7 @@ def test_the_schedule_backfills_changed_partitions_then_skips(resources, instanc
     assert isinstance(nightly_pending_work(context), SkipReason)
 
     # results lost for one partition: the schedule asks for that partition alone
-    layout, model = resources["storage"].layout, resources["model"]
+    layout = resources["storage"].layout
     result_files = sorted((layout.work_dir / "predictions").rglob("shard-*.parquet"))
     result_files[0].unlink()
     requests = nightly_pending_work(context)

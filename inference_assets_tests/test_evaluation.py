@@ -7,15 +7,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster import DagsterInstance
-from dagster_duckdb import DuckDBResource
 
 from inference_assets.core.evaluation import evaluate, normalize, synonyms, truth_names
 from inference_assets.images.resources import StorageResource
-from inference_assets.predictions.resources import DeviceResource, ModelResource
-from inference_assets.run import materialize_step, pipeline_steps
 
-from .conftest import SAMPLE_IMAGES
+from .conftest import SAMPLE_IMAGES, cpu_resources, run_all_steps
 
 
 def test_label_matching():
@@ -49,15 +45,7 @@ def test_accuracy_per_class_and_confusions_from_a_predictions_table():
 
 
 def _run(storage, tmp_path):
-    resources = {
-        "storage": storage,
-        "model": ModelResource(batch_size=4),
-        "device": DeviceResource(device="cpu", decode_workers=2),
-        "duckdb": DuckDBResource(database=str(tmp_path / "warehouse.duckdb")),
-    }
-    with DagsterInstance.ephemeral() as instance:
-        results = [materialize_step(sel, tags, resources, instance, "WARNING") for _, sel, tags in pipeline_steps()]
-    assert all(r.success for r in results)
+    results = run_all_steps(cpu_resources(storage, tmp_path / "warehouse.duckdb"))
     metadata = results[-1].asset_materializations_for_node("evaluation")[0].metadata
     return {k: v.value for k, v in metadata.items()}
 

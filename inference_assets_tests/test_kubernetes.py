@@ -35,14 +35,13 @@ from dagster._grpc.types import ExecuteStepArgs
 from inference_assets.core.errors import ConfigError
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources, defs
 from inference_assets.kubernetes import EXECUTOR_CONFIG_PATH, kubernetes_executor, load_executor_config
-from inference_assets.partitions import IMAGE_SHARDS
+from inference_assets.partitions import IMAGE_SHARDS, range_tags
 
 from .conftest import PROJECT_ROOT
 
 VALUES_PATH = PROJECT_ROOT / "deploy" / "k8s" / "values.yaml"
 NAMESPACE = "dagster"  # the Helm release's namespace
 GPU = "nvidia.com/gpu"
-RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 ASSET_STEPS = ("image_manifest", "preprocessed_images", "predictions", "prediction_results", "evaluation", "report")
 
 
@@ -234,7 +233,7 @@ def test_per_step_config_names_only_ops_of_the_code_location():
     assert set(per_step) == set(ASSET_STEPS) and set(per_step) <= ops
     # A run over a range of partitions (a single-run backfill) has the same step keys.
     keys = IMAGE_SHARDS.get_partition_keys()
-    tags = {RANGE_START_TAG: keys[0], RANGE_END_TAG: keys[-1]}
+    tags = range_tags(keys[0], keys[-1])
     plan = create_execution_plan(defs.resolve_job_def("partitioned_inference"), tags=tags)
     assert {step.key for step in plan.steps} == {"preprocessed_images", "predictions"}
 

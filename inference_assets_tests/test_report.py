@@ -5,15 +5,12 @@ import re
 import shutil
 
 import numpy as np
-from dagster import DagsterInstance
-from dagster_duckdb import DuckDBResource
 from PIL import Image
 
 from inference_assets.images.resources import StorageResource
-from inference_assets.predictions.resources import DeviceResource, ModelResource
-from inference_assets.run import materialize_step, pipeline_steps
 
 from . import browser
+from .conftest import cpu_resources, run_all_steps
 
 
 def _number(dom: str, element_id: str) -> str:
@@ -25,15 +22,7 @@ def test_the_report_in_a_real_browser(image_root, tmp_path):
     (image_root / "holiday").mkdir()
     shutil.copy(image_root / "espresso" / "coffee.jpg", image_root / "holiday" / "coffee-copy.jpg")
     storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
-    resources = {
-        "storage": storage,
-        "model": ModelResource(batch_size=4),
-        "device": DeviceResource(device="cpu", decode_workers=2),
-        "duckdb": DuckDBResource(database=str(tmp_path / "warehouse.duckdb")),
-    }
-    with DagsterInstance.ephemeral() as instance:
-        results = [materialize_step(sel, tags, resources, instance, "WARNING") for _, sel, tags in pipeline_steps()]
-    assert all(r.success for r in results)
+    results = run_all_steps(cpu_resources(storage, tmp_path / "warehouse.duckdb"))
     path = storage.layout.report_path
     metadata = {k: v.value for k, v in results[-1].asset_materializations_for_node("report")[0].metadata.items()}
     assert (metadata["images"], metadata["predicted"], metadata["failed"], metadata["thumbnails"]) == (8, 7, 1, 14)  # 7 in the gallery + 7 least confident

@@ -12,17 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from dagster import AssetSelection, DagsterInstance
-from dagster_duckdb import DuckDBResource
 
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.manifest import build_manifest, read_manifest
 from inference_assets.core.sources import SourceConfig, open_source
 from inference_assets.core.sources.filesystems import S3Options
 from inference_assets.images.resources import StorageResource
-from inference_assets.predictions.resources import DeviceResource, ModelResource
 from inference_assets.run import materialize_step, pipeline_steps
 
-from .conftest import KNOWN_TOP1, SAMPLE_IMAGES
+from .conftest import KNOWN_TOP1, SAMPLE_IMAGES, cpu_resources, run_all_steps
 
 SAMPLES = sorted(p.relative_to(SAMPLE_IMAGES).as_posix() for p in SAMPLE_IMAGES.rglob("*") if p.is_file() and p.suffix != ".md")
 GARBAGE = b"\xff\xd8\xff\xe0 this is not really a JPEG" * 10
@@ -32,18 +30,7 @@ def _run_pipeline(storage: StorageResource, tmp_path: Path, after_listing=None) 
     """All three runs of `make run` through Dagster; returns (predictions, failures) from DuckDB.
     ``after_listing()`` is called between the manifest run and the rest."""
     database = tmp_path / "warehouse.duckdb"
-    resources = {
-        "storage": storage,
-        "model": ModelResource(batch_size=4),
-        "device": DeviceResource(device="cpu", decode_workers=2),
-        "duckdb": DuckDBResource(database=str(database)),
-    }
-    with DagsterInstance.ephemeral() as instance:
-        for title, selection, tags in pipeline_steps():
-            result = materialize_step(selection, tags, resources, instance, "WARNING")
-            assert result.success, title
-            if after_listing is not None and selection == pipeline_steps()[0][1]:
-                after_listing()
+    run_all_steps(cpu_resources(storage, database), after_manifest=after_listing)
     with duckdb.connect(str(database), read_only=True) as conn:
         predictions = conn.execute(
             "SELECT i.relative_path, p.class_label, i.label FROM predictions p JOIN images i USING (image_id) ORDER BY 1"
@@ -248,12 +235,7 @@ def test_steps_on_different_machines_cooperate_through_a_bucket(s3_env, image_ro
 
     def machine(name):
         storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / name), shared_dir="s3://work/run")
-        return {
-            "storage": storage,
-            "model": ModelResource(batch_size=4),
-            "device": DeviceResource(device="cpu", decode_workers=2),
-            "duckdb": DuckDBResource(database=str(tmp_path / "warehouse.duckdb")),
-        }
+        return cpu_resources(storage, tmp_path / "warehouse.duckdb")
 
     steps = pipeline_steps()
     manifest_step, partition_step, refresh_step = steps
