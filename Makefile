@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::UserWarning
 
-.PHONY: install instance run test dev backfill bench bench-scale clean
+.PHONY: install instance run test dev backfill screenshots bench bench-scale clean
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ backfill: $(STAMP) instance
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster asset materialize -m inference_assets.definitions --select image_manifest
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster job backfill -w workspace.yaml -j partitioned_inference \
 		$(if $(PARTITIONS),--partitions $(PARTITIONS),--all) --noprompt
+
+## screenshots: the README's pictures (docs/images/): the asset graph in the Dagster UI and the
+## HTML report, after a run on data/images in a temporary instance (needs Chromium)
+screenshots: $(STAMP)
+	$(BIN)/python -m inference_assets_tests.screenshots
 
 ## bench: throughput and memory against Ray Data, a DataLoader loop, a per-image loop and the limits
 ## (BENCH_IMAGES, BENCH_REPEATS, ... : see bench/run.py); results in bench/results/

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import shutil
 import subprocess
 import tempfile
@@ -30,12 +32,24 @@ class Page:
     dom: str
     console: list[str]  # every console message the page produced
 
+    @property
+    def text(self) -> str:
+        """The page's text without markup, each element's text separated by " | "."""
+        body = re.sub(r"<(style|script)\b.*?</\1>", "", self.dom, flags=re.S)
+        return html.unescape(re.sub(r"(\s*\|\s*)+", " | ", re.sub(r"<[^>]+>", " | ", body)))
 
-def load(url: str, wait_ms: int = 2000, timeout: float = 120) -> Page:
-    """The DOM after scripts ran (``wait_ms`` of virtual time), and the page's console messages."""
+    def errors(self) -> list[str]:
+        """Console messages that report an error (Chromium logs every level at INFO)."""
+        return [line for line in self.console if re.search(r"error|uncaught|failed", line, re.I)]
+
+
+def load(url: str, wait_ms: int = 2000, timeout: float = 120, size: str = "1200,1600") -> Page:
+    """The DOM after scripts ran (``wait_ms`` of virtual time) in a ``size`` window, and the
+    page's console messages."""
     with tempfile.TemporaryDirectory() as profile:
         done = subprocess.run(
-            [chromium(), *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={wait_ms}", "--dump-dom", url],
+            [chromium(), *FLAGS, f"--user-data-dir={profile}", f"--window-size={size}",
+             f"--virtual-time-budget={wait_ms}", "--dump-dom", url],
             capture_output=True, text=True, timeout=timeout,
         )
     assert done.returncode == 0, done.stderr[-2000:]

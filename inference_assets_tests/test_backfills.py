@@ -16,18 +16,10 @@ Four partitions and the six sample photos keep it affordable: each run is three 
 worker, one per step) that import torch, and the daemon looks at backfills every 30 seconds.
 """
 
-import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -38,9 +30,8 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFil
 from inference_assets.core.partitioning import partition_keys
 
 from .conftest import PROJECT_ROOT, pipeline_env
+from .dagster_ui import DAGSTER, DagsterDev, dagster_dev
 
-BIN = Path(sys.executable).parent
-DAGSTER = str(BIN / "dagster")
 MATERIALIZE = [DAGSTER, "asset", "materialize", "-m", "inference_assets.definitions"]
 INSTANCE_YAML = PROJECT_ROOT / "deploy" / "dagster.yaml"
 KEYS = partition_keys(4)
@@ -50,32 +41,6 @@ BACKFILL_TIMEOUT = 360  # seconds, from launch to every run finished
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
 SET_BY_PIPELINE_ENV = ("INFERENCE_IMAGE_ROOT", "INFERENCE_WORK_DIR", "INFERENCE_DUCKDB_PATH", "INFERENCE_DEVICE")
-
-# The UI's mutation (ui-core LAUNCH_PARTITION_BACKFILL_MUTATION), with the error types we can get.
-LAUNCH_BACKFILL = """
-mutation LaunchPartitionBackfill($backfillParams: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $backfillParams) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PartitionKeysNotFoundError { message }
-    ... on UnauthorizedError { message }
-    ... on PythonError { message stack }
-  }
-}
-"""
-BACKFILL_STATUS = """
-query BackfillStatus($backfillId: String!) {
-  partitionBackfillOrError(backfillId: $backfillId) {
-    __typename
-    ... on PartitionBackfill { status numPartitions error { message } }
-    ... on PythonError { message }
-  }
-}
-"""
-WORKSPACE_STATUS = """
-{ workspaceOrError { ... on Workspace { locationEntries {
-    name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }
-"""
 
 
 def _env(image_root: Path, work: Path, **extra: str) -> dict[str, str]:
@@ -166,95 +131,6 @@ def test_checked_in_instance_config(tmp_path):
     assert config.run_queue_config.max_concurrent_runs == MAX_CONCURRENT_RUNS == 2
     assert config.pool_config.default_pool_limit == 1
     assert config.pool_config.pool_granularity.value == "op"
-
-
-def _free_port() -> int:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-    except OSError as error:
-        pytest.skip(f"cannot bind a TCP port on 127.0.0.1 for the Dagster webserver: {error}")
-
-
-class DagsterDev:
-    """``dagster dev`` (webserver + daemon, as ``make dev`` runs it) on a free local port."""
-
-    def __init__(self, env, log_path: Path):
-        self.env, self.log_path = env, log_path
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/graphql"
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [DAGSTER, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)],
-            env=env,
-            cwd=PROJECT_ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the webserver, daemon, code servers, runs
-        )
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def graphql(self, query: str, variables: dict | None = None) -> dict:
-        body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            reply = json.loads(response.read())
-        assert not reply.get("errors"), reply["errors"]
-        return reply["data"]
-
-    def wait_until_loaded(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"dagster dev exited ({self.process.returncode}):\n{self.log_tail()}"
-            try:
-                entries = self.graphql(WORKSPACE_STATUS)["workspaceOrError"]["locationEntries"]
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                entries = []
-            if entries and all(e["loadStatus"] == "LOADED" for e in entries):
-                errors = [e for e in entries if e["locationOrLoadError"]["__typename"] != "RepositoryLocation"]
-                assert not errors, errors
-                return
-            time.sleep(1)
-        pytest.fail(f"dagster dev did not load the code location in {timeout}s:\n{self.log_tail()}")
-
-    def launch_backfill(self, params: dict) -> str:
-        result = self.graphql(LAUNCH_BACKFILL, {"backfillParams": params})["launchPartitionBackfill"]
-        assert result["__typename"] == "LaunchBackfillSuccess", result
-        return result["backfillId"]
-
-    def backfill_status(self, backfill_id: str) -> str:
-        result = self.graphql(BACKFILL_STATUS, {"backfillId": backfill_id})["partitionBackfillOrError"]
-        assert result["__typename"] == "PartitionBackfill", result
-        return result["status"]
-
-    def stop(self) -> None:
-        """Interrupt dagster dev, then kill whatever is left of its process group."""
-        try:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGINT)
-                try:
-                    self.process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    pass
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait(timeout=30)
-        finally:
-            self._log.close()
-
-
-@contextmanager
-def dagster_dev(env, log_path: Path):
-    server = DagsterDev(env, log_path)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _ui_backfill_params() -> dict:

@@ -9,7 +9,7 @@ from PIL import Image
 
 from inference_assets.images.resources import StorageResource
 
-from . import browser
+from . import browser, screenshots
 from .conftest import cpu_resources, run_all_steps
 
 
@@ -62,3 +62,9 @@ def test_the_report_in_a_real_browser(image_root, tmp_path):
     not_white = (pixels < 240).any(axis=2).mean()
     assert pixels.shape[:2] == (1600, 1200) and not_white > 0.05, f"screenshot looks blank ({not_white:.1%} drawn)"
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000  # photos and charts, not flat colour
+
+    # the README's picture of the report (make screenshots): the top of the page, small
+    small = screenshots.report(path, tmp_path / "report-small.png", tmp_path)
+    with Image.open(small) as image:
+        assert image.mode == "P" and image.width == 900 and small.stat().st_size < 150_000
+        assert (np.asarray(image.convert("L")) < 128).mean() > 0.01  # text and pictures drawn
