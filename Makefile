@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import inference_assets.definitions, torchvision, timm, duckdb"
 	touch $(STAMP)
 
-## run: materialize every asset over every partition, print a summary
+## run: materialize every asset over every partition, print a summary (RUN_ARGS: e.g. --progress log,
+## --log-level INFO; see python -m inference_assets.run --help)
 run: $(STAMP) instance
-	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/python -m inference_assets.run
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/python -m inference_assets.run $(RUN_ARGS)
 
 ## test: the whole test suite
 test: $(STAMP)

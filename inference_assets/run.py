@@ -5,6 +5,9 @@ resources), so runs land in ``$DAGSTER_HOME`` and show up in ``make dev``'s UI w
 
 Steps: ``image_manifest``; ``preprocessed_images`` + ``predictions`` over the whole partition
 range in one run (their backfill policy is single-run); ``prediction_results`` and its checks.
+
+In a terminal (stderr a TTY) the long stages show a progress bar each and the console log shows
+warnings and errors only (the whole log is in the run's event log); otherwise plain log lines.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import duckdb
@@ -22,6 +27,7 @@ from dagster import AssetSelection, DagsterInstance, materialize
 from inference_assets.core.devices import resolve_device
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.models import ModelSpec, check_weights_available
+from inference_assets.core.progress import DisplayFactory, progress_display
 from inference_assets.core.warehouse import WarehouseLockedError, check_database_path, failure_reasons, top_labels
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
 from inference_assets.partitions import IMAGE_SHARDS, range_tags
@@ -140,11 +146,46 @@ def print_summary(database: str, timings: dict[str, float], report_path: Path | 
     print(f'try:         {duckdb_cli} {database} "select class_label, count(*) from predictions group by 1 order by 2 desc"')
 
 
+@contextmanager
+def progress_bars() -> Iterator[DisplayFactory]:
+    """One tqdm bar per long stage on stderr: done/total, %, images/s, elapsed<ETA.
+
+    The bars write to a duplicate of stderr's file descriptor, taken before any run: while a step
+    runs, Dagster points fd 2 at the step's compute log (and copies that back with ``tail``), which
+    would put every redraw in the log the UI shows, and late.
+    """
+    from tqdm import tqdm
+
+    stderr_copy = os.dup(sys.stderr.fileno())
+    with open(stderr_copy, "w", buffering=1, encoding=sys.stderr.encoding, errors="replace") as terminal:
+        try:
+            size = os.get_terminal_size(terminal.fileno())
+        except OSError:  # not a terminal (--progress bar into a file): tqdm's default width
+            size = os.terminal_size((0, 0))
+        if size.columns > 0 and size.lines > 0:  # follow the terminal as it is resized
+            shape = {"dynamic_ncols": True}
+        elif size.columns > 0:  # a pty that reports no height (tqdm would then draw nothing)
+            shape = {"ncols": size.columns, "nrows": 20}
+        else:  # a pty nobody sized
+            shape = {}
+        yield lambda label, total: tqdm(total=total, desc=label, unit="img", file=terminal, mininterval=0.2, **shape)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO", help="Dagster console log level (default INFO)")
+    parser.add_argument(
+        "--progress", choices=("auto", "bar", "log"), default="auto",
+        help="bar: a progress bar per long stage; log: plain log lines; auto (default): bar if stderr is a terminal",
+    )
+    parser.add_argument("--log-level", help="Dagster console log level (default INFO; WARNING with progress bars)")
     args = parser.parse_args(argv)
-    outcome = run_pipeline(args.log_level)
+    bars = args.progress == "bar" or (args.progress == "auto" and sys.stderr.isatty())
+    log_level = args.log_level or ("WARNING" if bars else "INFO")
+    if bars and args.log_level is None:
+        in_ui = "the Dagster UI (make dev) or " if os.environ.get("DAGSTER_HOME") else ""
+        print(f"log: warnings and errors only here; the full log: {in_ui}--log-level INFO", flush=True)
+    with (progress_bars() if bars else nullcontext()) as display, progress_display(display):
+        outcome = run_pipeline(log_level)
     resources = outcome["resources"]
     print_summary(resources["duckdb"].database, outcome["timings"], resources["storage"].layout.report_path)
     return 0

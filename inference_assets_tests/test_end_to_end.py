@@ -1,6 +1,5 @@
 """The real command line: `dagster asset materialize` over all partitions, and `make run`'s entry point."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +20,10 @@ def env(image_root, tmp_path):
 
 
 def _run(args, env, timeout=600):
-    done = subprocess.run(args, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout + done.stderr
+    done = subprocess.run(args, env=env, cwd=PROJECT_ROOT, capture_output=True, timeout=timeout)
+    stdout, stderr = done.stdout.decode(), done.stderr.decode()  # not text=True: that turns a "\r" into "\n"
+    assert done.returncode == 0, f"{args} failed:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    return stdout + stderr
 
 
 def _contents(database):
@@ -70,6 +70,8 @@ def test_make_run_entry_point_prints_a_summary(env, tmp_path):
     assert "top labels:" in output and "espresso (1)" in output
     assert "checks: 3/3 passed" in output
     assert Path(env["INFERENCE_DUCKDB_PATH"]).exists()
+    # not a terminal: plain log lines, INFO included, and no progress bar (no carriage return)
+    assert "==> preprocess + predict" in output and " - INFO - " in output and "\r" not in output
 
 
 def test_make_run_stops_early_with_one_line_naming_the_bad_weights(env, tmp_path):

@@ -85,6 +85,8 @@ def test_progress_logs_at_most_every_interval_with_rate_and_eta():
     progress.advance(890)  # within the interval: not logged again
     assert len(lines) == 1
     assert progress.status() == "predictions: 1000/1000 images (100 %), 200.0 img/s, ETA 0s"
+    progress.close()  # no display installed (see test_progress_display.py): nothing to end, nothing logged
+    assert len(lines) == 1
 
 
 def test_partition_functions_report_every_image(image_root, tmp_path, classifier):

@@ -1,16 +1,48 @@
-"""Progress of a long stage, logged every few seconds: images done / total, images/s, ETA."""
+"""Progress of a long stage, logged every few seconds: images done / total, images/s, ETA.
+
+A process may also show each stage live (``make run`` draws a progress bar in a terminal): within
+``with progress_display(factory):`` every new ``Progress`` opens ``factory(label, total)``, tells it
+of every ``advance`` and closes it when the stage is done. A tqdm class fits as such a display.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+
+class Display(Protocol):
+    """A live view of one stage, e.g. a terminal progress bar; it throttles its own redraws."""
+
+    def update(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+DisplayFactory = Callable[[str, int], Display]  # (label, total) -> display
+
+_display_factory: DisplayFactory | None = None
+
+
+@contextmanager
+def progress_display(factory: DisplayFactory | None) -> Iterator[None]:
+    """Within the block, each new ``Progress`` also drives ``factory(label, total)`` (None: none)."""
+    global _display_factory
+    previous, _display_factory = _display_factory, factory
+    try:
+        yield
+    finally:
+        _display_factory = previous
 
 
 class Progress:
     """Counts work as it is done and hands a one-line status to ``log`` at most every ``every`` seconds.
 
     ``advance(n)`` is cheap and thread-safe, so it can be called per image or per batch.
+    ``close()`` (or leaving ``with Progress(...)``) ends the stage's display, if one is installed.
     ``clock`` is injectable for tests.
     """
 
@@ -27,16 +59,31 @@ class Progress:
         self.start = clock()
         self._last = self.start
         self._lock = threading.Lock()
+        self._display = _display_factory(label, total) if _display_factory is not None else None
 
     def advance(self, n: int = 1) -> None:
         with self._lock:
             self.done += n
+            if self._display is not None:
+                self._display.update(n)
             now = self.clock()
             if now - self._last < self.every:
                 return
             self._last = now
             line = self.status(now)
         self.log(line)
+
+    def close(self) -> None:
+        with self._lock:
+            display, self._display = self._display, None
+        if display is not None:
+            display.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def status(self, now: float | None = None) -> str:
         now = self.clock() if now is None else now

@@ -92,30 +92,30 @@ def preprocessed_images(
     shared.fetch(layout.manifest_path)
     manifest = read_manifest(layout.manifest_path)  # read once, split per partition in memory
     partitions = [(key, manifest.filter(pc.equal(manifest["partition"], key))) for key in context.partition_keys]
-    progress = Progress("preprocessing", sum(entries.num_rows for _, entries in partitions), context.log.info)
-    for key, entries in partitions:
-        shared.fetch_pixel_shard(shard_dir, key)  # pixels another machine made are reused
-        summary = write_pixel_shard(
-            entries,
-            preprocessing,
-            shard_dir,
-            key,
-            workers,
-            storage.max_image_pixels,
-            reuse=not config.force,
-            progress=progress.advance,
-            opener=source.open,
-        )
-        shared.publish_pixel_shard(shard_dir, key)
-        images += summary.images
-        ok += summary.ok
-        failed += summary.failed
-        reused += summary.reused
-        decoded += summary.decoded
-        (context.log.info if summary.images else context.log.debug)(
-            f"{key}: {summary.decoded} decoded ({summary.failed} failed), {summary.reused} reused "
-            f"in {summary.seconds:.1f}s ({rate(summary.decoded, summary.seconds)} img/s)"
-        )
+    with Progress("preprocessing", sum(entries.num_rows for _, entries in partitions), context.log.info) as progress:
+        for key, entries in partitions:
+            shared.fetch_pixel_shard(shard_dir, key)  # pixels another machine made are reused
+            summary = write_pixel_shard(
+                entries,
+                preprocessing,
+                shard_dir,
+                key,
+                workers,
+                storage.max_image_pixels,
+                reuse=not config.force,
+                progress=progress.advance,
+                opener=source.open,
+            )
+            shared.publish_pixel_shard(shard_dir, key)
+            images += summary.images
+            ok += summary.ok
+            failed += summary.failed
+            reused += summary.reused
+            decoded += summary.decoded
+            (context.log.info if summary.images else context.log.debug)(
+                f"{key}: {summary.decoded} decoded ({summary.failed} failed), {summary.reused} reused "
+                f"in {summary.seconds:.1f}s ({rate(summary.decoded, summary.seconds)} img/s)"
+            )
     seconds = time.perf_counter() - start
     return MaterializeResult(
         metadata={

@@ -61,36 +61,37 @@ def predictions(
     for key in context.partition_keys:
         shared.fetch_pixel_shard(shard_dir, key)
     shards = [(key, read_pixel_shard(shard_dir, key)) for key in context.partition_keys]
-    progress = Progress("predictions", sum(shard.index.num_rows for _, shard in shards), context.log.info)
-    for key, shard in shards:
-        output = layout.result_file(model.slug, key)
-        shared.fetch(output)  # predictions another machine made are reused
-        summary = predict_shard(
-            model.load(settings.device),
-            shard,
-            settings,
-            output,
-            key,
-            reuse=not config.force,
-            log=context.log.warning,
-            progress=progress.advance,
-        )
-        shared.publish(output)
-        batch_size = min(batch_size, summary.batch_size)
-        predicted += summary.predicted
-        reused += summary.reused
-        failed += summary.failed
-        forward_seconds += summary.seconds if summary.predicted else 0.0
-        results = read_results(output)
-        predicted_labels = results.column("class_label").drop_null()
-        if len(samples) < 5:
-            done = results.filter(pc.is_valid(results["class_label"])).slice(0, 5 - len(samples))
-            samples += done.select(["uri", "class_label", "confidence"]).to_pylist()
-        labels.update(dict(zip(*[v.to_pylist() for v in pc.value_counts(predicted_labels).flatten()])))
-        (context.log.info if summary.images else context.log.debug)(
-            f"{key}: {summary.predicted} predicted, {summary.reused} reused, {summary.failed} failed in "
-            f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s on {settings.device}, {settings.precision})"
-        )
+    with Progress("predictions", sum(shard.index.num_rows for _, shard in shards), context.log.info) as progress:
+        for key, shard in shards:
+            output = layout.result_file(model.slug, key)
+            shared.fetch(output)  # predictions another machine made are reused
+            summary = predict_shard(
+                model.load(settings.device),
+                shard,
+                settings,
+                output,
+                key,
+                reuse=not config.force,
+                log=context.log.warning,
+                progress=progress.advance,
+            )
+            shared.publish(output)
+            batch_size = min(batch_size, summary.batch_size)
+            predicted += summary.predicted
+            reused += summary.reused
+            failed += summary.failed
+            forward_seconds += summary.seconds if summary.predicted else 0.0
+            results = read_results(output)
+            predicted_labels = results.column("class_label").drop_null()
+            if len(samples) < 5:
+                done = results.filter(pc.is_valid(results["class_label"])).slice(0, 5 - len(samples))
+                samples += done.select(["uri", "class_label", "confidence"]).to_pylist()
+            labels.update(dict(zip(*[v.to_pylist() for v in pc.value_counts(predicted_labels).flatten()])))
+            (context.log.info if summary.images else context.log.debug)(
+                f"{key}: {summary.predicted} predicted, {summary.reused} reused, {summary.failed} failed in "
+                f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s on {settings.device}, "
+                f"{settings.precision})"
+            )
     seconds = time.perf_counter() - start
     source = storage.open_source()
     sample_rows = [
