@@ -1,5 +1,7 @@
 """The pipeline's predictions equal a plain reference: the model's own transform + fp32 forward."""
 
+import time
+
 import numpy as np
 import pytest
 import timm
@@ -177,3 +179,32 @@ def test_a_single_image_that_does_not_fit_is_an_error(shard, classifier, tmp_pat
     with pytest.raises(torch.cuda.OutOfMemoryError):
         predict_shard(hopeless, shard, InferenceSettings(CPU, batch_size=4), tmp_path / "x.parquet", "s")
     assert not (tmp_path / "x.parquet").exists()  # nothing half-written
+
+
+class _Slow(torch.nn.Module):
+    """The model, taking at least ``seconds`` per batch."""
+
+    def __init__(self, module, seconds):
+        super().__init__()
+        self.module, self.seconds = module, seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return self.module(x)
+
+
+def test_time_per_stage_is_reported_where_it_was_spent(shard, classifier, tmp_path, monkeypatch):
+    import dataclasses
+
+    # 6 images at batch 2: 3 batches; reading a batch takes at least 0.3 s (the first read is
+    # waited for in full: nothing runs before it), the model at least 0.1 s per batch
+    real_read = type(shard).read_rows
+    monkeypatch.setattr(type(shard), "read_rows", lambda self, a, b: (time.sleep(0.3), real_read(self, a, b))[1])
+    slow = dataclasses.replace(classifier, module=_Slow(classifier.module, 0.1))
+    summary = predict_shard(slow, shard, InferenceSettings(CPU, batch_size=2), tmp_path / "r.parquet", "s")
+    stages = summary.stages
+    assert summary.predicted == 6
+    assert stages.model >= 0.3 and stages.read >= 0.3
+    assert 0 < stages.write < stages.model
+    assert stages.read + stages.model + stages.write <= summary.seconds
+    assert set(stages.as_dict()) == {"read", "model", "write"}

@@ -35,6 +35,10 @@ def test_the_report_in_a_real_browser(image_root, tmp_path):
     assert manifest["sample_images"].count("](data:image/png;base64,") == 4
     assert predictions["sample_predictions"].count("](data:image/png;base64,") == 5
     assert {"images_per_second", "device", "precision", "batch_size", "seconds", "predict_seconds", "reused", "predicted"} <= set(predictions)
+    stages = [predictions[f"{stage}_seconds"] for stage in ("read", "model", "write")]  # time per stage
+    assert all(t >= 0 for t in stages) and stages[1] > 0 and sum(stages) <= predictions["seconds"]
+    rows = [line for line in predictions["per_partition"].splitlines() if line.startswith("| shard-")]
+    assert len(rows) == 16 and sum(int(line.split(" | ")[2]) for line in rows) == predictions["predicted"] == 7
     for chart in ("class_distribution", "confidence_histogram"):
         assert warehouse[chart].startswith("![") and "data:image/png;base64," in warehouse[chart]
     assert "| decode | OSError: " in warehouse["failures_by_reason"] and "| 1 |" in warehouse["failures_by_reason"]

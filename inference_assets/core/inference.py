@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,26 @@ class InferenceSettings:
 
 
 @dataclass
+class StageSeconds:
+    """Where predicting a shard spent its time, measured on the thread that drives it.
+
+    ``read``: waiting for the next batch of stored pixels (the prefetch thread reads ahead, so
+    this is what reading did not hide); ``model``: normalizing, the forward pass, softmax and
+    top-k (synchronized: the results are copied back); ``write``: the result file.
+    """
+
+    read: float = 0.0
+    model: float = 0.0
+    write: float = 0.0
+
+    def add(self, other: StageSeconds) -> None:
+        self.read, self.model, self.write = self.read + other.read, self.model + other.model, self.write + other.write
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: round(value, 3) for name, value in asdict(self).items()}
+
+
+@dataclass
 class ShardPredictionSummary:
     images: int
     predicted: int  # computed now
@@ -49,6 +69,7 @@ class ShardPredictionSummary:
     rewritten: bool  # False when the stored result file was already up to date
     seconds: float
     batch_size: int  # the batch size in use at the end (smaller than asked after out-of-memory)
+    stages: StageSeconds = field(default_factory=StageSeconds)
 
     @property
     def images_per_second(self) -> float:
@@ -72,8 +93,11 @@ def classify(
     settings: InferenceSettings,
     on_backoff: Callable[[int, int], None] | None = None,
     on_batch_size: Callable[[int], None] | None = None,
+    stages: StageSeconds | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(rows, top_probs, top_indices)`` per batch for the given (ascending) rows of the shard.
+
+    ``stages``, if given, gets the seconds spent waiting for pixels and in the model added.
 
     A CUDA out-of-memory error splits the failing batch in two and retries both halves; the
     smaller size is kept for the batches after it (``on_backoff(old, new)`` is told), so no
@@ -114,7 +138,14 @@ def classify(
                 logits = module(x)[:count]
             top = logits.float().softmax(dim=-1).topk(k, dim=-1)
         return top.values.cpu().numpy(), top.indices.cpu().numpy()
-    for batch_rows, batch in prefetch(_batches(shard, rows, limit, pin)):
+    stages = stages if stages is not None else StageSeconds()
+    batches = prefetch(_batches(shard, rows, limit, pin))
+    while True:
+        waited = time.perf_counter()
+        batch_rows, batch = next(batches, (None, None))
+        stages.read += time.perf_counter() - waited
+        if batch_rows is None:
+            break
         pending = [(batch_rows, batch)]  # a stack: the first rows are on top
         while pending:
             part_rows, part = pending.pop()
@@ -122,6 +153,7 @@ def classify(
                 starts = range(0, len(part_rows), limit)
                 pending.extend((part_rows[i : i + limit], part[i : i + limit]) for i in reversed(starts))
                 continue
+            started = time.perf_counter()
             try:
                 probs, indices = forward(part)
             except torch.cuda.OutOfMemoryError:
@@ -134,6 +166,8 @@ def classify(
                     on_backoff(old, limit)
                 pending.append((part_rows, part))
                 continue
+            finally:
+                stages.model += time.perf_counter() - started
             yield part_rows, probs, indices
 
 
@@ -230,6 +264,8 @@ def predict_shard(
         top_k=settings.top_k,
         pixels=pixels,
     )
+    stages = StageSeconds()
+    written = time.perf_counter()
     with writer:
         writer.write_failures(
             [image_ids[i] for i in failed_rows],
@@ -241,7 +277,11 @@ def predict_shard(
         if reused:
             writer.write_rows(previous.take(pa.array(sorted(reused))))
         progress(len(image_ids) - len(to_compute))
-        for rows, probs, indices in classify(classifier, shard, to_compute, settings, on_backoff, on_batch_size):
+        stages.write += time.perf_counter() - written
+        for rows, probs, indices in classify(
+            classifier, shard, to_compute, settings, on_backoff, on_batch_size, stages
+        ):
+            written = time.perf_counter()
             picked = rows.tolist()
             writer.write_predictions(
                 [image_ids[i] for i in picked],
@@ -251,7 +291,10 @@ def predict_shard(
                 probs,
                 classifier.labels,
             )
+            stages.write += time.perf_counter() - written
             progress(len(picked))
+        written = time.perf_counter()
+    stages.write += time.perf_counter() - written  # closing: the file is written out and renamed
     return ShardPredictionSummary(
         images=index.num_rows,
         predicted=writer.predicted,
@@ -260,4 +303,5 @@ def predict_shard(
         rewritten=True,
         seconds=time.perf_counter() - start,
         batch_size=batch_size,
+        stages=stages,
     )

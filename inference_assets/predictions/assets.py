@@ -7,7 +7,7 @@ from collections import Counter
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
-from inference_assets.core.inference import InferenceSettings, predict_shard
+from inference_assets.core.inference import InferenceSettings, StageSeconds, predict_shard
 from inference_assets.core.pixel_store import read_pixel_shard
 from inference_assets.core.progress import Progress
 from inference_assets.core.results import read_results
@@ -55,6 +55,8 @@ def predictions(
     predicted = reused = failed = 0
     batch_size = settings.effective_batch_size
     forward_seconds = 0.0
+    stages = StageSeconds()
+    per_partition: list[tuple] = []
     labels: Counter = Counter()
     samples: list[dict] = []
     shared = storage.shared
@@ -81,6 +83,9 @@ def predictions(
             reused += summary.reused
             failed += summary.failed
             forward_seconds += summary.seconds if summary.predicted else 0.0
+            stages.add(summary.stages)
+            per_partition.append((key, summary.images, summary.predicted, summary.reused, summary.failed,
+                                  f"{summary.seconds:.2f}", f"{summary.images_per_second:.1f}"))
             results = read_results(output)
             predicted_labels = results.column("class_label").drop_null()
             if len(samples) < 5:
@@ -119,6 +124,11 @@ def predictions(
             "top_labels": markdown_table(("label", "images"), labels.most_common(10)),
             "sample_predictions": markdown_table(("", "image", "class", "confidence"), sample_rows),
             "predict_seconds": round(forward_seconds, 3),  # reading pixels + forward passes + writing
+            # where that time went: waiting for pixels, the model, writing result files
+            **{f"{stage}_seconds": value for stage, value in stages.as_dict().items()},
+            "per_partition": markdown_table(
+                ("partition", "images", "predicted", "reused", "failed", "seconds", "img/s"), per_partition
+            ),
             "path": MetadataValue.path(str(layout.results_dir(model.slug))),
         }
     )
