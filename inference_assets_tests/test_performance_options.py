@@ -88,9 +88,16 @@ def test_progress_logs_at_most_every_interval_with_rate_and_eta():
     progress.close()  # no display installed (see test_progress_display.py): nothing to end, nothing logged
     assert len(lines) == 1
 
+    listing = Progress("manifest", None, lines.append, every=5.0, clock=lambda: now[0])  # total unknown
+    now[0] += 6.0
+    listing.advance(300)
+    assert lines[-1] == "manifest: 300 images, 50.0 img/s"
+
 
 def test_partition_functions_report_every_image(image_root, tmp_path, classifier):
-    build_manifest(image_root, tmp_path / "m.parquet", num_partitions=1)
+    listed: list[int] = []
+    build_manifest(image_root, tmp_path / "m.parquet", num_partitions=1, progress=listed.append)
+    assert sum(listed) == 6
     entries = read_manifest(tmp_path / "m.parquet")
     counts: list[int] = []
     write_pixel_shard(entries, classifier.preprocessing, tmp_path / "px", "shard-00", 2, progress=counts.append)

@@ -13,7 +13,7 @@ hash are null; the image then gets a failure row downstream instead of disappear
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -80,9 +80,10 @@ def build_manifest(
     num_partitions: int,
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     follow_external_symlinks: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> ManifestSummary:
     """List the images of ``source`` (a source, or a local folder) into a Parquet manifest at
-    ``output`` (atomically).
+    ``output`` (atomically). ``progress(1)`` is told of each image listed.
 
     An image whose location, size and modification time match the previous manifest at
     ``output`` keeps its recorded content hash instead of being read again.
@@ -97,6 +98,8 @@ def build_manifest(
             rows: list[dict] = []
             for entry in source.entries():
                 rows.append(_manifest_row(source, entry, num_partitions, known, summary))
+                if progress is not None:
+                    progress(1)
                 if len(rows) >= _WRITE_CHUNK:
                     writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
                     rows.clear()

@@ -22,7 +22,7 @@ class Display(Protocol):
     def close(self) -> None: ...
 
 
-DisplayFactory = Callable[[str, int], Display]  # (label, total) -> display
+DisplayFactory = Callable[[str, int | None], Display]  # (label, total or None) -> display
 
 _display_factory: DisplayFactory | None = None
 
@@ -49,7 +49,7 @@ class Progress:
     def __init__(
         self,
         label: str,
-        total: int,
+        total: int | None,  # None: not known in advance (a listing)
         log: Callable[[str], None],
         every: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
@@ -89,6 +89,8 @@ class Progress:
         now = self.clock() if now is None else now
         elapsed = max(now - self.start, 1e-9)
         rate = self.done / elapsed
+        if self.total is None:
+            return f"{self.label}: {self.done} images, {rate:.1f} img/s"
         left = max(self.total - self.done, 0)
         eta = f"{left / rate:.0f}s" if rate > 0 else "?"
         percent = 100 * self.done / self.total if self.total else 100.0

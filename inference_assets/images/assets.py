@@ -27,7 +27,8 @@ def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> 
     source = storage.open_source()
     shared = storage.shared
     shared.fetch(path)  # the previous manifest's hashes are reused for unchanged images
-    summary = build_manifest(source, path, NUM_PARTITIONS, storage.extensions)
+    with Progress("manifest", None, context.log.info) as progress:  # listing: no total known ahead
+        summary = build_manifest(source, path, NUM_PARTITIONS, storage.extensions, progress=progress.advance)
     shared.publish(path)
     context.log.info(
         f"manifest: {summary.images} images, {summary.total_bytes} bytes "
