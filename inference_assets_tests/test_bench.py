@@ -23,6 +23,7 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
         "BENCH_WORK": str(tmp_path / "work"),
         "BENCH_RESULTS": str(tmp_path / "results"),
         "PYTHONWARNINGS": "ignore",
+        "BENCH_TIMEOUT": "180",  # per peer: one that hangs fails the run, naming itself, long before ours
     }
     out = subprocess.run(
         [sys.executable, "-m", "bench.run"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600

@@ -3,7 +3,8 @@
 ``model``: batches of already-normalized tensors (made before the clock starts) through the
 forward pass at the project's batch size, precision and memory format; images/s.
 ``decode``: every image of the collection opened, converted to RGB and resized/cropped by the
-model's own geometric transform, on a process pool with one process per core; images/s.
+model's own geometric transform, on a pool of processes (one per core, started before the
+clock); images/s.
 Together they bound any pipeline that decodes and then predicts on the same cores:
 1 / (1/model + 1/decode). Both run with the allocator setting the project uses
 (``inference_assets.core.allocator``), so the limit is the best this machine does, not a
@@ -11,9 +12,8 @@ strawman.
 """
 
 import multiprocessing
-import time
+from concurrent.futures import ProcessPoolExecutor
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -39,10 +39,15 @@ def _decode(path) -> int:
 
 def decode_limit(args) -> None:
     paths = image_paths(args.images)
-    with multiprocessing.get_context("fork").Pool(args.workers, initializer=_init, initargs=(args,)) as pool:
-        pool.map(_decode, paths[: args.workers * 2])  # warm: imports and first-call costs
+    # Spawned workers start clean instead of as forks of a process that has imported torch and
+    # numpy (their thread pools and locks do not survive a fork reliably: a forked pool once hung
+    # here for good); and an executor, unlike multiprocessing.Pool, fails when a worker dies
+    # instead of waiting for its tasks forever.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=spawn, initializer=_init, initargs=(args,)) as pool:
+        list(pool.map(_decode, paths[: args.workers * 2]))  # warm: start, imports and first-call costs
         with Timer() as timer:
-            sizes = pool.map(_decode, paths, chunksize=8)
+            sizes = list(pool.map(_decode, paths, chunksize=8))
     report(images=len(sizes), seconds=timer.seconds, workers=args.workers)
 
 
