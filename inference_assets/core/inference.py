@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,15 @@ class StageSeconds:
     read: float = 0.0
     model: float = 0.0
     write: float = 0.0
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Adds the seconds the block takes to ``stage``, also when it raises."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, stage, getattr(self, stage) + time.perf_counter() - start)
 
     def add(self, other: StageSeconds) -> None:
         self.read, self.model, self.write = self.read + other.read, self.model + other.model, self.write + other.write
@@ -141,9 +151,8 @@ def classify(
     stages = stages if stages is not None else StageSeconds()
     batches = prefetch(_batches(shard, rows, limit, pin))
     while True:
-        waited = time.perf_counter()
-        batch_rows, batch = next(batches, (None, None))
-        stages.read += time.perf_counter() - waited
+        with stages.timed("read"):
+            batch_rows, batch = next(batches, (None, None))
         if batch_rows is None:
             break
         pending = [(batch_rows, batch)]  # a stack: the first rows are on top
@@ -153,9 +162,9 @@ def classify(
                 starts = range(0, len(part_rows), limit)
                 pending.extend((part_rows[i : i + limit], part[i : i + limit]) for i in reversed(starts))
                 continue
-            started = time.perf_counter()
             try:
-                probs, indices = forward(part)
+                with stages.timed("model"):
+                    probs, indices = forward(part)
             except torch.cuda.OutOfMemoryError:
                 if len(part_rows) == 1:
                     raise
@@ -166,8 +175,6 @@ def classify(
                     on_backoff(old, limit)
                 pending.append((part_rows, part))
                 continue
-            finally:
-                stages.model += time.perf_counter() - started
             yield part_rows, probs, indices
 
 
@@ -265,36 +272,34 @@ def predict_shard(
         pixels=pixels,
     )
     stages = StageSeconds()
-    written = time.perf_counter()
     with writer:
-        writer.write_failures(
-            [image_ids[i] for i in failed_rows],
-            [uris[i] for i in failed_rows],
-            [hashes[i] for i in failed_rows],
-            stages=[columns["stage"][i] for i in failed_rows],
-            errors=[columns["error"][i] for i in failed_rows],
-        )
-        if reused:
-            writer.write_rows(previous.take(pa.array(sorted(reused))))
+        with stages.timed("write"):
+            writer.write_failures(
+                [image_ids[i] for i in failed_rows],
+                [uris[i] for i in failed_rows],
+                [hashes[i] for i in failed_rows],
+                stages=[columns["stage"][i] for i in failed_rows],
+                errors=[columns["error"][i] for i in failed_rows],
+            )
+            if reused:
+                writer.write_rows(previous.take(pa.array(sorted(reused))))
         progress(len(image_ids) - len(to_compute))
-        stages.write += time.perf_counter() - written
         for rows, probs, indices in classify(
             classifier, shard, to_compute, settings, on_backoff, on_batch_size, stages
         ):
-            written = time.perf_counter()
             picked = rows.tolist()
-            writer.write_predictions(
-                [image_ids[i] for i in picked],
-                [uris[i] for i in picked],
-                [hashes[i] for i in picked],
-                indices,
-                probs,
-                classifier.labels,
-            )
-            stages.write += time.perf_counter() - written
+            with stages.timed("write"):
+                writer.write_predictions(
+                    [image_ids[i] for i in picked],
+                    [uris[i] for i in picked],
+                    [hashes[i] for i in picked],
+                    indices,
+                    probs,
+                    classifier.labels,
+                )
             progress(len(picked))
-        written = time.perf_counter()
-    stages.write += time.perf_counter() - written  # closing: the file is written out and renamed
+        closing = time.perf_counter()
+    stages.write += time.perf_counter() - closing  # leaving `with writer`: the file is written out and renamed
     return ShardPredictionSummary(
         images=index.num_rows,
         predicted=writer.predicted,
