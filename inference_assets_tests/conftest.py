@@ -1,6 +1,5 @@
 """Shared fixtures: real sample photos, a temporary work area, the bundled classifier."""
 
-import os
 import shutil
 from pathlib import Path
 
@@ -14,8 +13,8 @@ from inference_assets.core.models import ModelSpec, load_classifier
 from inference_assets.images.resources import StorageResource
 from inference_assets.predictions.resources import DeviceResource, ModelResource
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_IMAGES = PROJECT_ROOT / "data" / "images"
+from .environment import SAMPLE_IMAGES
+
 
 # What the bundled EfficientNet-Lite0 predicts for the committed photos (see data/README.md).
 KNOWN_TOP1 = {
@@ -24,21 +23,6 @@ KNOWN_TOP1 = {
     "missile/rocket.jpg": "missile",
     "tabby/chelsea.png": "tiger cat",
 }
-
-
-def pipeline_env(image_root: Path, work: Path, database: Path | None = None) -> dict[str, str]:
-    """Environment for a pipeline subprocess (CLI, make run) on CPU, with all outputs under ``work``."""
-    (work / "dagster_home").mkdir(parents=True, exist_ok=True)
-    return {
-        **os.environ,
-        "INFERENCE_IMAGE_ROOT": str(image_root),
-        "INFERENCE_WORK_DIR": str(work / "work"),
-        "INFERENCE_DUCKDB_PATH": str(database or work / "warehouse.duckdb"),
-        "INFERENCE_DEVICE": "cpu",
-        "DAGSTER_HOME": str(work / "dagster_home"),
-        "PYTHONWARNINGS": "ignore",
-        "PYTHONUNBUFFERED": "1",
-    }
 
 
 @pytest.fixture(autouse=True)

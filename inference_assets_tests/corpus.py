@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .conftest import SAMPLE_IMAGES
+from .environment import SAMPLE_IMAGES
 
 COFFEE = SAMPLE_IMAGES / "espresso" / "coffee.jpg"
 CAMERA = SAMPLE_IMAGES / "tripod" / "camera.png"

@@ -18,7 +18,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from .environment import PROJECT_ROOT
+
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 LOCATION = "inference_assets"  # workspace.yaml's location_name
 REPOSITORY = "__repository__"  # a Definitions object's repository

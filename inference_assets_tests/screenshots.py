@@ -10,8 +10,6 @@ They are cropped and stored as small palette PNGs in ``docs/images/``.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from . import browser
-from .dagster_ui import PROJECT_ROOT, asset_graph_url, dagster_dev
+from .dagster_ui import asset_graph_url, dagster_dev
+from .environment import PROJECT_ROOT, SAMPLE_IMAGES, install_instance_config, pipeline_env
 
 GRAPH_WINDOW = "2400,1000"  # wide enough for whole nodes (checks, partitions); cropped afterwards
 REPORT_WINDOW = "1200,1500"
@@ -68,29 +67,13 @@ def report(report_path: Path, output: Path, scratch: Path) -> Path:
         return _save_small(image, output, width=900)
 
 
-def _environment(work: Path) -> dict[str, str]:
-    home = work / "dagster_home"
-    home.mkdir(parents=True)
-    shutil.copy(PROJECT_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")  # as `make dev`
-    env = {name: value for name, value in os.environ.items() if not name.startswith("INFERENCE_")}
-    return {
-        **env,
-        "INFERENCE_IMAGE_ROOT": str(PROJECT_ROOT / "data" / "images"),
-        "INFERENCE_WORK_DIR": str(work / "work"),
-        "INFERENCE_DUCKDB_PATH": str(work / "warehouse.duckdb"),
-        "INFERENCE_DEVICE": "cpu",
-        "DAGSTER_HOME": str(home),
-        "PYTHONWARNINGS": "ignore",
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "docs" / "images")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="screenshots-") as tmp:
         work = Path(tmp)
-        env = _environment(work)
+        env = install_instance_config(pipeline_env(SAMPLE_IMAGES, work))
         print("running the pipeline on data/images (as make run) ...", flush=True)
         done = subprocess.run([sys.executable, "-m", "inference_assets.run"], env=env, cwd=PROJECT_ROOT,
                               capture_output=True, text=True)

@@ -29,27 +29,22 @@ from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFil
 
 from inference_assets.core.partitioning import partition_keys
 
-from .conftest import PROJECT_ROOT, pipeline_env
 from .dagster_ui import DAGSTER, DagsterDev, dagster_dev
+from .environment import INSTANCE_YAML, PROJECT_ROOT, install_instance_config, pipeline_env
 
 MATERIALIZE = [DAGSTER, "asset", "materialize", "-m", "inference_assets.definitions"]
-INSTANCE_YAML = PROJECT_ROOT / "deploy" / "dagster.yaml"
 KEYS = partition_keys(4)
 MAX_CONCURRENT_RUNS = yaml.safe_load(INSTANCE_YAML.read_text())["concurrency"]["runs"]["max_concurrent_runs"]
 BACKFILL_TIMEOUT = 360  # seconds, from launch to every run finished
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
-SET_BY_PIPELINE_ENV = ("INFERENCE_IMAGE_ROOT", "INFERENCE_WORK_DIR", "INFERENCE_DUCKDB_PATH", "INFERENCE_DEVICE")
 
 
 def _env(image_root: Path, work: Path, **extra: str) -> dict[str, str]:
     """A pipeline environment with 4 partitions and the checked-in dagster.yaml in its DAGSTER_HOME."""
-    env = pipeline_env(image_root, work)
-    for name in [n for n in env if n.startswith("INFERENCE_") and n not in SET_BY_PIPELINE_ENV]:
-        del env[name]  # e.g. the caller's INFERENCE_PARTITIONS_PER_RUN
+    env = install_instance_config(pipeline_env(image_root, work))
     env.update(INFERENCE_PARTITIONS=str(len(KEYS)), OMP_NUM_THREADS="1", **extra)  # runs share two cores
-    shutil.copy(INSTANCE_YAML, Path(env["DAGSTER_HOME"]) / "dagster.yaml")
     return env
 
 

@@ -22,7 +22,8 @@ from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import IMAGE_SHARDS
 from inference_assets.predictions.resources import DeviceResource, ModelResource
 
-from .conftest import KNOWN_TOP1, PROJECT_ROOT, SAMPLE_IMAGES
+from .conftest import KNOWN_TOP1
+from .environment import PROJECT_ROOT, SAMPLE_IMAGES
 from .corpus import make_corpus
 
 ALL = [*ASSETS, *ASSET_CHECKS]

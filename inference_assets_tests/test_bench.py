@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from .conftest import PROJECT_ROOT
+from .environment import PROJECT_ROOT
 
 
 def test_bench_runs_every_peer_and_writes_results(tmp_path):

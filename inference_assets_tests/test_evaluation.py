@@ -11,7 +11,8 @@ import pytest
 from inference_assets.core.evaluation import evaluate, normalize, synonyms, truth_names
 from inference_assets.images.resources import StorageResource
 
-from .conftest import SAMPLE_IMAGES, cpu_resources, run_all_steps
+from .conftest import cpu_resources, run_all_steps
+from .environment import SAMPLE_IMAGES
 
 
 def test_label_matching():

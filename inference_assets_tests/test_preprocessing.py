@@ -11,7 +11,7 @@ from inference_assets.core.decoding import load_rgb
 from inference_assets.core.models import ModelSpec, resolve_preprocessing
 from inference_assets.core.preprocessing import from_torchvision_transform
 
-from .conftest import SAMPLE_IMAGES
+from .environment import SAMPLE_IMAGES
 
 PHOTOS = sorted(p for p in SAMPLE_IMAGES.rglob("*") if p.is_file())
 

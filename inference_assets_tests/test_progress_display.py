@@ -16,7 +16,7 @@ import pytest
 
 from inference_assets.core.progress import Progress, progress_display
 
-from .conftest import PROJECT_ROOT, pipeline_env
+from .environment import PROJECT_ROOT, pipeline_env
 
 
 class FakeDisplay:
@@ -111,14 +111,10 @@ def test_the_bar_is_drawn_whatever_size_the_terminal_reports(columns, rows, monk
         with progress_bars() as bar_for, progress_display(bar_for):
             with Progress("predictions", 6, lambda line: None) as progress:
                 progress.advance(6)
-    drawn = b""
-    while select.select([controller], [], [], 0.5)[0]:  # all the bar's redraws
-        try:
-            drawn += os.read(controller, 65536)
-        except OSError:  # Linux: EIO once drained, the terminal side being closed
-            break
-    os.close(controller)
-    drawn = drawn.decode()
+    try:
+        drawn = read_until_closed(controller, timeout=30).decode()  # the terminal side is closed already
+    finally:
+        os.close(controller)
     bar = re.search(r"predictions: 100%\|(█+)\| 6/6", drawn)
     assert bar, repr(drawn)
     assert len(bar.group(1)) == 10 if columns == 0 else columns - 60 < len(bar.group(1)) < columns - 30
@@ -135,26 +131,35 @@ def run_in_terminal(args, env, columns=120, rows=40, timeout=300) -> tuple[int, 
         args, env=env, cwd=PROJECT_ROOT, stdin=terminal, stdout=terminal, stderr=terminal, start_new_session=True
     )
     os.close(terminal)  # the child holds the only copies now: reading ends when it (and its children) exit
-    output = bytearray()
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            ready, _, _ = select.select([controller], [], [], max(deadline - time.monotonic(), 0))
-            if not ready:
-                process.kill()
-                raise AssertionError(f"{args} still running after {timeout}s:\n{output.decode()[-3000:]}")
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError as exc:  # Linux: EIO once no process has the terminal open any more
-                if exc.errno != errno.EIO:
-                    raise
-                break
-            if not chunk:  # other systems: an ordinary end of file
-                break
-            output += chunk
+        output = read_until_closed(controller, timeout)
+    except TimeoutError as exc:
+        process.kill()
+        raise AssertionError(f"{args} still running after {timeout}s:\n{exc}") from None
     finally:
         os.close(controller)
     return process.wait(timeout=60), output.decode("utf-8", errors="replace")
+
+
+def read_until_closed(controller: int, timeout: float) -> bytes:
+    """All that was written to a pseudo-terminal, read from its controlling side until no process
+    has the terminal side open any more."""
+    output = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        ready, _, _ = select.select([controller], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:
+            raise TimeoutError(output.decode(errors="replace")[-3000:])
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError as exc:  # Linux: EIO once no process has the terminal open any more
+            if exc.errno != errno.EIO:
+                raise
+            break
+        if not chunk:  # other systems: an ordinary end of file
+            break
+        output += chunk
+    return bytes(output)
 
 
 def test_make_run_in_a_terminal_shows_progress_bars_and_no_info_log(image_root, tmp_path):

@@ -8,7 +8,7 @@ from PIL import Image
 from inference_assets.core.decoding import DEFAULT_MAX_PIXELS, ImageTooLargeError, load_rgb
 from inference_assets.images.resources import StorageResource
 
-from .conftest import PROJECT_ROOT
+from .environment import PROJECT_ROOT
 
 
 def test_decompression_bomb_limit_is_on_by_default(tmp_path):

@@ -3,8 +3,6 @@
 Dagster's GraphQL API with the mutation the UI's "Materialize" button sends.
 """
 
-import shutil
-
 import numpy as np
 import pyarrow.compute as pc
 from PIL import Image
@@ -15,8 +13,8 @@ from inference_assets.core.partitioning import partition_keys
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 
 from . import browser, screenshots
-from .conftest import PROJECT_ROOT, pipeline_env
 from .dagster_ui import asset_graph_url, dagster_dev
+from .environment import install_instance_config, pipeline_env
 
 KEYS = partition_keys(4)
 SPECS = [spec for asset in ASSETS for spec in asset.specs]
@@ -42,9 +40,8 @@ def _load(url: str, tolerated: str | None = None) -> browser.Page:
 
 
 def test_the_asset_graph_checks_and_partitions_in_a_browser_then_one_partition_from_graphql(image_root, tmp_path):
-    env = pipeline_env(image_root, tmp_path)
+    env = install_instance_config(pipeline_env(image_root, tmp_path))
     env["INFERENCE_PARTITIONS"] = str(len(KEYS))
-    shutil.copy(PROJECT_ROOT / "deploy" / "dagster.yaml", tmp_path / "dagster_home" / "dagster.yaml")  # as make dev
     with dagster_dev(env, tmp_path / "dagster_dev.log") as server:
         server.wait_until_loaded()
         server.skip_welcome_dialog()
