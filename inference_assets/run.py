@@ -28,7 +28,14 @@ from inference_assets.core.devices import resolve_device
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.models import ModelSpec, check_weights_available
 from inference_assets.core.progress import DisplayFactory, progress_display
-from inference_assets.core.warehouse import WarehouseLockedError, check_database_path, failure_reasons, top_labels
+from inference_assets.core.evaluation import stored_summary
+from inference_assets.core.warehouse import (
+    WarehouseLockedError,
+    check_database_path,
+    failure_reasons,
+    outcome_counts,
+    top_labels,
+)
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
 from inference_assets.partitions import IMAGE_SHARDS, range_tags
 
@@ -118,17 +125,10 @@ def run_pipeline(log_level: str = "INFO") -> dict:
 
 def print_summary(database: str, timings: dict[str, float], report_path: Path | None = None) -> None:
     with duckdb.connect(database, read_only=True) as conn:
-        images, predicted, failed = conn.execute(
-            "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM predictions), (SELECT count(*) FROM failures)"
-        ).fetchone()
+        images, predicted, failed = outcome_counts(conn)
         labels = top_labels(conn, limit=5)
         reasons = failure_reasons(conn, limit=3)
-        has_evaluation = conn.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'evaluation_summary'"
-        ).fetchone()[0]
-        evaluation = conn.execute(
-            "SELECT evaluated, top1_accuracy, top5_accuracy, unknown_labels FROM evaluation_summary"
-        ).fetchone() if has_evaluation else None
+        evaluation = stored_summary(conn)
     print()
     print(f"images seen: {images}   predicted: {predicted}   failed: {failed}")
     if labels:

@@ -80,6 +80,14 @@ class EvaluationSummary:
         return self.top5_correct / self.evaluated if self.evaluated else None
 
 
+def stored_summary(conn: duckdb.DuckDBPyConnection) -> tuple[int, float, float, int] | None:
+    """(evaluated, top-1 accuracy, top-5 accuracy, unknown labels) from ``evaluation_summary``;
+    None before the first evaluation (the four tables are written in one transaction)."""
+    if not conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'evaluation_summary'").fetchone()[0]:
+        return None
+    return conn.execute("SELECT evaluated, top1_accuracy, top5_accuracy, unknown_labels FROM evaluation_summary").fetchone()
+
+
 def evaluate(conn: duckdb.DuckDBPyConnection, max_confusions: int = 20) -> EvaluationSummary:
     """Compute and store the evaluation tables from the ``predictions`` table."""
     rows = conn.execute(

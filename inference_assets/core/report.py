@@ -16,7 +16,8 @@ import duckdb
 from .atomic import atomic_output
 from .charts import class_distribution_png, confidence_histogram_png
 from .thumbnails import png_data_uri
-from .warehouse import failure_reasons
+from .evaluation import stored_summary
+from .warehouse import failure_reasons, outcome_counts
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -43,10 +44,6 @@ class ReportSummary:
     thumbnails: int
     evaluated: int
     bytes: int
-
-
-def _tables(conn) -> set[str]:
-    return {row[0] for row in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
 
 
 def _e(value) -> str:
@@ -80,9 +77,7 @@ def build_report(
     least_confident: int = 12,
 ) -> tuple[str, ReportSummary]:
     """The report's HTML, and what it shows (for metadata)."""
-    images, predicted, failed = conn.execute(
-        "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM predictions), (SELECT count(*) FROM failures)"
-    ).fetchone()
+    images, predicted, failed = outcome_counts(conn)
     models = [r[0] for r in conn.execute("SELECT DISTINCT model || ' (' || weights || ')' FROM predictions").fetchall()]
     counts = conn.execute(
         "SELECT class_label, count(*) FROM predictions GROUP BY 1 ORDER BY 2 DESC, 1"
@@ -111,12 +106,10 @@ def build_report(
         f'<div class="number" id="failed"><b>{failed}</b><span>failed</span></div>',
         f'<div class="number" id="classes"><b>{len(counts)}</b><span>classes predicted</span></div>',
     ]
-    evaluation = None
-    if {"evaluation_summary", "evaluation_classes", "evaluation_confusions"} <= _tables(conn):
-        evaluation = conn.execute("SELECT evaluated, top1_accuracy, top5_accuracy, unknown_labels FROM evaluation_summary").fetchone()
-        if evaluation and evaluation[0]:
-            parts.append(f'<div class="number" id="top1"><b>{evaluation[1]:.1%}</b><span>top-1 accuracy</span></div>')
-            parts.append(f'<div class="number" id="top5"><b>{evaluation[2]:.1%}</b><span>top-5 accuracy</span></div>')
+    evaluation = stored_summary(conn)
+    if evaluation and evaluation[0]:
+        parts.append(f'<div class="number" id="top1"><b>{evaluation[1]:.1%}</b><span>top-1 accuracy</span></div>')
+        parts.append(f'<div class="number" id="top5"><b>{evaluation[2]:.1%}</b><span>top-5 accuracy</span></div>')
     parts.append("</div>")
 
     if counts:

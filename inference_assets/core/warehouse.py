@@ -180,6 +180,13 @@ def refresh_warehouse(
     )
 
 
+def outcome_counts(conn: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
+    """(images in the manifest, predicted, failed)."""
+    return conn.execute(
+        "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM predictions), (SELECT count(*) FROM failures)"
+    ).fetchone()
+
+
 def failure_reasons(conn: duckdb.DuckDBPyConnection, limit: int = 10) -> list[tuple[str, str, int]]:
     """(stage, error, images) for the most frequent failure reasons."""
     return conn.execute(
