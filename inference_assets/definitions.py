@@ -39,7 +39,10 @@ def default_resources() -> dict:
             shared_dir=optional_env("INFERENCE_SHARED_DIR"),
         ),
         "model": ModelResource(
-            name=env("INFERENCE_MODEL", DEFAULT_MODEL), weights=env("INFERENCE_WEIGHTS", DEFAULT_WEIGHTS)
+            name=env("INFERENCE_MODEL", DEFAULT_MODEL),
+            weights=env("INFERENCE_WEIGHTS", DEFAULT_WEIGHTS),
+            class_names=optional_env("INFERENCE_CLASS_NAMES"),
+            card=optional_env("INFERENCE_MODEL_CARD"),
         ),
         "device": DeviceResource(
             device=env("INFERENCE_DEVICE", "auto"),

@@ -26,7 +26,7 @@ from dagster import AssetSelection, DagsterInstance, materialize
 
 from inference_assets.core.devices import resolve_device
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.models import ModelSpec, check_weights_available
+from inference_assets.core.models import check_weights_available
 from inference_assets.core.progress import DisplayFactory, progress_display
 from inference_assets.core.evaluation import stored_summary
 from inference_assets.core.warehouse import (
@@ -64,9 +64,7 @@ def _configuration_error(result) -> str | None:
 def preflight(resources: dict) -> None:
     """Check the configuration before any work: each problem is one line naming it and the fix."""
     resources["storage"].open_source()  # a missing folder, an unusable URL or query: one line
-    spec = ModelSpec(name=resources["model"].name, weights=resources["model"].weights)
-    spec.library  # noqa: B018 - raises for an unknown model
-    check_weights_available(spec)  # also: a local file saved from another architecture
+    check_weights_available(resources["model"].spec)  # unknown models, bad files, cards, class names
     resolve_device(resources["device"].device)
     check_database_path(resources["duckdb"].database)
 

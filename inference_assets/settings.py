@@ -12,7 +12,8 @@
 - ``INFERENCE_DEVICE``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (default ``auto``).
 - ``INFERENCE_PRECISION``: ``fp32``, ``bf16`` or ``fp16`` (default ``fp32``).
 - ``INFERENCE_MODEL`` / ``INFERENCE_WEIGHTS``: architecture and weights (default the bundled
-  EfficientNet-Lite0).
+  EfficientNet-Lite0), or a model file or folder as ``INFERENCE_MODEL``;
+  ``INFERENCE_CLASS_NAMES`` / ``INFERENCE_MODEL_CARD``: a class names file and a model card.
 - ``INFERENCE_PARTITIONS``: number of shards (default 16; see ``partitions.py``);
   ``INFERENCE_PARTITIONS_PER_RUN``: 0 (default) runs a backfill as one run, N as runs of N.
 - ``INFERENCE_SHARED_DIR``: a shared location (``s3://bucket/prefix``) mirroring the work folder,

@@ -36,6 +36,8 @@ def _isolated_environment(monkeypatch, tmp_path):
         "INFERENCE_PRECISION",
         "INFERENCE_MODEL",
         "INFERENCE_WEIGHTS",
+        "INFERENCE_CLASS_NAMES",
+        "INFERENCE_MODEL_CARD",
         "INFERENCE_IMAGE_TABLE",
         "INFERENCE_DATABASE_URL",
         "INFERENCE_IMAGE_QUERY",

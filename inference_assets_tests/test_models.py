@@ -5,7 +5,7 @@ import timm
 import torch
 
 from inference_assets.core.errors import ConfigError, WeightsUnavailableError
-from inference_assets.core.models import ModelSpec, load_classifier, model_slug, weights_id
+from inference_assets.core.models import ModelSpec, describe_model, load_classifier
 
 
 def test_bundled_weights_give_imagenet_labels_from_the_weights_metadata(classifier):
@@ -26,8 +26,7 @@ def test_local_weights_file_is_loaded(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.module(x), source(x))
     assert loaded.weights_id.startswith("file:resnet18.pth@")
-    spec = ModelSpec("resnet18", str(path))
-    assert model_slug(spec, weights_id(spec)).startswith("resnet18-")
+    assert describe_model(ModelSpec("resnet18", str(path))).slug.startswith("resnet18-")
 
 
 def test_torchvision_architecture_with_local_weights(tmp_path):
@@ -52,7 +51,7 @@ def test_weights_for_another_architecture_is_a_one_line_error(tmp_path):
 
 def test_missing_weights_file_and_unknown_model_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="weights file .*missing.pth.* not found"):
-        weights_id(ModelSpec("resnet18", str(tmp_path / "missing.pth")))
+        describe_model(ModelSpec("resnet18", str(tmp_path / "missing.pth")))
     with pytest.raises(ConfigError, match="unknown model 'no_such_net'"):
         load_classifier(ModelSpec("no_such_net", "bundled"))
 

@@ -1,10 +1,10 @@
 """Accuracy against the labels images carry (their folder name, or a table's label column).
 
-A label counts as a class when, lower-cased with ``_``/``-`` read as spaces, it equals a predicted
-class label or one of its comma-separated synonyms ("tabby" and "tabby cat" both match timm's
-"tabby, tabby cat"), or when it is an ImageNet WordNet id (``n01440764``) whose description
-does. A label that matches no class of the model's vocabulary (ImageNet-1k's descriptions and
-torchvision's category names, plus every label the model predicted) is reported as unknown and
+A label counts as a class when, lower-cased with ``_``/``-`` read as spaces, it equals one of the
+model's class names or one of its comma-separated synonyms (``golden_retriever`` matches
+"golden retriever"; "tabby" and "tabby cat" both match timm's "tabby, tabby cat"), or when it is
+an ImageNet WordNet id (``n01440764``) whose description does (ImageNet models). A label that
+matches none of the model's classes (the ``model_classes`` table) is reported as unknown and
 left out of the accuracy, rather than counted as a miss.
 
 Tables (replaced together in one transaction):
@@ -63,6 +63,17 @@ def truth_names(label: str) -> frozenset[str]:
     return frozenset({normalize(label)})
 
 
+def model_vocabulary(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """The class names a label may match: the model's own (``model_classes``), or, for results
+    stored without them, ImageNet-1k's plus every label predicted."""
+    if conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'model_classes'").fetchone()[0]:
+        names = [name for (name,) in conn.execute("SELECT class_label FROM model_classes ORDER BY class_index").fetchall()]
+        if names:
+            return names
+    predicted = {name for (labels,) in conn.execute("SELECT DISTINCT topk_labels FROM predictions").fetchall() for name in labels}
+    return [*_imagenet()[1], *predicted]
+
+
 @dataclass
 class EvaluationSummary:
     labelled: int = 0
@@ -93,8 +104,7 @@ def evaluate(conn: duckdb.DuckDBPyConnection, max_confusions: int = 20) -> Evalu
     rows = conn.execute(
         "SELECT image_id, label, class_label, topk_labels FROM predictions WHERE label IS NOT NULL ORDER BY image_id"
     ).fetchall()
-    predicted = {name for (labels,) in conn.execute("SELECT DISTINCT topk_labels FROM predictions").fetchall() for name in labels}
-    vocabulary = frozenset().union(*(synonyms(name) for name in (*_imagenet()[1], *predicted)))
+    vocabulary = frozenset().union(*(synonyms(name) for name in model_vocabulary(conn)))
     summary = EvaluationSummary(labelled=len(rows))
     images = {"image_id": [], "label": [], "class_label": [], "top1_correct": [], "top5_correct": []}
     per_class: dict[str, list[int]] = {}

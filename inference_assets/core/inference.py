@@ -21,6 +21,7 @@ import torch
 from .allocator import keep_freed_memory
 from .batch_size import probe_cuda_batch_size
 from .devices import autocast_dtype, default_batch_size
+from .errors import ConfigError
 from .models import Classifier
 from .parallel import prefetch
 from .pixel_store import STATUS_FAILED, PixelShard
@@ -105,7 +106,9 @@ def classify(
     on_batch_size: Callable[[int], None] | None = None,
     stages: StageSeconds | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(rows, top_probs, top_indices)`` per batch for the given (ascending) rows of the shard.
+    """Yield ``(rows, top_probs, top_indices, positives)`` per batch for the given (ascending) rows of the
+    shard; ``positives`` lists, for a multi-label model, each image's classes at or above its threshold
+    (None otherwise).
 
     ``stages``, if given, gets the seconds spent waiting for pixels and in the model added.
 
@@ -118,16 +121,17 @@ def classify(
     device = settings.device
     dtype = autocast_dtype(settings.precision)
     module = classifier.module
+    check_runtime(classifier, settings)
     if device.type == "cpu":
         keep_freed_memory()  # otherwise every batch's activations are page-faulted in afresh
-    if settings.channels_last:
+    if settings.channels_last and classifier.is_torch:
         module = module.to(memory_format=torch.channels_last)
     if settings.compile:
         module = compiled(module)
     k = min(settings.top_k, len(classifier.labels))
     pin = device.type == "cuda"
     limit = settings.effective_batch_size
-    if device.type == "cuda" and settings.batch_size == 0:
+    if device.type == "cuda" and settings.batch_size == 0 and classifier.is_torch:
         limit = cuda_batch_size(classifier, module, settings)
     if on_batch_size is not None:
         on_batch_size(limit)
@@ -136,18 +140,26 @@ def classify(
     # thread: on CPU, torch ops from a second thread start a second OpenMP team, which
     # oversubscribes the cores (measured: 20 % slower). uint8 crosses to a GPU (4x less than
     # float) and is normalized there.
-    def forward(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    threshold = classifier.info.threshold if classifier.info.multi_label else None
+
+    def forward(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[list[int]] | None]:
         with torch.inference_mode():
             x = classifier.preprocessing.normalize(batch.to(device, non_blocking=pin))
-            if settings.channels_last:
+            if settings.channels_last and classifier.is_torch:
                 x = x.contiguous(memory_format=torch.channels_last)
             count = x.shape[0]
             if settings.compile and count < limit:  # one input shape: no recompilation for the last batch
                 x = torch.cat([x, x.new_zeros((limit - count, *x.shape[1:]))])
             with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = module(x)[:count]
-            top = logits.float().softmax(dim=-1).topk(k, dim=-1)
-        return top.values.cpu().numpy(), top.indices.cpu().numpy()
+                outputs = module(x)[:count]
+            probs = classifier.probabilities(outputs)
+            top = probs.topk(k, dim=-1)
+            positives = None
+            if threshold is not None:  # multi-label: every class at or above the threshold, most probable first
+                order = probs.argsort(dim=-1, descending=True).cpu().numpy()
+                passed = (probs >= threshold).cpu().numpy()
+                positives = [[int(i) for i in row if ok[i]] for row, ok in zip(order, passed)]
+        return top.values.cpu().numpy(), top.indices.cpu().numpy(), positives
     stages = stages if stages is not None else StageSeconds()
     batches = prefetch(_batches(shard, rows, limit, pin))
     while True:
@@ -164,7 +176,7 @@ def classify(
                 continue
             try:
                 with stages.timed("model"):
-                    probs, indices = forward(part)
+                    probs, indices, positives = forward(part)
             except torch.cuda.OutOfMemoryError:
                 if len(part_rows) == 1:
                     raise
@@ -175,7 +187,19 @@ def classify(
                     on_backoff(old, limit)
                 pending.append((part_rows, part))
                 continue
-            yield part_rows, probs, indices
+            yield part_rows, probs, indices, positives
+
+
+def check_runtime(classifier: Classifier, settings: InferenceSettings) -> None:
+    """Settings that only a PyTorch module honours are an error for an ONNX model, not silently ignored."""
+    if classifier.is_torch:
+        return
+    for name, asked in (("precision", settings.precision != "fp32"), ("compile", settings.compile)):
+        if asked:
+            raise ConfigError(
+                f"device setting {name} applies to PyTorch models, but model {classifier.spec.name!r} runs in "
+                f"ONNX Runtime at the precision it was exported with: set {name} back to its default"
+            )
 
 
 _probed: dict[tuple, int] = {}
@@ -266,6 +290,8 @@ def predict_shard(
         partition=partition,
         model=classifier.spec.name,
         weights=classifier.weights_id,
+        identity=classifier.info.identity,
+        class_names=classifier.labels,
         device=str(settings.device),
         precision=settings.precision,
         top_k=settings.top_k,
@@ -284,7 +310,7 @@ def predict_shard(
             if reused:
                 writer.write_rows(previous.take(pa.array(sorted(reused))))
         progress(len(image_ids) - len(to_compute))
-        for rows, probs, indices in classify(
+        for rows, probs, indices, positives in classify(
             classifier, shard, to_compute, settings, on_backoff, on_batch_size, stages
         ):
             picked = rows.tolist()
@@ -296,6 +322,7 @@ def predict_shard(
                     indices,
                     probs,
                     classifier.labels,
+                    positives,
                 )
             progress(len(picked))
         closing = time.perf_counter()

@@ -25,7 +25,7 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images are prepared for one model."""
+    """How images are prepared for one model: the stored geometric part and the normalization."""
 
     input_size: tuple[int, int]  # (height, width)
     mean: tuple[float, float, float]
@@ -34,10 +34,15 @@ class Preprocessing:
     resize_crop: Callable[[Image.Image], np.ndarray]  # RGB PIL image -> uint8 (3, H, W)
     resize_to: int | None = None  # the shorter side the resize aims at (what JPEG draft mode may reduce to)
     jpeg_draft: bool = False  # decode JPEGs in draft mode (DCT-domain downscaling): faster, not exact
+    channel_order: str = "rgb"  # "bgr": channels reversed before mean/std (Caffe-style models)
 
     def with_jpeg_draft(self) -> Preprocessing:
         """The same transform on JPEGs decoded in draft mode (a different fingerprint: other pixels)."""
         return dataclasses.replace(self, jpeg_draft=True, description=self.description + " +jpeg-draft")
+
+    def with_channel_order(self, order: str) -> Preprocessing:
+        """The same pixels fed to the model in ``order`` (``rgb`` or ``bgr``); mean/std are in that order."""
+        return dataclasses.replace(self, channel_order=order)
 
     @property
     def draft_request(self) -> tuple[int, int] | None:
@@ -54,6 +59,8 @@ class Preprocessing:
     def normalize(self, batch_uint8: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """uint8 (N, 3, H, W) on any device -> normalized float, as ToTensor + Normalize do."""
         x = batch_uint8.to(torch.float32).div_(255.0)
+        if self.channel_order == "bgr":
+            x = x.flip(1)
         mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         return x.sub_(mean).div_(std).to(dtype)

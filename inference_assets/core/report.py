@@ -120,6 +120,18 @@ def build_report(
             f'<img id="confidence-chart" alt="confidence histogram" src="{png_data_uri(confidence_chart)}">',
             "</div>",
         ]
+        positives = conn.execute(
+            "SELECT label, count(*) FROM (SELECT unnest(positive_labels) AS label FROM predictions "
+            "WHERE positive_labels IS NOT NULL) GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).fetchall()
+        multi_label = conn.execute("SELECT count(*) FROM predictions WHERE positive_labels IS NOT NULL").fetchone()[0]
+        if multi_label:  # a multi-label model: how often each label passed its threshold
+            parts.append(f'<h2>Labels above the threshold</h2><div id="positive-labels"><p>{multi_label} images '
+                         "scored by a multi-label model; an image counts under every label at or above the threshold "
+                         "(galleries below group by the most probable one).</p>")
+            parts.append("<table><tr><th>label</th><th>images</th></tr>")
+            parts += [f"<tr><td>{_e(label)}</td><td>{n}</td></tr>" for label, n in positives]
+            parts.append("</table></div>")
         parts.append('<h2>Predictions by class</h2><div id="gallery">')
         for label, n in counts[:classes_in_gallery]:
             rows = conn.execute(

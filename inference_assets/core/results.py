@@ -5,6 +5,7 @@ Written atomically (temporary name, then rename), streamed batch by batch.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from .atomic import atomic_output, remove_orphaned_temporaries
 
 STATUS_PREDICTED = "predicted"
 STATUS_FAILED = "failed"
+CLASS_NAMES_KEY = "class_names"
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -32,8 +34,10 @@ RESULT_SCHEMA = pa.schema(
         ("topk_indices", pa.list_(pa.int32())),
         ("topk_labels", pa.list_(pa.string())),
         ("topk_probs", pa.list_(pa.float32())),
+        ("positive_labels", pa.list_(pa.string())),  # multi-label models: classes at or above the threshold
         ("model", pa.string()),
         ("weights", pa.string()),
+        ("model_id", pa.string()),  # ModelInfo.identity: weights, class names, preprocessing, activation
         ("device", pa.string()),
         ("precision", pa.string()),
         ("predicted_at", pa.timestamp("us", tz="UTC")),
@@ -54,13 +58,18 @@ class ResultFileWriter:
         precision: str,
         top_k: int,
         pixels: str,
+        identity: str,
+        class_names: list[str],
     ):
         self.path = path
-        self._schema = RESULT_SCHEMA.with_metadata({"settings": settings_key(precision, top_k, pixels)})
+        self._schema = RESULT_SCHEMA.with_metadata(
+            {"settings": settings_key(precision, top_k, pixels), CLASS_NAMES_KEY: json.dumps(class_names)}
+        )
         self._constants = {
             "partition": partition,
             "model": model,
             "weights": weights,
+            "model_id": identity,
             "device": device,
             "precision": precision,
         }
@@ -81,7 +90,7 @@ class ResultFileWriter:
 
     def _write(self, columns: dict, count: int) -> None:
         now = datetime.now(timezone.utc)
-        full = {name: columns.get(name, [None] * count) for name in RESULT_SCHEMA.names}
+        full = {name: [None] * count if columns.get(name) is None else columns[name] for name in RESULT_SCHEMA.names}
         for name, value in self._constants.items():
             full[name] = [value] * count
         full["predicted_at"] = [now] * count
@@ -101,11 +110,14 @@ class ResultFileWriter:
         top_indices: np.ndarray,
         top_probs: np.ndarray,
         labels: list[str],
+        positives: list[list[int]] | None = None,
     ) -> None:
+        """One row per image; ``positives``: a multi-label model's classes at or above its threshold."""
         count = len(image_ids)
         if count == 0:
             return
         top_labels = [[labels[i] for i in row] for row in top_indices.tolist()]
+        positive_labels = [[labels[i] for i in row] for row in positives] if positives is not None else None
         self._write(
             {
                 "image_id": image_ids,
@@ -118,6 +130,7 @@ class ResultFileWriter:
                 "topk_indices": top_indices.astype(np.int32).tolist(),
                 "topk_labels": top_labels,
                 "topk_probs": top_probs.astype(np.float32).tolist(),
+                "positive_labels": positive_labels,
             },
             count,
         )
@@ -141,6 +154,13 @@ class ResultFileWriter:
             count,
         )
         self.failed += count
+
+
+def read_class_names(path: Path) -> list[str] | None:
+    """The model's class names, in output order, as recorded in a result file."""
+    metadata = pq.read_schema(path).metadata or {}
+    value = metadata.get(CLASS_NAMES_KEY.encode())
+    return json.loads(value) if value else None
 
 
 def read_results(path: Path) -> pa.Table:

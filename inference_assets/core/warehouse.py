@@ -6,6 +6,7 @@ new contents, never a mix, and re-running never duplicates a row):
 - ``images``: the manifest.
 - ``predictions``: one row per predicted image (primary key ``image_id``).
 - ``failures``: one row per image that could not be predicted, with the stage and error.
+- ``model_classes``: the model's classes (index, name), in output order.
 
 A result row counts only while it matches the manifest (same ``image_id`` and content
 hash): results for deleted or changed files drop out until their partition is re-run.
@@ -20,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from .errors import ConfigError
+from .results import read_class_names
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
 
@@ -104,12 +107,18 @@ CREATE OR REPLACE TABLE predictions (
     topk_indices INTEGER[] NOT NULL,
     topk_labels VARCHAR[] NOT NULL,
     topk_probs FLOAT[] NOT NULL,
+    positive_labels VARCHAR[],
     model VARCHAR NOT NULL,
     weights VARCHAR NOT NULL,
+    model_id VARCHAR,
     device VARCHAR,
     precision VARCHAR,
     content_hash VARCHAR NOT NULL,
     predicted_at TIMESTAMPTZ
+);
+CREATE OR REPLACE TABLE model_classes (
+    class_index INTEGER PRIMARY KEY,
+    class_label VARCHAR NOT NULL
 );
 CREATE OR REPLACE TABLE failures (
     image_id VARCHAR PRIMARY KEY,
@@ -132,7 +141,8 @@ FROM read_parquet($manifest)
 _INSERT_PREDICTIONS = """
 INSERT INTO predictions
 SELECT r.image_id, r.uri, r.partition, m.label, r.class_index, r.class_label, r.confidence,
-       r.topk_indices, r.topk_labels, r.topk_probs, r.model, r.weights, r.device, r.precision,
+       r.topk_indices, r.topk_labels, r.topk_probs, r.positive_labels, r.model, r.weights, r.model_id,
+       r.device, r.precision,
        r.content_hash, r.predicted_at
 FROM read_parquet($files) r
 JOIN images m ON m.image_id = r.image_id AND m.content_hash = r.content_hash
@@ -168,6 +178,11 @@ def refresh_warehouse(
             files = [str(p) for p in result_files]
             conn.execute(_INSERT_PREDICTIONS, {"files": files})
             conn.execute(_INSERT_FAILURES, {"files": files})
+            names = read_class_names(result_files[0]) or []
+            classes = pa.table({"class_index": pa.array(range(len(names)), pa.int32()), "class_label": names})
+            conn.register("_model_classes", classes)
+            conn.execute("INSERT INTO model_classes SELECT * FROM _model_classes")
+            conn.unregister("_model_classes")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
