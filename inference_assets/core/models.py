@@ -402,7 +402,7 @@ def _head_classes(spec: ModelSpec, state: dict[str, torch.Tensor]) -> int:
 
 def _describe_timm_folder(spec: ModelSpec, folder: Path, card: ModelCard, device: torch.device | None):
     import timm
-    from timm.models import load_model_config_from_path
+    from timm.models._hub import load_model_config_from_path
 
     where = f"model folder {str(folder)!r}"
     try:
@@ -418,7 +418,7 @@ def _describe_timm_folder(spec: ModelSpec, folder: Path, card: ModelCard, device
     checkpoint = read_checkpoint(weights_path)
     num_classes = pretrained_cfg.get("num_classes")
     with torch.device("meta"):
-        skeleton = timm.create_model(arch, pretrained=False, num_classes=num_classes, **(model_args or {}))
+        skeleton = timm.create_model(arch, pretrained=False, **{"num_classes": num_classes, **(model_args or {})})
     _load_strict(skeleton, checkpoint.state, weights_path, ModelSpec(arch), assign=True)
     warnings: list[str] = []
     carried = pretrained_cfg.get("label_names")
@@ -500,7 +500,7 @@ def _finish_whole(spec, path, card, device, fmt, module, fixed_size, batch, carr
         return info, None
     if fmt == "onnx":
         return info, module  # already on the device's provider
-    return info, module.to(device)
+    return info, module.to(device)  # run under torch.inference_mode
 
 
 # --- timm and torchvision details ----------------------------------------------------------

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,12 @@ class ExportedModel(torch.nn.Module):
         super().__init__()
         self.inner = module
         self.batch = batch
+        self.training = False
+
+    def train(self, mode: bool = True) -> ExportedModel:
+        if mode:
+            raise ConfigError("a torch.export program runs for inference only")
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_in_fixed_batches(self.inner, x, self.batch)
@@ -137,12 +144,14 @@ def load_exported(path: Path) -> tuple[ExportedModel, InputShape]:
     value = placeholders[0].meta.get("val")
     dims = [int(d) if isinstance(d, int) else None for d in value.shape] if value is not None else [None] * 4
     shape = input_shape(dims, "NCHW", where)
-    return ExportedModel(program.module(), shape.batch).eval(), shape
+    return ExportedModel(program.module(), shape.batch), shape  # an exported module is in eval mode already
 
 
 def load_torchscript(path: Path) -> torch.nn.Module:
     try:
-        return torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated; users still save models so
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:
         detail = " ".join(str(exc).split())[:160]
         raise ConfigError(f"TorchScript file {str(path)!r} could not be loaded ({type(exc).__name__}: {detail}): "
