@@ -46,8 +46,8 @@ def test_unknown_model(monkeypatch, tmp_path, image_root):
         monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(image_root), INFERENCE_MODEL="efficientnet_b99"
     )
     assert message == (
-        "configuration error: unknown model 'efficientnet_b99': use a timm architecture (timm.list_models()) "
-        "or a torchvision one (torchvision.models.list_models())"
+        "configuration error: unknown model 'efficientnet_b99': use a timm architecture (timm.list_models()), "
+        "a torchvision one (torchvision.models.list_models()), or the path of a model file or folder"
     )
 
 
@@ -56,7 +56,7 @@ def test_missing_weights_file(monkeypatch, tmp_path, image_root):
     message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(image_root), INFERENCE_WEIGHTS=str(missing))
     assert message == (
         f"configuration error: weights file '{missing}' for model 'tf_efficientnet_lite0' not found: "
-        "give the path of an existing .pth/.pt file, or a known weights name"
+        "give the path of an existing .pth/.pt/.bin/.safetensors file, or a known weights name"
     )
 
 

@@ -101,3 +101,154 @@ def test_every_form_of_your_model_gives_its_own_predictions_through_dagster(
     report = (tmp_path / "work" / "report" / "index.html").read_text()
     assert all(f"<h3>{name} <small>" in report for name in CLASS_NAMES)  # a gallery section per class
     assert ('id="positive-labels"' in report) == bool(form.multi_label_threshold)
+
+
+# --- bad model input: one line naming the setting and the fix, before any image is decoded ---------
+
+
+class _FlatInput(torch.nn.Module):
+    def forward(self, x):
+        return x[:, :4]
+
+
+class _FourChannels(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def _bad_inputs(root: Path, forms: dict) -> dict:
+    """name -> (model resource config, the expected message's start)."""
+    from .own_models import export_onnx
+
+    bare = forms["bare state_dict .pth + names.txt"].weights
+    for name, content in (("garbage.onnx", b"not a model"), ("garbage.pth", b"\x80\x04garbage"),
+                          ("garbage.safetensors", b"\x10\x00\x00\x00"), ("garbage.pt2", b"PK\x03\x04 nothing"),
+                          ("model.h5", b"HDF")):
+        (root / name).write_bytes(content)
+    flat = export_onnx(_FlatInput(), root / "flat" / "flat.onnx", torch.zeros(1, 150528), dynamic_batch=True)
+    four = export_onnx(_FourChannels(), root / "four" / "four.onnx", torch.zeros(1, 4, 8, 8), dynamic_batch=True)
+    (root / "three.txt").write_text("espresso\ntripod\nmissile\n")
+    no_arch = root / "no_arch"
+    no_arch.mkdir()
+    (no_arch / "weights.pth").write_bytes(Path(bare).read_bytes())
+    (no_arch / "model_card.json").write_text('{"class_names": ["a", "b", "c", "d"]}')
+    bad_type = root / "bad_type"
+    bad_type.mkdir()
+    (bad_type / "m.onnx").write_bytes((root / "four" / "four.onnx").read_bytes())
+    (bad_type / "model_card.yaml").write_text("crop_pct: big\n")
+    typo = root / "typo"
+    typo.mkdir()
+    (typo / "m.onnx").write_bytes(flat.read_bytes())
+    (typo / "model_card.json").write_text('{"meen": [0.5, 0.5, 0.5]}')
+    (root / "empty").mkdir()
+    return {
+        "missing file": ({"name": str(root / "nope.onnx")}, f"model path '{root / 'nope.onnx'}' not found"),
+        "unknown format": ({"name": str(root / "model.h5")}, f"model file '{root / 'model.h5'}' has an unknown format"),
+        "corrupt ONNX": ({"name": str(root / "garbage.onnx")}, f"ONNX model '{root / 'garbage.onnx'}' could not be loaded by ONNX Runtime"),
+        "corrupt checkpoint": ({"name": "tf_efficientnet_lite0", "weights": str(root / "garbage.pth")},
+                               f"weights file '{root / 'garbage.pth'}' could not be read safely"),
+        "corrupt safetensors": ({"name": "tf_efficientnet_lite0", "weights": str(root / "garbage.safetensors")},
+                                f"weights file '{root / 'garbage.safetensors'}' is not a readable safetensors file"),
+        "corrupt torch.export": ({"name": str(root / "garbage.pt2")}, f"torch.export program '{root / 'garbage.pt2'}' could not be loaded"),
+        "head vs class names": ({"name": "tf_efficientnet_lite0", "weights": bare, "class_names": str(root / "three.txt")},
+                                f"class_names file '{root / 'three.txt'}' gives 3 class names but model 'tf_efficientnet_lite0' has 4 outputs"),
+        "missing class names file": ({"name": "tf_efficientnet_lite0", "weights": bare, "class_names": str(root / "none.txt")},
+                                     f"class_names file '{root / 'none.txt'}' not found"),
+        "ONNX input rank": ({"name": str(flat)}, f"ONNX model '{flat}' has an input of rank 2"),
+        "ONNX input channels": ({"name": str(four)}, f"ONNX model '{four}' has input shape [?, 4, 8, 8] with no 3-channel axis"),
+        "card without architecture": ({"name": str(no_arch)}, f"model file '{no_arch / 'weights.pth'}' is a state_dict, which does not say its architecture"),
+        "card key of the wrong type": ({"name": str(bad_type)}, f"model card '{bad_type / 'model_card.yaml'}': crop_pct must be a number in (0, 1] (got 'big')"),
+        "card key unknown": ({"name": str(typo)}, f"model card '{typo / 'model_card.json'}' has unknown key 'meen'"),
+        "folder without a model": ({"name": str(root / "empty")}, f"model folder '{root / 'empty'}' holds no model file"),
+    }
+
+
+BAD_INPUTS = ["missing file", "unknown format", "corrupt ONNX", "corrupt checkpoint", "corrupt safetensors",
+              "corrupt torch.export", "head vs class names", "missing class names file", "ONNX input rank",
+              "ONNX input channels", "card without architecture", "card key of the wrong type", "card key unknown",
+              "folder without a model"]
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(forms, tmp_path_factory):
+    return _bad_inputs(tmp_path_factory.mktemp("bad_models"), forms)
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_model_input_stops_make_run_before_any_image_is_decoded(case, bad_inputs, image_root, tmp_path, monkeypatch):
+    from inference_assets.run import run_pipeline
+
+    config, expected = bad_inputs[case]
+    monkeypatch.setenv("INFERENCE_IMAGE_ROOT", str(image_root))
+    monkeypatch.setenv("INFERENCE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("INFERENCE_DUCKDB_PATH", str(tmp_path / "w.duckdb"))
+    env_names = {"name": "INFERENCE_MODEL", "weights": "INFERENCE_WEIGHTS", "class_names": "INFERENCE_CLASS_NAMES"}
+    for key, value in config.items():
+        monkeypatch.setenv(env_names[key], value)
+    with pytest.raises(SystemExit) as exit_info:
+        run_pipeline()
+    message = str(exit_info.value.code)
+    assert message.startswith(f"configuration error: {expected}"), message
+    assert "\n" not in message and ": " in message.removeprefix(f"configuration error: {expected}")  # and the fix
+    assert not (tmp_path / "work").exists() and not (tmp_path / "w.duckdb").exists()  # no output at all
+
+
+def test_bad_model_input_stops_a_dagster_step_at_resource_setup_with_no_outputs(bad_inputs, image_root, tmp_path):
+    """From the UI or the CLI (no preflight), the step stops when its resources are set up."""
+    from dagster import DagsterInstance, materialize
+
+    from inference_assets.definitions import ASSET_CHECKS, ASSETS
+
+    from .test_configuration_errors import _failure_message
+
+    config, expected = bad_inputs["ONNX input rank"]
+    resources = _resources(image_root, tmp_path, **config)
+    with DagsterInstance.ephemeral() as instance:
+        assert materialize([*ASSETS, *ASSET_CHECKS], selection=["image_manifest"], resources=resources, instance=instance).success
+        result = materialize([*ASSETS, *ASSET_CHECKS], selection=["preprocessed_images", "predictions"],
+                             partition_key="shard-00", resources=resources, instance=instance, raise_on_error=False)
+    assert not result.success
+    assert _failure_message(result).startswith(expected)
+    assert not (tmp_path / "work" / "preprocessed").exists() and not (tmp_path / "work" / "predictions").exists()
+
+
+# --- identity: what a change recomputes ----------------------------------------------------------
+
+
+def _counts(results) -> tuple[dict, dict]:
+    """(preprocessed_images, predictions) metadata of a run_all_steps' preprocess + predict run."""
+    run = results[1]
+    return tuple({k: v.value for k, v in run.asset_materializations_for_node(name)[0].metadata.items()}
+                 for name in ("preprocessed_images", "predictions"))
+
+
+def test_changing_the_class_names_or_card_recomputes_what_it_must_and_nothing_else(forms, image_root, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "my_model"
+    shutil.copytree(Path(forms["a folder: state_dict + card naming the architecture"].model), folder)
+    card = {"architecture": "tf_efficientnet_lite0", "input_size": 224, "interpolation": "bicubic", "crop_pct": 0.875,
+            "scaling": "tf"}
+    names = tmp_path / "names.txt"
+    (folder / "model_card.yaml").unlink()
+
+    def run(class_names: list[str], **card_keys) -> tuple[dict, dict]:
+        (folder / "model_card.json").write_text(json.dumps({**card, **card_keys}))
+        names.write_text("\n".join(class_names))
+        return _counts(run_all_steps(_resources(image_root, tmp_path, name=str(folder), class_names=str(names))))
+
+    pixels, predictions = run(CLASS_NAMES)
+    assert (pixels["computed"], predictions["predicted"], predictions["reused"]) == (6, 6, 0)
+    pixels, predictions = run(CLASS_NAMES)  # nothing changed: everything reused
+    assert (pixels["computed"], pixels["reused"], predictions["predicted"], predictions["reused"]) == (0, 6, 0, 6)
+    renamed = ["Espresso", "Tripod", "Missile", "Tabby cat"]
+    pixels, predictions = run(renamed)  # only the class names: pixels reused, predictions recomputed
+    assert (pixels["computed"], pixels["reused"], predictions["predicted"], predictions["reused"]) == (0, 6, 6, 0)
+    assert _stored(tmp_path / "warehouse.duckdb")["classes"] == renamed
+    pixels, predictions = run(renamed, mean=[0.4, 0.5, 0.5])  # the normalization: the same pixels, new predictions
+    assert (pixels["computed"], predictions["predicted"]) == (0, 6)
+    pixels, predictions = run(renamed, mean=[0.4, 0.5, 0.5], crop_pct=1.0)  # the crop: new pixels and predictions
+    assert (pixels["computed"], predictions["predicted"]) == (6, 6)
+    pixels, predictions = run(renamed, mean=[0.4, 0.5, 0.5], crop_pct=1.0)
+    assert (pixels["computed"], predictions["predicted"], predictions["reused"]) == (0, 0, 6)

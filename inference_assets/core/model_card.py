@@ -124,7 +124,7 @@ def card_from_dict(data: object, where: str, path: str | None = None) -> ModelCa
         if key in data:
             value = data[key]
             if not isinstance(value, str) or value.lower() not in choices:
-                raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)} (got {value!r})")
+                raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)} (got {value!r}): correct that key in the card")
             data[key] = value.lower()
     names = data.get("class_names", data.get("label_names"))
     mean, std, order = _normalization(data, where)
@@ -151,7 +151,7 @@ def card_from_dict(data: object, where: str, path: str | None = None) -> ModelCa
 def _typed(data: dict, key: str, kind: type, where: str):
     value = data.get(key)
     if value is not None and not isinstance(value, kind):
-        raise ConfigError(f"{where}: {key} must be a {kind.__name__} (got {value!r})")
+        raise ConfigError(f"{where}: {key} must be a {kind.__name__} (got {value!r}): correct that key in the card")
     return value
 
 
@@ -160,7 +160,7 @@ def _fraction(data: dict, key: str, where: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ConfigError(f"{where}: {key} must be a number in (0, 1] (got {value!r})")
+        raise ConfigError(f"{where}: {key} must be a number in (0, 1] (got {value!r}): correct that key in the card")
     return float(value)
 
 
@@ -170,9 +170,9 @@ def _triple(data: dict, key: str, where: str) -> tuple[float, float, float] | No
         return None
     if (not isinstance(value, (list, tuple)) or len(value) != 3
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-        raise ConfigError(f"{where}: {key} must be a list of three numbers on the 0..1 scale (got {value!r})")
+        raise ConfigError(f"{where}: {key} must be a list of three numbers on the 0..1 scale (got {value!r}): correct that key in the card")
     if key == "std" and any(v <= 0 for v in value):
-        raise ConfigError(f"{where}: std values must be positive (got {value!r})")
+        raise ConfigError(f"{where}: std values must be positive (got {value!r}): correct that key in the card")
     return tuple(float(v) for v in value)
 
 
@@ -193,10 +193,10 @@ def _input_size(value: object, where: str) -> tuple[int, int] | None:
         sizes = [value, value]
     elif isinstance(value, (list, tuple)) and len(value) in (2, 3) and all(isinstance(v, int) for v in value):
         if len(value) == 3 and value[0] != 3:
-            raise ConfigError(f"{where}: input_size [C, H, W] must have 3 channels (got {list(value)})")
+            raise ConfigError(f"{where}: input_size [C, H, W] must have 3 channels (got {list(value)}): correct that key in the card")
         sizes = list(value[-2:])
     else:
-        raise ConfigError(f"{where}: input_size must be 224, [H, W] or [3, H, W] (got {value!r})")
+        raise ConfigError(f"{where}: input_size must be 224, [H, W] or [3, H, W] (got {value!r}): correct that key in the card")
     if min(sizes) < 1:
-        raise ConfigError(f"{where}: input_size must be positive (got {value!r})")
+        raise ConfigError(f"{where}: input_size must be positive (got {value!r}): correct that key in the card")
     return sizes[0], sizes[1]
