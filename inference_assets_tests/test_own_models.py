@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from inference_assets.core.evaluation import stored_summary
 from inference_assets.images.resources import StorageResource
 from inference_assets.predictions.resources import ModelResource
 
@@ -68,7 +69,7 @@ def _stored(database: Path) -> dict:
             "SELECT uri, class_label, topk_indices, topk_probs, positive_labels, model_id FROM predictions"
         ).fetchall()
         classes = [r[0] for r in conn.execute("SELECT class_label FROM model_classes ORDER BY class_index").fetchall()]
-        evaluation = conn.execute("SELECT evaluated, unknown_labels, top1_accuracy FROM evaluation_summary").fetchone()
+        evaluation = stored_summary(conn)  # (evaluated, top-1, top-5, unknown labels); None before an evaluation
     return {"rows": {Path(r[0]).name: r[1:] for r in rows}, "classes": classes, "evaluation": evaluation}
 
 
@@ -96,7 +97,7 @@ def test_every_form_of_your_model_gives_its_own_predictions_through_dagster(
             order = np.argsort(-expected)
             assert positives == [CLASS_NAMES[i] for i in order if expected[i] >= form.multi_label_threshold]
     # the folders espresso/, tripod/, missile/, tabby/ are the model's own classes: all four evaluated
-    evaluated, unknown, top1 = stored["evaluation"]
+    evaluated, top1, _, unknown = stored["evaluation"]
     assert (evaluated, unknown, top1) == (4, 0, 1.0)
     report = (tmp_path / "work" / "report" / "index.html").read_text()
     assert all(f"<h3>{name} <small>" in report for name in CLASS_NAMES)  # a gallery section per class
@@ -252,3 +253,116 @@ def test_changing_the_class_names_or_card_recomputes_what_it_must_and_nothing_el
     assert (pixels["computed"], predictions["predicted"]) == (6, 6)
     pixels, predictions = run(renamed, mean=[0.4, 0.5, 0.5], crop_pct=1.0)
     assert (pixels["computed"], predictions["predicted"], predictions["reused"]) == (0, 0, 6)
+
+
+# --- a real Keras 3 model, exported with Keras's own ONNX exporter ---------------------------------
+
+KERAS_SCRIPT = '''
+import json, os, sys
+os.environ["KERAS_BACKEND"] = "torch"
+import keras, numpy as np
+from PIL import Image
+from timm.data import create_transform
+
+out, files = sys.argv[1], sys.argv[2:]
+keras.utils.set_random_seed(7)
+inputs = keras.Input((64, 64, 3), name="image")
+x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(inputs)
+x = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(x)
+x = keras.layers.GlobalAveragePooling2D()(x)
+model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x))
+# the card's preprocessing, as timm's reference transform: resize both sides to 64, bilinear, 0..1
+transform = create_transform(input_size=(3, 64, 64), interpolation="bilinear", crop_pct=1.0, crop_mode="squash",
+                             mean=(0, 0, 0), std=(1, 1, 1))
+batch = np.stack([transform(Image.open(f).convert("RGB")).permute(1, 2, 0).numpy() for f in files])
+probs = model.predict(batch, verbose=0)
+model.export(os.path.join(out, "model.onnx"), format="onnx", verbose=False)
+json.dump({"probs": probs.tolist(), "files": [os.path.basename(f) for f in files]}, open(os.path.join(out, "predict.json"), "w"))
+'''
+
+
+def test_a_keras_model_exported_to_onnx_by_keras_gives_model_predicts_top1(image_root, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    folder = tmp_path / "keras_model"
+    folder.mkdir()
+    done = subprocess.run([sys.executable, "-c", KERAS_SCRIPT, str(folder), *map(str, SAMPLE_FILES)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    (folder / "model_card.yaml").write_text(
+        "class_names: [alpha, beta, gamma, delta, epsilon]\ninput_size: [64, 64]\nresize: exact\ncrop_pct: 1.0\n"
+        "interpolation: bilinear\nscaling: 0-1\noutput: probabilities\n"
+    )
+    run_all_steps(_resources(image_root, tmp_path, name=str(folder)))
+
+    keras_side = json.loads((folder / "predict.json").read_text())
+    stored = _stored(tmp_path / "warehouse.duckdb")
+    assert stored["classes"] == names
+    for name, probs in zip(keras_side["files"], keras_side["probs"]):
+        label, indices, top_probs, _, _ = stored["rows"][name]
+        assert label == names[int(np.argmax(probs))], name
+        np.testing.assert_allclose(top_probs, np.asarray(probs)[indices], atol=1e-4, err_msg=name)
+    evaluated, _, _, unknown = stored["evaluation"]
+    assert (evaluated, unknown) == (0, 4)  # the folders are not its classes: reported, not counted
+
+
+# --- the same, from the command line: make run's entry point and `dagster asset materialize` -------
+
+
+def _cli(args: list[str], env: dict) -> str:
+    import subprocess
+
+    from .environment import PROJECT_ROOT
+
+    done = subprocess.run(args, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def test_make_run_takes_your_model_from_the_environment(forms, reference, image_root, tmp_path):
+    import sys
+
+    from .environment import pipeline_env
+
+    env = pipeline_env(image_root, tmp_path)
+    env["INFERENCE_MODEL"] = forms["ONNX, NHWC, fixed batch 1, probabilities out"].model
+    out = _cli([sys.executable, "-m", "inference_assets.run", "--progress", "log"], env)
+    assert "images seen: 6   predicted: 6   failed: 0" in out
+    assert "accuracy:    top-1 100.0%, top-5 100.0% on 4 labelled images" in out
+    stored = _stored(tmp_path / "warehouse.duckdb")
+    assert stored["classes"] == CLASS_NAMES
+    for name, (label, *_rest) in stored["rows"].items():
+        assert label == CLASS_NAMES[int(reference[name].argmax())]
+
+
+def test_dagster_asset_materialize_takes_your_model_from_launchpad_style_run_config(forms, reference, image_root, tmp_path):
+    """The YAML a user types into the Launchpad, given to the CLI with -c (the same run config)."""
+    import sys
+
+    from inference_assets.partitions import IMAGE_SHARDS
+
+    from .environment import pipeline_env
+
+    form = forms["bare state_dict .pth + names.txt"]
+    config = tmp_path / "launchpad.yaml"
+    config.write_text(
+        "resources:\n  model:\n    config:\n"
+        f"      name: {form.model}\n      weights: {form.weights}\n      class_names: {form.class_names}\n"
+    )
+    env = pipeline_env(image_root, tmp_path)
+    dagster = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "inference_assets.definitions"]
+    keys = IMAGE_SHARDS.get_partition_keys()
+    _cli([*dagster, "--select", "image_manifest"], env)
+    _cli([*dagster, "-c", str(config), "--select", "preprocessed_images,predictions",
+          "--partition-range", f"{keys[0]}...{keys[-1]}"], env)
+    log = _cli([*dagster, "-c", str(config), "--select", "prediction_results"], env)
+    assert "Asset check 'probabilities_valid' on 'prediction_results' passed" in log
+    stored = _stored(tmp_path / "warehouse.duckdb")
+    assert stored["evaluation"] is None  # evaluation was not selected
+    assert stored["classes"] == CLASS_NAMES
+    for name, (label, *_rest) in stored["rows"].items():
+        assert label == CLASS_NAMES[int(reference[name].argmax())]
+
