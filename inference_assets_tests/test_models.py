@@ -89,3 +89,66 @@ def test_torchvision_weights_download_offline_names_the_model_and_the_fix(tmp_pa
 def test_unknown_torchvision_weights_name_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="has no weights 'IMAGENET9K_V9'.*IMAGENET1K_V1"):
         load_classifier(ModelSpec("resnet18", "IMAGENET9K_V9"))
+
+
+def test_a_torchvision_checkpoint_with_its_own_class_count_needs_no_count(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    source = torchvision.models.resnet18(weights=None, num_classes=7).eval()
+    path = tmp_path / "best.pth"
+    torch.save({"epoch": 3, "model_state_dict": source.state_dict(), "classes": [f"c{i}" for i in range(7)]}, path)
+    loaded = load_classifier(ModelSpec("torchvision:resnet18", str(path)))
+    assert loaded.labels == [f"c{i}" for i in range(7)] and not loaded.info.warnings
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(loaded.module(x), source(x))
+
+
+def test_a_model_without_class_names_names_classes_by_index_and_warns(tmp_path):
+    path = tmp_path / "ten.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(timm.create_model("resnet18", num_classes=10).state_dict(), str(path))
+    info = describe_model(ModelSpec("resnet18", str(path)))
+    assert info.labels == tuple(f"class_{i}" for i in range(10))
+    assert len(info.warnings) == 1 and "has 10 outputs and no class names" in info.warnings[0]
+    assert "INFERENCE_CLASS_NAMES" in info.warnings[0]
+
+
+def test_class_names_files_in_every_format(tmp_path):
+    from inference_assets.core.class_names import read_class_names
+
+    files = {
+        "a.txt": "cat\n\ndog\n",
+        "b.json": '["cat", "dog"]',
+        "c.json": '{"1": "dog", "0": "cat"}',
+        "d.csv": "class_index,class_name\n1,dog\n0,cat\n",
+        "e.csv": "0,cat\n1,dog\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+        assert read_class_names(tmp_path / name) == ["cat", "dog"], name
+    (tmp_path / "gap.json").write_text('{"0": "cat", "2": "dog"}')
+    with pytest.raises(ConfigError, match=r"indices must run 0..1 without gaps \(missing \[1\]\)"):
+        read_class_names(tmp_path / "gap.json")
+
+
+def test_card_scalings_normalize_as_their_frameworks_do(tmp_path):
+    from inference_assets.core.model_card import card_from_dict
+    from inference_assets.core.preprocessing import from_timm_config
+
+    pixels = torch.tensor([[[[255]], [[0]], [[128]]]], dtype=torch.uint8)  # one RGB pixel
+    expected = {
+        "torch": [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225],
+        "tf": [1.0, -1.0, 128 / 127.5 - 1],
+        "0-1": [1.0, 0.0, 128 / 255],
+        "caffe": [128 - 103.939, 0 - 116.779, 255 - 123.68],  # BGR, mean subtracted on 0..255
+    }
+    for scaling, values in expected.items():
+        card = card_from_dict({"scaling": scaling}, "card")
+        preprocessing = from_timm_config({"input_size": (3, 1, 1), "mean": card.mean, "std": card.std})
+        if card.channel_order:
+            preprocessing = preprocessing.with_channel_order(card.channel_order)
+        got = preprocessing.normalize(pixels).flatten().tolist()
+        assert got == pytest.approx(values, abs=1e-4), scaling
