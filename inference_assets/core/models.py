@@ -170,6 +170,13 @@ class Classifier:
         return self.info.weights_id
 
     @property
+    def runtime(self) -> str:
+        """What runs the network: PyTorch, or ONNX Runtime with its execution providers."""
+        if isinstance(self.module, OnnxModel):
+            return f"onnxruntime ({', '.join(self.module.providers)})"
+        return f"pytorch ({self.info.format})"
+
+    @property
     def is_torch(self) -> bool:
         """A PyTorch module (autocast, channels-last and torch.compile apply), not an ONNX session."""
         return isinstance(self.module, torch.nn.Module)
@@ -210,6 +217,11 @@ def _describe(spec: ModelSpec, device: torch.device | None = None):
     """(ModelInfo, the network on ``device`` or None when no device is asked for)."""
     if spec.is_path:
         path = Path(spec.name).expanduser()
+        if spec.weights != DEFAULT_WEIGHTS:
+            raise ConfigError(
+                f"weights {spec.weights!r} apply to an architecture, but model {spec.name!r} is a file or folder that "
+                "carries its own weights: leave weights unset (INFERENCE_WEIGHTS), or set model to the architecture"
+            )
         if not path.exists():
             raise ConfigError(f"model path {spec.name!r} not found: give an existing model file or folder")
         card = _card(spec, path)

@@ -63,12 +63,16 @@ def predictions(
     for key in context.partition_keys:
         shared.fetch_pixel_shard(shard_dir, key)
     shards = [(key, read_pixel_shard(shard_dir, key)) for key in context.partition_keys]
+    classifier = model.load(settings.device)
+    if settings.device.type == "cuda" and classifier.runtime.startswith("onnxruntime (CPU"):
+        context.log.warning("this onnxruntime has no CUDA provider, so the ONNX model runs on the CPU: "
+                            "pip install onnxruntime-gpu for the GPU")
     with Progress("predictions", sum(shard.index.num_rows for _, shard in shards), context.log.info) as progress:
         for key, shard in shards:
             output = layout.result_file(model.slug, key)
             shared.fetch(output)  # predictions another machine made are reused
             summary = predict_shard(
-                model.load(settings.device),
+                classifier,
                 shard,
                 settings,
                 output,
@@ -114,6 +118,12 @@ def predictions(
             "images_per_second": rate(predicted, forward_seconds),
             "model": model.spec.name,
             "weights": model.weights_id,
+            "model_format": model.info.format,
+            "model_id": model.info.identity,
+            "runtime": classifier.runtime,
+            "classes": len(model.info.labels),
+            "class_names": ", ".join(model.info.labels[:20]) + (" ..." if len(model.info.labels) > 20 else ""),
+            "multi_label": model.info.multi_label,
             "device": str(settings.device),
             "precision": settings.precision,
             "channels_last": settings.channels_last,
