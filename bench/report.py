@@ -36,6 +36,10 @@ def markdown(s: dict) -> str:
             f"| {p['title']} | {p['images_per_second']:.1f} | {runs} | {p['peak_pss_mib']:.0f} | "
             f"{_agreement(p['top1_agreement_with_reference'])} |"
         )
+    onnx = s["peers"].get("project_onnx")
+    if onnx and onnx.get("top1_agreement_with_project"):
+        lines.append(f"| (ONNX Runtime path: top-1 = this project's PyTorch path) | | | | "
+                     f"{_agreement(onnx['top1_agreement_with_project'])} |")
     if "limit_images_per_second" in s:
         lines.append(f"| limit 1 / (1/model + 1/decode) | {s['limit_images_per_second']:.1f} | | | |")
     lines += ["", "The reference for top-1 is the per-image loop: the model's own transform and an fp32 forward pass, one image at a time.", ""]

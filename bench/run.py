@@ -6,7 +6,9 @@ Settings (environment):
 - ``BENCH_IMAGES`` [2000]: collection size; ``BENCH_SEED`` [0].
 - ``BENCH_REPEATS`` [3]: rounds; every peer runs once per round (interleaved, so a noisy
   spell hits all of them) and the medians are reported.
-- ``BENCH_PEERS`` [all]: comma list of ``project, ray_data, dataloader, per_image, model_limit, decode_limit``.
+- ``BENCH_PEERS`` [all]: comma list of ``project, project_onnx, ray_data, dataloader, per_image, model_limit,
+  decode_limit``. ``project_onnx`` is the project with the same model exported to ONNX (a model folder
+  with a card, as a user brings one) and run in ONNX Runtime, fp32.
 - ``BENCH_VARIANTS`` [``bf16,jpeg_draft,compile,incremental``]: the project's options, each run once
   and compared with the exact path; ``incremental`` re-runs after adding 1 % new images.
 - ``BENCH_SCALE`` [0]: also run the project alone on this many images (e.g. 20000) and compare
@@ -41,9 +43,10 @@ PROJECT_ROOT = BENCH_DIR.parent
 WORK = Path(os.environ.get("BENCH_WORK") or BENCH_DIR / "work")
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or BENCH_DIR / "results")
 
-PEERS = ("project", "ray_data", "dataloader", "per_image", "model_limit", "decode_limit")
+PEERS = ("project", "project_onnx", "ray_data", "dataloader", "per_image", "model_limit", "decode_limit")
 TITLES = {
     "project": "this project, end to end (Dagster: manifest → pixels → predictions → DuckDB)",
+    "project_onnx": "this project, end to end, the same model exported to ONNX (ONNX Runtime, fp32)",
     "ray_data": "Ray Data tutorial pipeline",
     "dataloader": "PyTorch DataLoader loop (batch 64, workers = cores)",
     "per_image": "per-image loop (batch 1)",
@@ -78,6 +81,7 @@ class Bench:
         self.timeout = float(env("BENCH_TIMEOUT", "7200"))
         self.logs = WORK / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        self._onnx_exported = False
 
     # --- running peers ------------------------------------------------------------------
 
@@ -97,6 +101,9 @@ class Bench:
                   "--device", self.device, "--precision", options.pop("precision", self.precision),
                   "--workers", str(self.cores)]
         py = [sys.executable, "-m"]
+        if peer == "project_onnx":
+            peer = "project"
+            common[common.index("--model") + 1] = str(self.onnx_model())
         if peer == "project":
             extra = ["--work", str(options.pop("work")), "--batch-size", "0"]
             extra += ["--draft"] if options.pop("draft", False) else []
@@ -118,7 +125,7 @@ class Bench:
         out = WORK / "predictions" / f"{label}.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.unlink(missing_ok=True)
-        if peer == "project" and "work" not in options:
+        if peer in ("project", "project_onnx") and "work" not in options:
             options["work"] = WORK / "project" / label
             shutil.rmtree(options["work"], ignore_errors=True)
         command = self.command(peer, images, out, **options)
@@ -143,6 +150,18 @@ class Bench:
         print(f"    {result['images_per_second']:.1f} img/s, {result['seconds']:.1f}s, peak {result['peak_pss_mib']:.0f} MiB",
               flush=True)
         return result
+
+    def onnx_model(self) -> Path:
+        """The benchmark's model as an ONNX model folder (exported once per run)."""
+        folder = WORK / "onnx_model"
+        if not self._onnx_exported:
+            from bench.onnx_model import export_model_folder
+            from inference_assets.core.models import ModelSpec
+
+            shutil.rmtree(folder, ignore_errors=True)
+            export_model_folder(ModelSpec(self.model, self.weights), folder)
+            self._onnx_exported = True
+        return folder
 
     # --- the benchmark ------------------------------------------------------------------
 
@@ -224,9 +243,14 @@ class Bench:
                 "top1_agreement_with_reference": self.agreement(reference, results[-1]),
                 "details": [r["report"] for r in results],
             }
+            if peer == "project_onnx" and "project" in runs:  # the ONNX path against the PyTorch path
+                summary["peers"][peer]["top1_agreement_with_project"] = self.agreement(
+                    self.top1(runs["project"][-1]), results[-1])
         ratios = {}
         project = rates.get("project")
         if project:
+            if rates.get("project_onnx"):  # the same pipeline, the model in ONNX Runtime instead of PyTorch
+                ratios["project_onnx / project"] = rates["project_onnx"] / project
             for peer in ("ray_data", "dataloader", "per_image"):
                 if rates.get(peer):
                     ratios[f"project / {peer}"] = project / rates[peer]

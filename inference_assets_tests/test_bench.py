@@ -1,4 +1,5 @@
-"""``make bench`` keeps working: a tiny run of the real harness, every peer but Ray (a bench-only extra).
+"""``make bench`` keeps working: a tiny run of the real harness, every peer but Ray (a bench-only extra);
+the ONNX Runtime path included.
 
 It checks the plumbing, not speed: every peer classifies every image, all agree on top-1 with
 the reference loop, and the JSON and Markdown results are written with the machine's description.
@@ -17,7 +18,7 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
         **os.environ,
         "BENCH_IMAGES": "12",
         "BENCH_REPEATS": "1",
-        "BENCH_PEERS": "project,dataloader,per_image,model_limit,decode_limit",
+        "BENCH_PEERS": "project,project_onnx,dataloader,per_image,model_limit,decode_limit",
         "BENCH_VARIANTS": "jpeg_draft,incremental",
         "BENCH_DEVICE": "cpu",
         "BENCH_WORK": str(tmp_path / "work"),
@@ -33,15 +34,19 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
     summary = json.loads(result.read_text())
     assert summary["machine"]["cores"] == os.cpu_count() and summary["machine"]["libraries"]["torch"]
     assert summary["config"]["collection"] and sum(summary["config"]["collection"].values()) == 12
-    for name in ("project", "dataloader", "per_image"):
+    for name in ("project", "project_onnx", "dataloader", "per_image"):
         peer = summary["peers"][name]
         assert peer["images_per_second"] > 0 and peer["peak_pss_mib"] > 100
         assert peer["top1_agreement_with_reference"] == {"images": 12, "same": 12, "missing": 0, "rate": 1.0}
     assert set(summary["peers"]["project"]["details"][0]["stages"]) == {"manifest", "preprocess", "predict", "warehouse"}
-    assert {"project / dataloader", "project / limit", "predict stage / model limit"} <= set(summary["ratios"])
+    assert {"project / dataloader", "project / limit", "predict stage / model limit", "project_onnx / project"} <= set(
+        summary["ratios"])
+    assert summary["peers"]["project_onnx"]["top1_agreement_with_project"]["same"] == 12  # ONNX Runtime = PyTorch
+    assert summary["peers"]["project_onnx"]["details"][0]["metadata"]["predict"]["predicted"] == 12
     incremental = summary["variants"]["incremental"]
     assert incremental["added_images"] == 1
     assert incremental["report"]["metadata"]["predict"]["predicted"] == 1  # only the new image is predicted
     assert incremental["report"]["metadata"]["predict"]["reused"] == 12
     markdown = result.with_suffix(".md").read_text()
     assert "| this project, end to end" in markdown and "top-1 = reference" in markdown
+    assert "| this project, end to end, the same model exported to ONNX (ONNX Runtime, fp32) |" in markdown
