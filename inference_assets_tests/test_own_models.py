@@ -243,10 +243,14 @@ def test_changing_the_class_names_or_card_recomputes_what_it_must_and_nothing_el
     assert (pixels["computed"], predictions["predicted"], predictions["reused"]) == (6, 6, 0)
     pixels, predictions = run(CLASS_NAMES)  # nothing changed: everything reused
     assert (pixels["computed"], pixels["reused"], predictions["predicted"], predictions["reused"]) == (0, 6, 0, 6)
-    renamed = ["Espresso", "Tripod", "Missile", "Tabby cat"]
+    renamed = ["ESPRESSO", "Tripod", "missile", "Tabby cat"]
     pixels, predictions = run(renamed)  # only the class names: pixels reused, predictions recomputed
     assert (pixels["computed"], pixels["reused"], predictions["predicted"], predictions["reused"]) == (0, 6, 6, 0)
-    assert _stored(tmp_path / "warehouse.duckdb")["classes"] == renamed
+    stored = _stored(tmp_path / "warehouse.duckdb")
+    assert stored["classes"] == renamed
+    # folders match the model's names whatever their case; 'tabby' is not 'Tabby cat': unknown, not a miss
+    evaluated, top1, _, unknown = stored["evaluation"]
+    assert (evaluated, top1, unknown) == (3, 1.0, 1)
     pixels, predictions = run(renamed, mean=[0.4, 0.5, 0.5])  # the normalization: the same pixels, new predictions
     assert (pixels["computed"], predictions["predicted"]) == (0, 6)
     pixels, predictions = run(renamed, mean=[0.4, 0.5, 0.5], crop_pct=1.0)  # the crop: new pixels and predictions
@@ -366,3 +370,43 @@ def test_dagster_asset_materialize_takes_your_model_from_launchpad_style_run_con
     for name, (label, *_rest) in stored["rows"].items():
         assert label == CLASS_NAMES[int(reference[name].argmax())]
 
+
+
+# --- runtime details, on the core directly ---------------------------------------------------------
+
+
+class _TinyNhwc(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = torch.nn.Conv2d(3, 6, 3)
+
+    def forward(self, x):  # (N, H, W, 3), as TensorFlow-style exports take
+        return self.conv(x.permute(0, 3, 1, 2)).mean(dim=(2, 3))
+
+
+def test_an_nhwc_torch_export_program_with_a_fixed_batch_gets_nchw_batches_of_any_size(tmp_path):
+    from inference_assets.core.models import ModelSpec, load_classifier
+
+    net = _TinyNhwc().eval()
+    path = tmp_path / "nhwc.pt2"
+    torch.export.save(torch.export.export(net, (torch.zeros(3, 32, 32, 3),)), str(path))
+    (tmp_path / "model_card.json").write_text('{"input_size": 32, "scaling": "0-1"}')
+    classifier = load_classifier(ModelSpec(str(path)))
+    assert len(classifier.labels) == 6 and classifier.info.warnings  # no names: by index, with a warning
+    x = torch.rand(7, 3, 32, 32)  # 7 = 3 + 3 + a padded 1
+    with torch.inference_mode():
+        torch.testing.assert_close(classifier.module(x), net(x.permute(0, 2, 3, 1)))
+
+
+def test_settings_only_pytorch_honours_stop_an_onnx_model_in_one_line(forms):
+    from inference_assets.core.errors import ConfigError
+    from inference_assets.core.inference import InferenceSettings, check_runtime
+    from inference_assets.core.models import ModelSpec, load_classifier
+
+    classifier = load_classifier(ModelSpec(forms["ONNX, NHWC, fixed batch 1, probabilities out"].model))
+    assert classifier.runtime == "onnxruntime (CPUExecutionProvider)"
+    check_runtime(classifier, InferenceSettings(device=torch.device("cpu")))
+    for settings in ({"precision": "bf16"}, {"compile": True}):
+        with pytest.raises(ConfigError, match=r"applies to PyTorch models, but model .* runs in ONNX Runtime"):
+            check_runtime(classifier, InferenceSettings(device=torch.device("cpu"), **settings))

@@ -39,7 +39,7 @@ SCALINGS = {
 _CHOICES = {
     "resize": ("shorter", "exact"),
     "crop_mode": ("center", "squash", "border"),
-    "interpolation": ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos", "random"),
+    "interpolation": ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"),
     "scaling": tuple(SCALINGS),
     "channel_order": ("rgb", "bgr"),
     "layout": ("nchw", "nhwc"),

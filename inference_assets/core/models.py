@@ -452,7 +452,7 @@ def _describe_timm_folder(spec: ModelSpec, folder: Path, card: ModelCard, device
 
 def _describe_whole(spec: ModelSpec, path: Path, card: ModelCard, device: torch.device | None, fmt: str):
     if fmt == "torch.export":
-        module, shape = load_exported(path)
+        module, shape = load_exported(path, card.layout)
     else:
         module, shape = load_torchscript(path), None
     fixed = shape.size if shape else None

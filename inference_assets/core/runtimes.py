@@ -113,12 +113,13 @@ class OnnxModel:
 
 
 class ExportedModel(torch.nn.Module):
-    """A ``torch.export`` program's module, sliced to its fixed batch when it has one."""
+    """A ``torch.export`` program's module (NCHW or NHWC input), sliced to its fixed batch when it has one."""
 
-    def __init__(self, module: torch.nn.Module, batch: int | None):
+    def __init__(self, module: torch.nn.Module, shape: InputShape):
         super().__init__()
         self.inner = module
-        self.batch = batch
+        self.batch = shape.batch
+        self.nhwc = shape.layout == "NHWC"
         self.training = False
 
     def train(self, mode: bool = True) -> ExportedModel:
@@ -127,10 +128,12 @@ class ExportedModel(torch.nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.nhwc:
+            x = x.permute(0, 2, 3, 1)
         return run_in_fixed_batches(self.inner, x, self.batch)
 
 
-def load_exported(path: Path) -> tuple[ExportedModel, InputShape]:
+def load_exported(path: Path, layout_hint: str | None = None) -> tuple[ExportedModel, InputShape]:
     where = f"torch.export program {str(path)!r}"
     try:
         program = torch.export.load(str(path))
@@ -143,8 +146,8 @@ def load_exported(path: Path) -> tuple[ExportedModel, InputShape]:
         raise ConfigError(f"{where} takes {len(placeholders)} inputs: an image classifier takes exactly one image batch")
     value = placeholders[0].meta.get("val")
     dims = [int(d) if isinstance(d, int) else None for d in value.shape] if value is not None else [None] * 4
-    shape = input_shape(dims, "NCHW", where)
-    return ExportedModel(program.module(), shape.batch), shape  # an exported module is in eval mode already
+    shape = input_shape(dims, layout_hint, where)
+    return ExportedModel(program.module(), shape), shape  # an exported module is in eval mode already
 
 
 def load_torchscript(path: Path) -> torch.nn.Module:
