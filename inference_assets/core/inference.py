@@ -105,7 +105,7 @@ def classify(
     on_backoff: Callable[[int, int], None] | None = None,
     on_batch_size: Callable[[int], None] | None = None,
     stages: StageSeconds | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, list[list[int]] | None]]:
     """Yield ``(rows, top_probs, top_indices, positives)`` per batch for the given (ascending) rows of the
     shard; ``positives`` lists, for a multi-label model, each image's classes at or above its threshold
     (None otherwise).
