@@ -175,7 +175,8 @@ def test_compiled_model_gives_the_eager_results_and_pads_the_last_batch(image_ro
     build_manifest(image_root, tmp_path / "m.parquet", num_partitions=1)
     write_pixel_shard(read_manifest(tmp_path / "m.parquet"), classifier.preprocessing, tmp_path / "px", "shard-00", 2)
     shard = read_pixel_shard(tmp_path / "px", "shard-00")
-    tiny = dataclasses.replace(classifier, module=TinyNet().eval(), labels=[str(i) for i in range(10)])
+    ten_classes = dataclasses.replace(classifier.info, labels=tuple(str(i) for i in range(10)))
+    tiny = dataclasses.replace(classifier, module=TinyNet().eval(), info=ten_classes)
     rows = shard.ok_rows  # 6 images, batch 4: the last batch has 2 and is padded to 4
 
     def run(compile_: bool):
