@@ -161,13 +161,15 @@ def _bad_inputs(root: Path, forms: dict) -> dict:
         "card key of the wrong type": ({"name": str(bad_type)}, f"model card '{bad_type / 'model_card.yaml'}': crop_pct must be a number in (0, 1] (got 'big')"),
         "card key unknown": ({"name": str(typo)}, f"model card '{typo / 'model_card.json'}' has unknown key 'meen'"),
         "folder without a model": ({"name": str(root / "empty")}, f"model folder '{root / 'empty'}' holds no model file"),
+        "weights beside a model file": ({"name": str(flat), "weights": bare},
+                                        f"weights '{bare}' apply to an architecture, but model '{flat}' is a file or folder"),
     }
 
 
 BAD_INPUTS = ["missing file", "unknown format", "corrupt ONNX", "corrupt checkpoint", "corrupt safetensors",
               "corrupt torch.export", "head vs class names", "missing class names file", "ONNX input rank",
               "ONNX input channels", "card without architecture", "card key of the wrong type", "card key unknown",
-              "folder without a model"]
+              "folder without a model", "weights beside a model file"]
 
 
 @pytest.fixture(scope="module")
