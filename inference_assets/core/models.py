@@ -25,6 +25,7 @@ safetensors), TorchScript and ONNX run only their own graphs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -305,7 +306,15 @@ def _info(spec, card, fmt, weights_id, labels, preprocessing, path, arch=None, l
 
 
 def _file_id(kind: str, path: Path) -> str:
-    return f"{kind}:{path.name}@{file_sha256(path)[:12]}"
+    stat = path.stat()
+    return f"{kind}:{path.name}@{_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)[:12]}"
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """A model file's sha256, hashed once per process while its size and mtime stay (each step checks
+    the model when it starts, and the predicting step loads it again)."""
+    return file_sha256(Path(path))
 
 
 # --- architectures: timm or torchvision, with weights -------------------------------------
@@ -438,8 +447,8 @@ def _describe_timm_folder(spec: ModelSpec, folder: Path, card: ModelCard, device
     labels = _labels(spec, card, list(carried) if carried else None, _timm_imagenet_labels(skeleton), outputs, arch,
                      warnings)
     preprocessing = _with_card(from_timm_config(pretrained_cfg), pretrained_cfg, card)
-    config_sha = file_sha256(folder / "config.json")[:8]
-    info = _info(spec, card, "timm-folder", f"{_file_id('timm-folder', weights_path)}+config@{config_sha}", labels,
+    config_id = _file_id("config", folder / "config.json")
+    info = _info(spec, card, "timm-folder", f"{_file_id('timm-folder', weights_path)}+{config_id}", labels,
                  preprocessing, folder, arch, warnings=warnings)
     if device is None:
         return info, None
