@@ -3,18 +3,17 @@ names in its metadata) and a model card stating the model's own preprocessing (t
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import torch
 
 from inference_assets.core.models import ModelSpec, load_classifier
+from inference_assets.core.runtimes import export_onnx
 
 
 def export_model_folder(spec: ModelSpec, folder: Path) -> Path:
     """Write ``folder/model.onnx`` (dynamic batch, fp32) and ``folder/model_card.json``; return ``folder``."""
-    import onnx
     from timm.data import resolve_data_config
 
     from inference_assets.core.models import _timm_pretrained_cfg
@@ -23,14 +22,9 @@ def export_model_folder(spec: ModelSpec, folder: Path) -> Path:
         raise SystemExit(f"the ONNX peer exports timm models; {spec.arch!r} is not one")
     classifier = load_classifier(spec, "cpu")
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "model.onnx"
     height, width = classifier.preprocessing.input_size
-    torch.onnx.export(copy.deepcopy(classifier.module), (torch.zeros(1, 3, height, width),), str(path),
-                      input_names=["image"], output_names=["logits"], dynamo=False,
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
-    model = onnx.load(str(path))
-    model.metadata_props.add(key="class_names", value=json.dumps(classifier.labels))
-    onnx.save(model, str(path))
+    export_onnx(classifier.module, folder / "model.onnx", torch.zeros(1, 3, height, width),
+                metadata={"class_names": json.dumps(classifier.labels)})
     config = resolve_data_config(pretrained_cfg=_timm_pretrained_cfg(spec.arch))
     card = {key: list(config[key]) if isinstance(config[key], tuple) else config[key]
             for key in ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")}

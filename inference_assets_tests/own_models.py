@@ -7,7 +7,6 @@ labels) it makes real, checkable predictions. Each form below is the same networ
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from PIL import Image
 
 from inference_assets.core.models import ModelSpec, load_classifier
+from inference_assets.core.runtimes import export_onnx
 
 CLASS_NAMES = ["espresso", "tripod", "missile", "tabby"]
 IMAGENET_ROWS = [967, 872, 657, 281]
@@ -71,23 +71,6 @@ def _write(path: Path, text: str) -> str:
 
 def _card(path: Path, **keys) -> None:
     _write(path, json.dumps({**CARD_PREPROCESSING, **keys}))
-
-
-def export_onnx(module: torch.nn.Module, path: Path, example: torch.Tensor, dynamic_batch: bool,
-                metadata: dict | None = None) -> Path:
-    import onnx
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(  # a copy: exporting a wrapped module with a fixed batch changed the module's own weights
-        copy.deepcopy(module), (example,), str(path), input_names=["image"], output_names=["scores"], dynamo=False,
-        dynamic_axes={"image": {0: "batch"}, "scores": {0: "batch"}} if dynamic_batch else None,
-    )
-    if metadata:
-        model = onnx.load(str(path))
-        for key, value in metadata.items():
-            model.metadata_props.add(key=key, value=value)
-        onnx.save(model, str(path))
-    return path
 
 
 class _Nhwc(torch.nn.Module):

@@ -119,7 +119,7 @@ class _FourChannels(torch.nn.Module):
 
 def _bad_inputs(root: Path, forms: dict) -> dict:
     """name -> (model resource config, the expected message's start)."""
-    from .own_models import export_onnx
+    from inference_assets.core.runtimes import export_onnx
 
     bare = forms["bare state_dict .pth + names.txt"].weights
     for name, content in (("garbage.onnx", b"not a model"), ("garbage.pth", b"\x80\x04garbage"),

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import Checkpoint, is_torchscript, read_checkpoint
-from .class_names import check_class_count, index_names, read_class_names
+from .class_names import check_class_count, index_names, names_from_value, read_class_names
 from .errors import ConfigError, WeightsUnavailableError
 from .hashing import file_sha256
 from .model_card import ModelCard, find_card, read_card
@@ -246,8 +246,7 @@ def _describe(spec: ModelSpec, device: torch.device | None = None):
             return _describe_architecture(arch_spec, card, device)
         raise ConfigError(f"model file {str(file)!r} has an unknown format: use {', '.join(MODEL_SUFFIXES)} or a model folder")
     weights_path = Path(spec.weights).expanduser() if spec.weights_kind == "file" else None
-    card = _card(spec, weights_path) if weights_path is not None and weights_path.exists() else _card(spec, None)
-    return _describe_architecture(spec, card, device)
+    return _describe_architecture(spec, _card(spec, weights_path if weights_path and weights_path.exists() else None), device)
 
 
 def _card(spec: ModelSpec, beside: Path | None) -> ModelCard:
@@ -480,8 +479,6 @@ def _describe_onnx(spec: ModelSpec, path: Path, card: ModelCard, device: torch.d
 
 
 def _names_from_metadata(text: str, where: str) -> list[str]:
-    from .class_names import names_from_value
-
     try:
         return names_from_value(json.loads(text), where)
     except json.JSONDecodeError:

@@ -70,6 +70,27 @@ def _show(dims: list) -> str:
     return "[" + ", ".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in dims) + "]"
 
 
+def export_onnx(module: torch.nn.Module, path: Path, example: torch.Tensor, dynamic_batch: bool = True,
+                metadata: dict[str, str] | None = None) -> Path:
+    """Save a PyTorch module as an ONNX file this runner takes (input ``image``, output ``scores``), with
+    string ``metadata`` (e.g. ``class_names``). Needs the ``onnx`` package (the ``dev`` extra)."""
+    import copy
+
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(  # a copy: exporting a wrapped module with a fixed batch changed the module's own weights
+        copy.deepcopy(module), (example,), str(path), input_names=["image"], output_names=["scores"], dynamo=False,
+        dynamic_axes={"image": {0: "batch"}, "scores": {0: "batch"}} if dynamic_batch else None,
+    )
+    if metadata:
+        model = onnx.load(str(path))
+        for key, value in metadata.items():
+            model.metadata_props.add(key=key, value=value)
+        onnx.save(model, str(path))
+    return path
+
+
 class OnnxModel:
     """An ONNX Runtime session called like a module on normalized NCHW float32 batches."""
 
