@@ -5,15 +5,15 @@ from collections.abc import Iterable
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
+from inference_assets.core import markdown
 from inference_assets.core.report import results_charts
 from inference_assets.core.thumbnails import png_data_uri
 from inference_assets.core.warehouse import failure_reasons
 
 
 def markdown_table(headers: tuple[str, ...], rows: Iterable[tuple]) -> MetadataValue:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
-    return MetadataValue.md("\n".join(lines))
+    """A Markdown table for the UI; cells from user data (names, labels, reasons) are escaped."""
+    return MetadataValue.md(markdown.table(headers, rows))
 
 
 def rate(count: int, seconds: float) -> float:

@@ -50,8 +50,14 @@ def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _name(uri: str) -> str:
-    return uri.rstrip("/").rpartition("/")[2].rpartition("#")[2] or uri
+def _name(key: str) -> str:
+    """An image's name in captions: the last part of its key in the source (a file name, an object's
+    last key part, a row id), whatever characters it holds (``a#b.jpg`` stays ``a#b.jpg``)."""
+    return key.rstrip("/").rpartition("/")[2] or key
+
+
+# the image's key in the source (the images table), for captions; its uri where that is unknown
+_KEY = "coalesce((SELECT relative_path FROM images i WHERE i.image_id = t.image_id), t.uri)"
 
 
 def results_charts(conn: duckdb.DuckDBPyConnection, classes: int = 15) -> tuple[bytes, bytes] | None:
@@ -85,13 +91,13 @@ def build_report(
     thumbs = 0
     pictures: dict[str, str | None] = {}  # an image in the gallery and among the least confident is decoded once
 
-    def card(uri: str, caption: str) -> str:
+    def card(uri: str, key: str, caption: str) -> str:
         nonlocal thumbs
         if uri not in pictures:
             pictures[uri] = thumbnail(uri)
         picture = pictures[uri]
         thumbs += picture is not None
-        image = f'<img src="{picture}" alt="{_e(_name(uri))}">' if picture else '<div class="bad">no picture</div>'
+        image = f'<img src="{picture}" alt="{_e(_name(key))}">' if picture else '<div class="bad">no picture</div>'
         return f'<div class="card" title="{_e(uri)}">{image}<br>{caption}</div>'
 
     parts = [
@@ -135,18 +141,21 @@ def build_report(
         parts.append('<h2>Predictions by class</h2><div id="gallery">')
         for label, n in counts[:classes_in_gallery]:
             rows = conn.execute(
-                "SELECT uri, confidence FROM predictions WHERE class_label = ? ORDER BY confidence DESC, uri LIMIT ?",
+                f"SELECT uri, {_KEY}, confidence FROM predictions t WHERE class_label = ? "
+                "ORDER BY confidence DESC, uri LIMIT ?",
                 [label, images_per_class],
             ).fetchall()
-            cards = "".join(card(uri, f"{_e(_name(uri))}<br>{conf:.2f}") for uri, conf in rows)
+            cards = "".join(card(uri, key, f"{_e(_name(key))}<br>{conf:.2f}") for uri, key, conf in rows)
             parts.append(f'<div class="class"><h3>{_e(label)} <small>({n})</small></h3><div class="cards">{cards}</div></div>')
         parts.append("</div>")
         low = conn.execute(
-            "SELECT uri, class_label, confidence, topk_labels[1:3] FROM predictions ORDER BY confidence, uri LIMIT ?",
+            f"SELECT uri, {_KEY}, class_label, confidence, topk_labels[1:3] FROM predictions t "
+            "ORDER BY confidence, uri LIMIT ?",
             [least_confident],
         ).fetchall()
         cards = "".join(
-            card(uri, f"{_e(label)} {conf:.2f}<br><small>{_e(' / '.join(alts[1:]))}</small>") for uri, label, conf, alts in low
+            card(uri, key, f"{_e(label)} {conf:.2f}<br><small>{_e(' / '.join(alts[1:]))}</small>")
+            for uri, key, label, conf, alts in low
         )
         parts.append(f'<h2>Least confident</h2><div class="cards" id="least-confident">{cards}</div>')
 
@@ -156,8 +165,11 @@ def build_report(
         parts.append("<table><tr><th>stage</th><th>reason</th><th>images</th></tr>")
         parts += [f"<tr><td>{_e(s)}</td><td>{_e(r)}</td><td>{n}</td></tr>" for s, r, n in reasons]
         parts.append("</table><table><tr><th>image</th><th>stage</th><th>reason</th></tr>")
-        rows = conn.execute("SELECT uri, stage, error FROM failures ORDER BY uri LIMIT 200").fetchall()
-        parts += [f'<tr><td title="{_e(u)}">{_e(_name(u))}</td><td>{_e(s)}</td><td class="bad">{_e(r)}</td></tr>' for u, s, r in rows]
+        rows = conn.execute(f"SELECT uri, {_KEY}, stage, error FROM failures t ORDER BY uri LIMIT 200").fetchall()
+        parts += [
+            f'<tr><td title="{_e(u)}">{_e(_name(k))}</td><td>{_e(s)}</td><td class="bad">{_e(r)}</td></tr>'
+            for u, k, s, r in rows
+        ]
         parts.append("</table>")
     else:
         parts.append("<p>None: every image was predicted.</p>")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from PIL import Image
 
 from .decoding import load_rgb
+from .markdown import Markdown, image
 
 
 def png_data_uri(png: bytes) -> str:
@@ -32,5 +33,6 @@ def thumbnail_uri(opener: Callable[[str], object], uri: str, size: int = 96) -> 
         return None
 
 
-def markdown_image(data_uri: str | None, alt: str) -> str:
-    return f"![{alt}]({data_uri})" if data_uri else "–"
+def markdown_image(data_uri: str | None, alt: str) -> Markdown:
+    """A thumbnail for Markdown metadata, its alt text (a file name) escaped (see :mod:`.markdown`)."""
+    return image(data_uri, alt)
