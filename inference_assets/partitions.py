@@ -10,17 +10,17 @@ model loads once); ``N`` runs at most N partitions per run, so the run queue can
 over processes, GPUs or Kubernetes pods.
 """
 
-import os
 import warnings
 
 from dagster import BackfillPolicy, BetaWarning, StaticPartitionsDefinition
 
 from inference_assets.core.partitioning import DEFAULT_NUM_PARTITIONS, partition_keys
+from inference_assets.settings import number_env
 
 # backfill_policy is marked beta in Dagster 1.x; we rely on it knowingly.
 warnings.filterwarnings("ignore", category=BetaWarning)
 
-NUM_PARTITIONS = int(os.environ.get("INFERENCE_PARTITIONS", DEFAULT_NUM_PARTITIONS))
+NUM_PARTITIONS = number_env("INFERENCE_PARTITIONS", DEFAULT_NUM_PARTITIONS, minimum=1)
 
 IMAGE_SHARDS = StaticPartitionsDefinition(partition_keys(NUM_PARTITIONS))
 
@@ -29,7 +29,7 @@ def range_tags(first: str, last: str) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}
 
 
-PARTITIONS_PER_RUN = int(os.environ.get("INFERENCE_PARTITIONS_PER_RUN", "0"))
+PARTITIONS_PER_RUN = number_env("INFERENCE_PARTITIONS_PER_RUN", 0, minimum=0)
 
 # How a range of partitions (a backfill, `--partition-range`) is split into runs.
 BACKFILL_POLICY = (

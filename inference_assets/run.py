@@ -36,8 +36,12 @@ from inference_assets.core.warehouse import (
     outcome_counts,
     top_labels,
 )
-from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
-from inference_assets.partitions import IMAGE_SHARDS, range_tags
+
+try:  # the code location reads INFERENCE_* settings (partitions, schedule...) when it loads
+    from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
+    from inference_assets.partitions import IMAGE_SHARDS, range_tags
+except ConfigError as exc:
+    raise SystemExit(f"configuration error: {exc}") from None
 
 
 

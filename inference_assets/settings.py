@@ -28,8 +28,11 @@
 Every value can also be changed per run in the Launchpad's resource config.
 """
 
+import math
 import os
 from pathlib import Path
+
+from inference_assets.core.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
@@ -43,3 +46,39 @@ def env(name: str, default: object) -> str:
 def optional_env(name: str) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or None
+
+
+def number_env(name: str, default: int | float, minimum: int | float, kind: type = int) -> int | float:
+    """A whole (``kind=int``) or decimal number of at least ``minimum`` from the environment, or a
+    one-line ConfigError naming the variable, its value and what it accepts."""
+    value = env(name, default)
+    try:
+        number = kind(value)
+    except ValueError:
+        number = None
+    if number is None or not math.isfinite(number) or number < minimum:
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name}={value!r} is not valid: set it to {what} of at least {minimum} (default {default})")
+    return number
+
+
+def cron_env(name: str, default: str) -> str:
+    """A cron expression from the environment, or a one-line ConfigError."""
+    from dagster._utils.schedules import is_valid_cron_string
+
+    value = env(name, default)
+    if not is_valid_cron_string(value):
+        raise ConfigError(f"{name}={value!r} is not a cron expression: use five fields, e.g. {default!r} (the default)")
+    return value
+
+
+def timezone_env(name: str, default: str) -> str:
+    """An IANA time zone name from the environment, or a one-line ConfigError."""
+    from zoneinfo import ZoneInfo
+
+    value = env(name, default)
+    try:
+        ZoneInfo(value)
+    except (ValueError, KeyError, OSError):
+        raise ConfigError(f"{name}={value!r} is not a time zone: use an IANA name such as 'UTC' or 'Europe/Paris'") from None
+    return value

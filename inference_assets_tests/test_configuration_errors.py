@@ -1,5 +1,8 @@
 """Bad configuration fails fast, before any work, with one line naming the problem and the fix."""
 
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
@@ -10,6 +13,8 @@ from inference_assets.images.resources import StorageResource
 from inference_assets.predictions.resources import DeviceResource, ModelResource
 from inference_assets.run import run_pipeline
 from inference_assets.warehouse.resources import WarehouseResource
+
+from .environment import PROJECT_ROOT, pipeline_env
 
 
 def _run_fails_with(monkeypatch, tmp_path, **env) -> str:
@@ -127,3 +132,28 @@ def test_the_same_errors_stop_dagster_steps_at_resource_setup(image_root, tmp_pa
         )
         assert not result.success
         assert "is in a folder that does not exist" in _failure_message(result)
+
+
+@pytest.mark.parametrize(
+    "name, value, accepts",
+    [
+        ("INFERENCE_PARTITIONS", "0", "a whole number of at least 1 (default 16)"),
+        ("INFERENCE_PARTITIONS", "-3", "a whole number of at least 1 (default 16)"),
+        ("INFERENCE_PARTITIONS", "abc", "a whole number of at least 1 (default 16)"),
+        ("INFERENCE_PARTITIONS_PER_RUN", "two", "a whole number of at least 0 (default 0)"),
+        ("INFERENCE_DECODE_WORKERS", "-1", "a whole number of at least 0 (default 0)"),
+        ("INFERENCE_SENSOR_LISTING_SECONDS", "nan", "a number of at least 1 (default 20)"),
+        ("INFERENCE_SCHEDULE_CRON", "every night", "use five fields"),
+        ("INFERENCE_SCHEDULE_TIMEZONE", "Mars/Olympus", "use an IANA name"),
+    ],
+)
+def test_a_bad_setting_read_when_the_code_location_loads_is_one_line(tmp_path, image_root, name, value, accepts):
+    """`make run` with a bad INFERENCE_* number, cron or time zone: one line, no traceback, no work."""
+    env = {**pipeline_env(image_root, tmp_path), name: value}
+    done = subprocess.run([sys.executable, "-m", "inference_assets.run"], env=env, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [f"configuration error: {name}={value!r} is not " + done.stderr.split(" is not ", 1)[1].strip()]
+    assert accepts in done.stderr
+    assert not (tmp_path / "work").exists()

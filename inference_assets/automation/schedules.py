@@ -10,7 +10,6 @@ Cron from ``INFERENCE_SCHEDULE_CRON`` (default ``0 2 * * *``, 02:00 every night)
 - nothing pending: the tick is skipped with the reason.
 """
 
-import os
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
@@ -18,11 +17,12 @@ from inference_assets.core.pending import changed_partitions, listing_digest, ma
 from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import NUM_PARTITIONS, range_tags
 from inference_assets.predictions.resources import ModelResource
+from inference_assets.settings import cron_env, timezone_env
 
 from .pending_work import EVERYTHING, missing_results, partition_run_requests
 
-CRON = os.environ.get("INFERENCE_SCHEDULE_CRON", "0 2 * * *")
-TIMEZONE = os.environ.get("INFERENCE_SCHEDULE_TIMEZONE", "UTC")
+CRON = cron_env("INFERENCE_SCHEDULE_CRON", "0 2 * * *")
+TIMEZONE = timezone_env("INFERENCE_SCHEDULE_TIMEZONE", "UTC")
 
 
 @schedule(

@@ -9,7 +9,6 @@ tick never requests the same work twice.
 """
 
 import json
-import os
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
@@ -17,11 +16,12 @@ from inference_assets.core.pending import ListingScan, changed_partitions, listi
 from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import NUM_PARTITIONS
 from inference_assets.predictions.resources import ModelResource
+from inference_assets.settings import number_env
 
 from .pending_work import EVERYTHING, MANIFEST, missing_results, partition_run_requests
 
-LISTING_SECONDS = float(os.environ.get("INFERENCE_SENSOR_LISTING_SECONDS", "20"))
-INTERVAL_SECONDS = int(os.environ.get("INFERENCE_SENSOR_INTERVAL_SECONDS", "60"))
+LISTING_SECONDS = number_env("INFERENCE_SENSOR_LISTING_SECONDS", 20, minimum=1, kind=float)
+INTERVAL_SECONDS = number_env("INFERENCE_SENSOR_INTERVAL_SECONDS", 60, minimum=1)
 
 
 @sensor(
