@@ -31,6 +31,7 @@ from inference_assets.core.progress import DisplayFactory, progress_display
 from inference_assets.core.evaluation import stored_summary
 from inference_assets.core.warehouse import (
     WarehouseLockedError,
+    WarehouseWriteError,
     check_database_path,
     failure_reasons,
     outcome_counts,
@@ -54,8 +55,9 @@ def _with_checks(*asset_names: str) -> AssetSelection:
 
 
 def _configuration_error(result) -> str | None:
-    """The one-line message of a ConfigError (or a held lock) behind a failed step, if that is what failed."""
-    names = {cls.__name__ for cls in (ConfigError, *ConfigError.__subclasses__(), WarehouseLockedError)}
+    """The one-line message of a ConfigError (or a held lock, a failed commit) behind a failed step, if that is what failed."""
+    known = (ConfigError, *ConfigError.__subclasses__(), WarehouseLockedError, WarehouseWriteError)
+    names = {cls.__name__ for cls in known}
     for event in result.all_events:  # step failures and resource-initialization failures alike
         error = getattr(event.event_specific_data, "error", None)
         while error is not None:

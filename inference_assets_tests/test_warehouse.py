@@ -1,3 +1,8 @@
+"""The DuckDB tables: one refresh from the manifest and the result files, in one transaction."""
+
+import subprocess
+import sys
+
 import duckdb
 import pytest
 import torch
@@ -8,6 +13,8 @@ from inference_assets.core.manifest import build_manifest, read_manifest
 from inference_assets.core.partitioning import partition_keys
 from inference_assets.core.pixel_store import read_pixel_shard, write_pixel_shard
 from inference_assets.core.warehouse import refresh_warehouse, top_labels
+
+from .environment import PROJECT_ROOT, pipeline_env
 
 KEYS = partition_keys(2)
 
@@ -80,3 +87,43 @@ def test_a_failed_refresh_leaves_the_previous_tables(layout, tmp_path):
     with pytest.raises(duckdb.Error):
         refresh_warehouse(conn, layout.manifest_path, [*files, tmp_path / "missing.parquet"])
     assert _contents(conn) == before
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MB filesystem (tmpfs), for a disk that fills up; needs the right to mount (root)."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_failed_commit_says_why_and_keeps_the_previous_tables(small_disk, image_root, tmp_path):
+    """Disk full at COMMIT: `make run` ends with the real cause, not "cannot rollback"; the tables stay."""
+    database = small_disk / "warehouse.duckdb"
+    env = pipeline_env(image_root, tmp_path, database)
+    first = subprocess.run([sys.executable, "-m", "inference_assets.run"], env=env, cwd=PROJECT_ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    with duckdb.connect(str(database), read_only=True) as conn:
+        before = conn.execute("SELECT image_id, class_label FROM predictions ORDER BY 1").fetchall()
+    filler = small_disk / "filler"
+    with open(filler, "wb", buffering=0) as out:  # take every free byte
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+                out.flush()
+        except OSError:
+            pass
+    second = subprocess.run([sys.executable, "-m", "inference_assets.run"], env=env, cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode != 0
+    last = second.stderr.strip().splitlines()[-1]
+    assert "the DuckDB refresh could not be committed" in last and "No space left on device" in last, last
+    assert "cannot rollback" not in second.stderr + second.stdout
+    filler.unlink()
+    with duckdb.connect(str(database), read_only=True) as conn:
+        assert conn.execute("SELECT image_id, class_label FROM predictions ORDER BY 1").fetchall() == before

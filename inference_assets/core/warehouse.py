@@ -29,6 +29,10 @@ from .results import read_class_names
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
 
 
+class WarehouseWriteError(RuntimeError):
+    """The refresh could not be written (disk full, file too large...): the message says why."""
+
+
 class WarehouseLockedError(RuntimeError):
     """Another process kept the DuckDB file locked for longer than we were willing to wait."""
 
@@ -183,10 +187,17 @@ def refresh_warehouse(
             conn.register("_model_classes", classes)
             conn.execute("INSERT INTO model_classes SELECT * FROM _model_classes")
             conn.unregister("_model_classes")
-        conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    try:
+        conn.execute("COMMIT")
+    except duckdb.Error as exc:  # a failed COMMIT rolls back by itself; its cause (disk full...) is the message
+        cause = " ".join(str(exc).split()).replace("TransactionContext Error: ", "")
+        raise WarehouseWriteError(
+            f"the DuckDB refresh could not be committed: {cause}; the tables keep their previous contents "
+            "(free space or fix the file's folder, then materialize prediction_results again)"
+        ) from exc
     counts = conn.execute(
         "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM predictions), (SELECT count(*) FROM failures)"
     ).fetchone()
