@@ -1,5 +1,7 @@
 """The Dagster code location: assets, checks and resources."""
 
+from pydantic import ValidationError
+
 from dagster import Definitions, EnvVar, define_asset_job, load_asset_checks_from_modules, load_assets_from_modules
 
 from inference_assets.automation.schedules import nightly_pending_work
@@ -26,10 +28,32 @@ ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
 partitioned_inference_job = define_asset_job("partitioned_inference", selection=["preprocessed_images", "predictions"])
 
 
+# the environment variable behind each resource field default_resources() sets, for error messages
+_ENV_OF = {
+    "image_root": "INFERENCE_IMAGE_ROOT", "image_table": "INFERENCE_IMAGE_TABLE", "image_query": "INFERENCE_IMAGE_QUERY",
+    "work_dir": "INFERENCE_WORK_DIR", "shared_dir": "INFERENCE_SHARED_DIR", "name": "INFERENCE_MODEL",
+    "weights": "INFERENCE_WEIGHTS", "class_names": "INFERENCE_CLASS_NAMES", "card": "INFERENCE_MODEL_CARD",
+    "device": "INFERENCE_DEVICE", "precision": "INFERENCE_PRECISION", "database": "INFERENCE_DUCKDB_PATH",
+}
+
+
+def _from_env(resource: type, **fields):
+    """``resource(**fields)``; a value its fields refuse is one line naming the environment variable."""
+    try:
+        return resource(**fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        raise ConfigError(
+            f"{_ENV_OF.get(field, field)}={error.get('input')!r} is not valid: {error['msg']}"
+        ) from None
+
+
 def default_resources() -> dict:
     """Resources configured from the environment (see ``settings.py``)."""
     return {
-        "storage": StorageResource(
+        "storage": _from_env(
+            StorageResource,
             image_root=env("INFERENCE_IMAGE_ROOT", DATA_DIR / "images"),
             image_table=optional_env("INFERENCE_IMAGE_TABLE"),
             # an EnvVar: the URL (and its password) is read at run time, never shown in the UI
@@ -38,19 +62,21 @@ def default_resources() -> dict:
             work_dir=env("INFERENCE_WORK_DIR", DATA_DIR / "work"),
             shared_dir=optional_env("INFERENCE_SHARED_DIR"),
         ),
-        "model": ModelResource(
+        "model": _from_env(
+            ModelResource,
             name=env("INFERENCE_MODEL", DEFAULT_MODEL),
             weights=env("INFERENCE_WEIGHTS", DEFAULT_WEIGHTS),
             class_names=optional_env("INFERENCE_CLASS_NAMES"),
             card=optional_env("INFERENCE_MODEL_CARD"),
         ),
-        "device": DeviceResource(
+        "device": _from_env(
+            DeviceResource,
             device=env("INFERENCE_DEVICE", "auto"),
             precision=env("INFERENCE_PRECISION", "fp32"),
             # in a container os.cpu_count() is the node's cores, not the pod's limit: set this there
             decode_workers=number_env("INFERENCE_DECODE_WORKERS", 0, minimum=0),
         ),
-        "duckdb": WarehouseResource(database=env("INFERENCE_DUCKDB_PATH", DATA_DIR / "warehouse.duckdb")),
+        "duckdb": _from_env(WarehouseResource, database=env("INFERENCE_DUCKDB_PATH", DATA_DIR / "warehouse.duckdb")),
     }
 
 

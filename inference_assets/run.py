@@ -26,6 +26,7 @@ from dagster import AssetSelection, DagsterInstance, materialize
 
 from inference_assets.core.devices import resolve_device
 from inference_assets.core.errors import ConfigError
+from inference_assets.core.layout import check_work_dir
 from inference_assets.core.models import check_weights_available
 from inference_assets.core.progress import DisplayFactory, progress_display
 from inference_assets.core.evaluation import stored_summary
@@ -69,6 +70,7 @@ def _configuration_error(result) -> str | None:
 
 def preflight(resources: dict) -> None:
     """Check the configuration before any work: each problem is one line naming it and the fix."""
+    check_work_dir(resources["storage"].layout.work_dir)  # a file, or a folder this user cannot write
     resources["storage"].open_source()  # a missing folder, an unusable URL or query: one line
     check_weights_available(resources["model"].spec)  # unknown models, bad files, cards, class names
     resolve_device(resources["device"].device)

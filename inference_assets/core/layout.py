@@ -13,8 +13,27 @@ so changing either never mixes outputs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import ConfigError
+
+
+def check_work_dir(work_dir: Path) -> None:
+    """A one-line error unless ``work_dir`` is a folder we can write, or can be created as one."""
+    path = Path(work_dir).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"is under a file ({existing})"
+        raise ConfigError(
+            f"work folder {str(path)!r} {what}: set INFERENCE_WORK_DIR (or the 'storage' resource's work_dir) to a folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"work folder {str(path)!r} cannot be written ({existing}: permission denied): "
+            "set INFERENCE_WORK_DIR (or the 'storage' resource's work_dir) to a folder this user can write"
+        )
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,16 @@ class WarehouseLockedError(RuntimeError):
 
 
 def check_database_path(database: str) -> None:
-    """A one-line error when the database's folder does not exist (DuckDB would not create it)."""
+    """A one-line error when the database path is a folder, or its folder does not exist (DuckDB would not create it)."""
     if database == ":memory:" or database.startswith("md:"):
         return
-    folder = Path(database).expanduser().resolve().parent
+    path = Path(database).expanduser().resolve()
+    if path.is_dir():
+        raise ConfigError(
+            f"DuckDB database {database!r} is a folder: set INFERENCE_DUCKDB_PATH to a file path such as "
+            f"{str(path / 'warehouse.duckdb')!r}"
+        )
+    folder = path.parent
     if not folder.is_dir():
         raise ConfigError(
             f"DuckDB database {database!r} is in a folder that does not exist ({folder}): "
