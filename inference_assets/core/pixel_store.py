@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from .allocator import keep_freed_memory
 from .atomic import atomic_output, remove_orphaned_temporaries, temporary_sibling
-from .decoding import DEFAULT_MAX_PIXELS, describe_error, load_rgb
+from .decoding import DEFAULT_MAX_PIXELS, describe_error, load_rgb, without_locations
 from .parallel import bounded_map
 from .preprocessing import Preprocessing
 
@@ -113,16 +113,17 @@ def _prepare(
 ) -> tuple[np.ndarray | None, str | None, str | None]:
     """(pixels, None, None) or (None, stage, reason): one bad image never fails a partition."""
     if listing_error is not None:
-        return None, STAGE_READ, listing_error
+        return None, STAGE_READ, without_locations(listing_error, uri)
     try:
         image = uri if opener is None else opener(uri)  # fetches remote bytes; a local path as is
     except Exception as exc:
-        return None, STAGE_READ, describe_error(exc)
+        return None, STAGE_READ, describe_error(exc, uri)
     try:
-        return preprocessing.resize_crop(load_rgb(image, max_pixels, preprocessing.draft_request)), None, None
+        decoded = load_rgb(image, max_pixels, preprocessing.draft_request, preprocessing.resized_size)
+        return preprocessing.resize_crop(decoded), None, None
     except Exception as exc:
         stage = STAGE_READ if isinstance(exc, OSError) and exc.filename is not None else STAGE_DECODE
-        return None, stage, describe_error(exc)
+        return None, stage, describe_error(exc, uri)
 
 
 def _reusable_rows(previous: PixelShard | None) -> dict[tuple, int]:
