@@ -214,3 +214,179 @@ def test_reasons_for_bytes_and_open_files_name_no_file_object(tmp_path):
         for folder in FOLDERS:
             assert errors[f"random_{folder}.jpg"] == "UnidentifiedImageError: cannot identify image file", (name, errors)
             assert errors[f"truncated_{folder}.jpg"] == errors[f"truncated_{FOLDERS[0]}.jpg"], (name, errors)
+
+
+# --- pixel shards verified by checksum --------------------------------------------------------
+
+
+def _flip_bytes(shard_dir: Path, partition: str, row: int) -> Path:
+    """Damage one stored row in place: 64 bytes inverted in the middle of it, the file's size unchanged."""
+    shard = read_pixel_shard(shard_dir, partition)
+    row_bytes = int(np.prod(shard.shape[1:]))
+    size = shard.path.stat().st_size
+    with open(shard.path, "r+b") as fh:
+        fh.seek(shard.offset + row * row_bytes + row_bytes // 2)
+        data = fh.read(64)
+        fh.seek(shard.offset + row * row_bytes + row_bytes // 2)
+        fh.write(bytes(b ^ 0xFF for b in data))
+    assert shard.path.stat().st_size == size
+    return shard.path
+
+
+def test_a_damaged_row_is_rebuilt_alone_with_a_warning_naming_the_file(tmp_path):
+    build_manifest(SAMPLE_IMAGES, tmp_path / "m.parquet", 1)
+    entries = read_manifest(tmp_path / "m.parquet")
+    preprocessing = resolve_preprocessing(ModelSpec())
+    shard_dir = tmp_path / "px"
+    write_pixel_shard(entries, preprocessing, shard_dir, "s", 2)
+    clean = np.array(read_pixel_shard(shard_dir, "s").pixels)
+    damaged = _flip_bytes(shard_dir, "s", 2)
+    with pytest.raises(ValueError, match=f"{damaged.name}.*re-materialize preprocessed_images"):
+        read_pixel_shard(shard_dir, "s").read_rows(0, 4)
+    summary = write_pixel_shard(entries, preprocessing, shard_dir, "s", 2)
+    assert (summary.rewritten, summary.decoded, summary.reused) == (True, 1, entries.num_rows - 1)
+    assert len(summary.warnings) == 1 and damaged.name in summary.warnings[0], summary.warnings
+    rebuilt = read_pixel_shard(shard_dir, "s")
+    assert np.array_equal(rebuilt.read_rows(0, entries.num_rows), clean)
+    again = write_pixel_shard(entries, preprocessing, shard_dir, "s", 2)  # intact now: nothing to do
+    assert (again.rewritten, again.warnings) == (False, [])
+
+
+def test_a_truncated_pixels_file_is_rebuilt_with_a_warning(tmp_path):
+    build_manifest(SAMPLE_IMAGES, tmp_path / "m.parquet", 1)
+    entries = read_manifest(tmp_path / "m.parquet")
+    preprocessing = resolve_preprocessing(ModelSpec())
+    write_pixel_shard(entries, preprocessing, tmp_path / "px", "s", 2)
+    path = read_pixel_shard(tmp_path / "px", "s").path
+    os.truncate(path, path.stat().st_size - 1000)
+    summary = write_pixel_shard(entries, preprocessing, tmp_path / "px", "s", 2)
+    assert summary.rewritten and summary.decoded == entries.num_rows
+    assert len(summary.warnings) == 1 and "rebuilding" in summary.warnings[0], summary.warnings
+    assert read_pixel_shard(tmp_path / "px", "s").read_rows(0, entries.num_rows).shape[0] == entries.num_rows
+
+
+def test_a_shard_without_checksums_counts_as_written_by_an_older_version(tmp_path):
+    build_manifest(SAMPLE_IMAGES, tmp_path / "m.parquet", 1)
+    entries = read_manifest(tmp_path / "m.parquet")
+    preprocessing = resolve_preprocessing(ModelSpec())
+    shard_dir = tmp_path / "px"
+    write_pixel_shard(entries, preprocessing, shard_dir, "s", 2)
+    index = pq.read_table(shard_dir / "s.parquet")
+    old = index.drop_columns(["crc32"]).replace_schema_metadata(index.schema.metadata)  # as written before
+    pq.write_table(old, shard_dir / "s.parquet")
+    with pytest.raises(ValueError, match="written by an older version"):
+        read_pixel_shard(shard_dir, "s")
+    summary = write_pixel_shard(entries, preprocessing, shard_dir, "s", 2)
+    assert summary.rewritten and summary.decoded == entries.num_rows
+    assert "older version" in summary.warnings[0]
+    assert read_pixel_shard(shard_dir, "s").index.schema.names == INDEX_SCHEMA.names
+
+
+def _predictions_by_uri(paths) -> dict[str, tuple]:
+    rows = [r for path in paths for r in read_results(path).to_pylist()]
+    return {r["uri"]: (r["topk_indices"], r["topk_probs"], r["status"]) for r in rows}
+
+
+def test_damaged_pixels_fail_predictions_then_a_rerun_rebuilds_them(image_root, tmp_path):
+    """A shard damaged without a size change once turned a 0.957 confidence into 0.138, silently."""
+    storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
+    resources = cpu_resources(storage, tmp_path / "warehouse.duckdb")
+    force = {"ops": {"predictions": {"config": {"force": True}}}}
+    with DagsterInstance.ephemeral() as instance:
+        for _, selection, tags in pipeline_steps()[:2]:
+            assert materialize_step(selection, tags, resources, instance, "WARNING").success
+        indexes = sorted((tmp_path / "work" / "preprocessed").glob("*/*.parquet"))
+        result_files = sorted((tmp_path / "work" / "predictions").rglob("*.parquet"))
+        clean = _predictions_by_uri(result_files)
+        index = next(p for p in indexes if any(u.endswith("coffee.jpg") for u in pq.read_table(p)["uri"].to_pylist()))
+        key = index.stem
+        row = next(r["row"] for r in pq.read_table(index).to_pylist() if r["uri"].endswith("coffee.jpg"))
+        damaged = _flip_bytes(index.parent, key, row)
+
+        def run(asset, config=None):
+            return materialize(
+                [*ASSETS, *ASSET_CHECKS], selection=[asset], resources=resources, instance=instance,
+                partition_key=key, run_config=config, raise_on_error=False,
+            )
+
+        predicting = run("predictions", force)
+        after = _predictions_by_uri(result_files)
+        coffee = next(u for u in clean if u.endswith("coffee.jpg"))
+        print("coffee top-1 confidence: clean", clean[coffee][1][0], "after damage", after[coffee][1][0])
+        assert not predicting.success  # never a prediction on damaged pixels
+        error = next(e for e in predicting.all_events if e.is_step_failure).step_failure_data.error
+        while error.cause is not None:  # Dagster's "Error occurred while executing op" wraps ours
+            error = error.cause
+        message = error.message
+        assert damaged.name in message and "re-materialize preprocessed_images" in message, message
+        assert "\n" not in message.strip()
+        assert after == clean  # the stored predictions were left as they were
+
+        preprocessing = run("preprocessed_images")
+        assert preprocessing.success
+        warnings = [
+            e.user_message for e in instance.all_logs(preprocessing.run_id)
+            if e.level == logging.WARNING and damaged.name in e.user_message
+        ]
+        assert len(warnings) == 1 and "checksum" in warnings[0], warnings
+        assert run("predictions", force).success
+    assert _predictions_by_uri(result_files) == clean  # confidence unchanged
+
+
+# --- two writers of one shard -----------------------------------------------------------------
+
+WRITER_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from inference_assets.core.manifest import read_manifest
+from inference_assets.core.models import ModelSpec, resolve_preprocessing
+from inference_assets.core.pixel_store import read_pixel_shard, write_pixel_shard
+
+work, start, rounds = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+entries = read_manifest(work / "m.parquet")
+preprocessing = resolve_preprocessing(ModelSpec())
+problems = []
+for number in range(rounds):  # every writer starts each round at the same moment
+    time.sleep(max(0.0, start + number * 0.6 - time.time()))
+    try:
+        write_pixel_shard(entries, preprocessing, work / "px", "s", 1, reuse=False)
+    except Exception as exc:
+        problems.append(f"round {number}: write: {type(exc).__name__}: {exc}")
+    time.sleep(max(0.0, start + number * 0.6 + 0.45 - time.time()))  # all writers done: check
+    try:
+        shard = read_pixel_shard(work / "px", "s")
+        shard.read_rows(0, shard.shape[0])
+    except Exception as exc:
+        problems.append(f"round {number}: read: {type(exc).__name__}: {exc}")
+print(json.dumps(problems))
+"""
+
+
+def test_two_writers_of_one_shard_never_delete_each_others_pixels(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for photo in ("espresso/coffee.jpg", "tabby/chelsea.png"):
+        shutil.copy(SAMPLE_IMAGES / photo, images / Path(photo).name)
+    build_manifest(images, tmp_path / "m.parquet", 1)
+    rounds, writers = 8, 3
+    start = time.time() + 15  # after every writer has imported torch
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER_SCRIPT, str(tmp_path), str(start), str(rounds)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT_ROOT, env=env,
+        )
+        for _ in range(writers)
+    ]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+        assert time.time() > start  # (the rounds ran after the common start)
+    problems = [problem for out, _ in outputs for problem in json.loads(out.strip().splitlines()[-1])]
+    assert problems == []
+    shard = read_pixel_shard(tmp_path / "px", "s")
+    assert shard.path.exists() and shard.ok_rows.tolist() == [0, 1]
+    expected = write_pixel_shard(read_manifest(tmp_path / "m.parquet"), resolve_preprocessing(ModelSpec()), tmp_path / "ref", "s", 1)
+    assert expected.ok == 2
+    assert np.array_equal(shard.read_rows(0, 2), read_pixel_shard(tmp_path / "ref", "s").read_rows(0, 2))
+    assert sorted(p.name for p in (tmp_path / "px").glob("s.*.npy")) == [shard.path.name]  # nothing stale left
