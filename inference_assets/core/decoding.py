@@ -10,6 +10,10 @@
   resize would exceed ``max_pixels`` (``resized_size``: the size the model's resize gives a
   ``width x height`` image; e.g. 1x60000 with the shorter side to 256 is 256x15360000), so a
   tiny file of an extreme aspect ratio cannot allocate gigabytes either.
+  Memory bound per decoding thread: about 12 bytes x ``max_pixels`` (Pillow keeps RGB, RGBA
+  and CMYK at 4 bytes a pixel: the decoded image, one converted/rotated copy or the resize's
+  first pass, and the resize's output, each at most ``max_pixels``), about 1 GiB at the default;
+  32-bit integer or float images up to about 16 bytes.
 - Reasons (``describe_error``) never contain the image's path, uri or a Python object address,
   so the same problem in different files gives the same reason.
 """
