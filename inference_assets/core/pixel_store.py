@@ -3,10 +3,17 @@
 Layout for partition ``P`` under a shard folder::
 
     P.<token>.npy   memory-mappable pixels, row i = index row i (zeros where an image failed)
-    P.parquet       index: row, image_id, uri, content_hash, status ('ok'|'failed'), stage, error
+    P.parquet       index: row, image_id, uri, content_hash, status ('ok'|'failed'), stage, error,
+                    crc32 (of the row's stored pixel bytes)
+    .P.lock         held (``flock``) by the process writing the partition
 
 The index is written last, atomically, and names its pixels file, so a killed run
 leaves the previous complete pair in place; nothing half-written is ever read.
+Every row's bytes are verified against their CRC-32 when read: a stored row damaged on disk
+(even without a size change) is decoded again when the shard is re-written (with a warning
+naming the file), and reading it for predictions is an error naming the file and the fix.
+Two processes writing the same partition take turns on the partition's lock file: the second
+finds the first's shard and reuses it; neither deletes a pixels file the other's index names.
 Pixels are decoded on a thread pool and appended row by row with plain file writes, and
 read back in batches with positional reads, so neither a partition's pixels nor its mapped
 pages accumulate in the process's memory.
@@ -19,11 +26,14 @@ are decoded. When nothing changed, the stored pair is kept as it is.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
 import uuid
+import zlib
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +43,7 @@ import pyarrow.parquet as pq
 
 from .allocator import keep_freed_memory
 from .atomic import atomic_output, remove_orphaned_temporaries, temporary_sibling
-from .decoding import DEFAULT_MAX_PIXELS, describe_error, load_rgb
+from .decoding import DEFAULT_MAX_PIXELS, describe_error, load_rgb, without_locations
 from .parallel import bounded_map
 from .preprocessing import Preprocessing
 
@@ -46,6 +56,7 @@ INDEX_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("stage", pa.string()),  # where a failed image failed: 'read' or 'decode'
         ("error", pa.string()),
+        ("crc32", pa.uint32()),  # of the row's pixel bytes as stored (zeros for a failed image)
     ]
 )
 
@@ -64,6 +75,7 @@ class PixelShard:
     offset: int  # where row 0 starts in it
     shape: tuple[int, int, int, int]  # (N, 3, H, W)
     preprocessing: str  # fingerprint it was made with
+    _checksums: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
     @property
     def ok_rows(self) -> np.ndarray:
@@ -75,8 +87,21 @@ class PixelShard:
         """A read-only memory map of all rows, for random access."""
         return np.load(self.path, mmap_mode="r")
 
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` as a fresh array, read with one positional read (no mapping kept)."""
+    def read_rows(self, start: int, stop: int, verify: bool = True) -> np.ndarray:
+        """Rows ``start:stop`` as a fresh array, read with one positional read (no mapping kept).
+
+        With ``verify``, a row whose bytes do not match its stored CRC-32 raises DamagedPixelsError."""
+        out = self._read(start, stop)
+        if verify:
+            bad = self.damaged_rows(out, start)
+            if bad:
+                raise DamagedPixelsError(
+                    f"pixels file {str(self.path)!r} is damaged: row {bad[0]} ({len(bad)} of rows {start}-{stop - 1}) "
+                    "does not match its checksum; re-materialize preprocessed_images for this partition to rebuild it"
+                )
+        return out
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
         row_bytes = int(np.prod(self.shape[1:]))
         out = np.empty((stop - start, *self.shape[1:]), dtype=np.uint8)
         if out.size == 0:
@@ -84,8 +109,42 @@ class PixelShard:
         with open(self.path, "rb", buffering=0) as fh:
             fh.seek(self.offset + start * row_bytes)
             if fh.readinto(memoryview(out).cast("B")) != out.nbytes:
-                raise ValueError(f"pixels file {str(self.path)!r} is shorter than its index says")
+                raise DamagedPixelsError(
+                    f"pixels file {str(self.path)!r} is shorter than its index says; "
+                    "re-materialize preprocessed_images for this partition to rebuild it"
+                )
         return out
+
+    def damaged_rows(self, rows: np.ndarray, start: int) -> list[int]:
+        """The row numbers among ``rows`` (read from row ``start`` on) that fail their CRC-32."""
+        expected = self.checksums
+        return [start + i for i, row in enumerate(rows) if zlib.crc32(row) != expected[start + i]]
+
+    @property
+    def checksums(self) -> np.ndarray:
+        if self._checksums is None:
+            self._checksums = self.index.column("crc32").to_numpy(zero_copy_only=False)
+        return self._checksums
+
+    def verify(self, rows: list[int], chunk: int = 64) -> list[int]:
+        """The given rows (ascending) that are damaged or unreadable on disk; reads them in runs."""
+        damaged: list[int] = []
+        rows = sorted(rows)
+        i = 0
+        while i < len(rows):
+            j = i + 1
+            while j < len(rows) and rows[j] == rows[j - 1] + 1 and j - i < chunk:
+                j += 1
+            try:
+                damaged += self.damaged_rows(self._read(rows[i], rows[j - 1] + 1), rows[i])
+            except (OSError, ValueError):
+                damaged += rows[i:j]
+            i = j
+        return damaged
+
+
+class DamagedPixelsError(ValueError):
+    """Stored pixel bytes do not match their checksum (or the file is shorter than its index)."""
 
 
 @dataclass
@@ -98,6 +157,7 @@ class ShardWriteSummary:
     rewritten: bool  # False when the stored shard was already up to date
     seconds: float
     bytes_written: int
+    warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. damaged stored pixels that were rebuilt
 
 
 def index_path(shard_dir: Path, partition: str) -> Path:
@@ -113,16 +173,17 @@ def _prepare(
 ) -> tuple[np.ndarray | None, str | None, str | None]:
     """(pixels, None, None) or (None, stage, reason): one bad image never fails a partition."""
     if listing_error is not None:
-        return None, STAGE_READ, listing_error
+        return None, STAGE_READ, without_locations(listing_error, uri)
     try:
         image = uri if opener is None else opener(uri)  # fetches remote bytes; a local path as is
     except Exception as exc:
-        return None, STAGE_READ, describe_error(exc)
+        return None, STAGE_READ, describe_error(exc, uri)
     try:
-        return preprocessing.resize_crop(load_rgb(image, max_pixels, preprocessing.draft_request)), None, None
+        decoded = load_rgb(image, max_pixels, preprocessing.draft_request, preprocessing.resized_size)
+        return preprocessing.resize_crop(decoded), None, None
     except Exception as exc:
         stage = STAGE_READ if isinstance(exc, OSError) and exc.filename is not None else STAGE_DECODE
-        return None, stage, describe_error(exc)
+        return None, stage, describe_error(exc, uri)
 
 
 def _reusable_rows(previous: PixelShard | None) -> dict[tuple, int]:
@@ -153,11 +214,33 @@ def write_pixel_shard(
     ``opener(uri)`` gives what to decode (a local path, or a binary file of the image's bytes:
     the source's ``open``); without it ``uri`` is a local path. ``progress(n)`` is told of every
     ``n`` images done (decoded, failed or reused).
+
+    Stored rows are verified against their checksums before they are reused: damaged ones are
+    decoded again, and the summary's ``warnings`` name the file. The partition's lock file is
+    held throughout, so a second writer of the same partition waits, then reuses this one's work.
     """
     progress = progress or (lambda n: None)
     start = time.perf_counter()
     keep_freed_memory()  # large decoded images: reuse freed heap instead of fresh zeroed pages
     shard_dir.mkdir(parents=True, exist_ok=True)
+    with _partition_lock(shard_dir, partition):
+        return _write_locked(
+            entries, preprocessing, shard_dir, partition, workers, max_pixels, reuse, progress, opener, start
+        )
+
+
+@contextlib.contextmanager
+def _partition_lock(shard_dir: Path, partition: str):
+    """An exclusive ``flock`` on ``.<partition>.lock``: one writer of a partition at a time (per host)."""
+    with open(shard_dir / f".{partition}.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _write_locked(entries, preprocessing, shard_dir, partition, workers, max_pixels, reuse, progress, opener, start):
     remove_orphaned_temporaries(shard_dir, f"{partition}.")
     height, width = preprocessing.input_size
     count = entries.num_rows
@@ -170,24 +253,35 @@ def write_pixel_shard(
         )
     )
     listing_errors = entries.column("error").to_pylist() if "error" in entries.column_names else [None] * count
-    previous = _read_if_complete(shard_dir, partition) if reuse else None
+    warnings: list[str] = []
+    previous = _read_if_complete(shard_dir, partition, warnings) if reuse else None
     reusable = _reusable_rows(previous)
     plan = [reusable.get(key) for key in keys]
+    damaged = set(previous.verify([row for row in plan if row is not None])) if previous is not None else set()
+    if damaged:
+        warnings.append(
+            f"pixels file {str(previous.path)!r}: {len(damaged)} stored row(s) do not match their checksum "
+            "(damaged on disk); those images are decoded again"
+        )
+        plan = [None if row in damaged else row for row in plan]
     if previous is not None and previous.shape[0] == count and plan == list(range(count)):
         progress(count)
-        return ShardWriteSummary(count, count, 0, count, 0, False, time.perf_counter() - start, 0)
+        return ShardWriteSummary(count, count, 0, count, 0, False, time.perf_counter() - start, 0, warnings)
 
     def produce(item):
         (_, uri, _), listing_error, stored_row = item
         if stored_row is not None:
-            return previous.read_rows(stored_row, stored_row + 1)[0], None, None
+            try:
+                return previous.read_rows(stored_row, stored_row + 1)[0], None, None
+            except (OSError, ValueError):  # damaged since it was verified: decode it again
+                pass
         return _prepare(preprocessing, uri, listing_error, max_pixels, opener)
 
     pixels_path = shard_dir / f"{partition}.{uuid.uuid4().hex[:12]}.npy"
     tmp_pixels = temporary_sibling(pixels_path)
     blank = bytes(3 * height * width)
     header = {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": (count, 3, height, width)}
-    statuses, stages, errors = [], [], []
+    statuses, stages, errors, checksums = [], [], [], []
     try:
         with open(tmp_pixels, "wb") as fh:
             np.lib.format.write_array_header_1_0(fh, header)
@@ -195,7 +289,9 @@ def write_pixel_shard(
                 if array is not None and array.shape != (3, height, width):
                     stage, error = STAGE_DECODE, f"ValueError: preprocessed shape {array.shape} != (3, {height}, {width})"
                     array = None
-                fh.write(blank if array is None else np.ascontiguousarray(array).data)
+                data = blank if array is None else np.ascontiguousarray(array).data
+                fh.write(data)
+                checksums.append(zlib.crc32(data))
                 progress(1)
                 statuses.append(STATUS_FAILED if array is None else STATUS_OK)
                 stages.append(stage)
@@ -216,6 +312,7 @@ def write_pixel_shard(
             "status": pa.array(statuses, pa.string()),
             "stage": pa.array(stages, pa.string()),
             "error": pa.array(errors, pa.string()),
+            "crc32": pa.array(checksums, pa.uint32()),
         },
         schema=INDEX_SCHEMA,
     ).replace_schema_metadata(
@@ -227,7 +324,7 @@ def write_pixel_shard(
     )
     with atomic_output(index_path(shard_dir, partition)) as tmp:
         pq.write_table(index, tmp)
-    _remove_stale_pixel_files(shard_dir, partition, keep=pixels_path.name)
+    _remove_stale_pixel_files(shard_dir, partition)
     ok = statuses.count(STATUS_OK)
     reused = sum(row is not None for row in plan)
     return ShardWriteSummary(
@@ -239,21 +336,38 @@ def write_pixel_shard(
         rewritten=True,
         seconds=time.perf_counter() - start,
         bytes_written=pixels_path.stat().st_size,
+        warnings=warnings,
     )
 
 
-def _remove_stale_pixel_files(shard_dir: Path, partition: str, keep: str) -> None:
+def _remove_stale_pixel_files(shard_dir: Path, partition: str) -> None:
+    """Remove the partition's pixels files that its current index does not name (called with the
+    partition's lock held; temporaries being written are hidden ``.``-names, never matched here)."""
+    try:
+        keep = pq.read_schema(index_path(shard_dir, partition)).metadata[b"pixels_file"].decode()
+    except (OSError, KeyError, TypeError, ValueError):
+        return  # no readable index: nothing is known to be stale
     for path in shard_dir.glob(f"{partition}.*.npy"):
-        if path.name != keep:
+        if path.name != keep and path.name.count(".") == partition.count(".") + 2:  # P.<token>.npy only
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
 
-def _read_if_complete(shard_dir: Path, partition: str) -> PixelShard | None:
+def _read_if_complete(shard_dir: Path, partition: str, warnings: list[str]) -> PixelShard | None:
+    """The stored shard, or None (nothing stored yet; or unusable, which adds a warning): then
+    everything is decoded again."""
     try:
         return read_pixel_shard(shard_dir, partition)
-    except (FileNotFoundError, ValueError, OSError, KeyError):
-        return None  # nothing stored yet, or damaged: everything is decoded again
+    except FileNotFoundError as exc:
+        if index_path(shard_dir, partition).exists():  # an index naming a missing pixels file
+            warnings.append(f"stored pixels of partition {partition!r} cannot be used ({exc}); rebuilding them")
+        return None
+    except (ValueError, OSError, KeyError) as exc:
+        warnings.append(
+            f"stored pixels of partition {partition!r} in {str(shard_dir)!r} cannot be used "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())}); rebuilding them"
+        )
+        return None
 
 
 def read_pixel_shard(shard_dir: Path, partition: str) -> PixelShard:

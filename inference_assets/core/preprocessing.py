@@ -35,6 +35,21 @@ class Preprocessing:
     resize_to: int | None = None  # the shorter side the resize aims at (what JPEG draft mode may reduce to)
     jpeg_draft: bool = False  # decode JPEGs in draft mode (DCT-domain downscaling): faster, not exact
     channel_order: str = "rgb"  # "bgr": channels reversed before mean/std (Caffe-style models)
+    # the resize's size as the transform gives it: (n,) = shorter side to n, (h, w) = exactly h x w
+    resize_size: tuple[int, ...] | None = None
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of what the resize makes of a ``width x height`` image (the largest
+        intermediate of the transform), computed as torchvision's ``resize`` does; unchanged when
+        there is no resize. Checked before decoding, so a 1x60000 image cannot become 256x15360000."""
+        size = self.resize_size or ((self.resize_to,) if self.resize_to else None)
+        if not size:
+            return width, height
+        if len(size) == 2:
+            return size[1], size[0]
+        short, long = sorted((max(width, 1), max(height, 1)))
+        new_short, new_long = size[0], int(size[0] * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
 
     def with_jpeg_draft(self) -> Preprocessing:
         """The same transform on JPEGs decoded in draft mode (a different fingerprint: other pixels)."""
@@ -87,6 +102,11 @@ def from_timm_config(pretrained_cfg: dict) -> Preprocessing:
     _, height, width = data_config["input_size"]
     resize = next((t.size for t in stages[:cut] if isinstance(t, T.Resize)), None)
     resize_to = min(resize) if isinstance(resize, (list, tuple)) else resize
+    if resize is None:  # timm's own ResizeKeepRatio (or none): bounded as if its larger side were the shorter one
+        keep_ratio = next((t.size for t in stages[:cut] if hasattr(t, "size") and "Resize" in type(t).__name__), None)
+        resize_size = (max(keep_ratio),) if isinstance(keep_ratio, (list, tuple)) else keep_ratio and (keep_ratio,)
+    else:
+        resize_size = tuple(resize) if isinstance(resize, (list, tuple)) else (resize,)
     description = f"timm {data_config['input_size']} {data_config['interpolation']} " + " ".join(
         repr(t).replace("\n", "") for t in stages[:cut]
     )
@@ -97,6 +117,7 @@ def from_timm_config(pretrained_cfg: dict) -> Preprocessing:
         description=description,
         resize_crop=resize_crop,
         resize_to=resize_to,
+        resize_size=resize_size,
     )
 
 
@@ -119,4 +140,5 @@ def from_torchvision_transform(transform) -> Preprocessing:
         description=f"torchvision resize={resize_size} crop={crop_size} {interpolation.value} antialias={antialias}",
         resize_crop=resize_crop,
         resize_to=min(resize_size),
+        resize_size=tuple(resize_size),
     )

@@ -108,6 +108,8 @@ def preprocessed_images(
                 opener=source.open,
             )
             shared.publish_pixel_shard(shard_dir, key)
+            for warning in summary.warnings:  # e.g. stored pixels damaged on disk, rebuilt
+                context.log.warning(f"{key}: {warning}")
             images += summary.images
             ok += summary.ok
             failed += summary.failed
