@@ -7,6 +7,8 @@
   ``label``) instead of a folder.
 - ``INFERENCE_DATABASE_URL`` + ``INFERENCE_IMAGE_QUERY``: a SQLAlchemy URL and a query returning
   ``id`` and ``image`` (bytes) or ``uri``, optionally ``label``, instead of a folder.
+- ``INFERENCE_ALWAYS_REHASH``: ``1`` reads and hashes every image on each manifest build instead of
+  trusting unchanged size + mtime + inode + ctime (local files) or size + mtime (objects).
 - ``INFERENCE_WORK_DIR``: manifest, pixels and per-partition results (default ``data/work``).
 - ``INFERENCE_DUCKDB_PATH``: the results database (default ``data/warehouse.duckdb``).
 - ``INFERENCE_DEVICE``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (default ``auto``).
@@ -43,3 +45,8 @@ def env(name: str, default: object) -> str:
 def optional_env(name: str) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or None
+
+
+def flag_env(name: str) -> bool:
+    """True for ``1``/``true``/``yes``/``on`` (any case), False when unset or anything else."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")

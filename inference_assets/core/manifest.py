@@ -7,7 +7,18 @@ key under the prefix, or its table/database id), ``relative_path`` (that key as 
 (the parent folder's name or the table's label column, else null), ``partition`` (the shard
 key, see :mod:`partitioning`) and ``error`` (why the image cannot be read — a dangling or
 looping symlink, a missing object, NULL bytes, no permission — in which case size, time and
-hash are null; the image then gets a failure row downstream instead of disappearing).
+hash are null; the image then gets a failure row downstream instead of disappearing) and
+``version`` (what else identifies the file's content: inode and ctime for local files, see
+:class:`~.sources.SourceEntry`).
+
+A folder that cannot be listed never makes its images vanish: the images the previous manifest
+knew under it stay, with ``error`` "cannot list folder: <reason>" (stage ``list`` downstream),
+and a folder with no known images is recorded itself (its key ends with ``/``). Images of the
+previous manifest that are neither listed now nor known to be deleted are counted in the
+file's metadata (``vanished_images``), which the accounting check reads.
+
+Files are written with Parquet page checksums and read with verification: a damaged previous
+manifest is ignored (every image is hashed again) with a warning naming it.
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from .local_files import local_path
 
 from .atomic import atomic_output, remove_orphaned_temporaries
 from .errors import ConfigError
@@ -44,8 +57,12 @@ MANIFEST_SCHEMA = pa.schema(
         ("label", pa.string()),
         ("partition", pa.string()),
         ("error", pa.string()),
+        ("version", pa.string()),
     ]
 )
+
+LIST_ERROR_PREFIX = "cannot list folder"  # a manifest error of this kind is a failure at stage "list"
+VANISHED_KEY = b"vanished_images"  # manifest metadata: previously known images missing without explanation
 
 _WRITE_CHUNK = 8192
 
@@ -59,19 +76,35 @@ class ManifestSummary:
     hashed: int = 0
     hash_reused: int = 0
     unreadable: int = 0
+    unlistable_folders: int = 0
+    images_under_unlistable_folders: int = 0  # images known from the previous manifest, kept as failures
+    vanished: list[str] = field(default_factory=list)  # known before, absent now, not known to be deleted
+    warnings: list[str] = field(default_factory=list)
     per_partition: Counter = field(default_factory=Counter)
     labels: Counter = field(default_factory=Counter)
 
 
-def _previous_hashes(previous: Path | None) -> dict[tuple[str, str], tuple[int, int, str]]:
-    """(relative_path, uri) -> (size, mtime_ns, content_hash) from an earlier manifest, if any."""
+def read_verified(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file read with its page checksums verified (raises OSError/ArrowException if damaged)."""
+    return pq.read_table(path, columns=columns, page_checksum_verification=True)
+
+
+def _previous_rows(previous: Path | None, warnings: list[str]) -> list[dict]:
+    """The rows of an earlier manifest, if any; a damaged one counts as none (with a warning)."""
     if previous is None or not previous.exists():
-        return {}
-    table = pq.read_table(previous, columns=["relative_path", "uri", "size_bytes", "mtime_ns", "content_hash"])
-    return {
-        (row["relative_path"], row["uri"]): (row["size_bytes"], row["mtime_ns"], row["content_hash"])
-        for row in table.to_pylist()
-    }
+        return []
+    try:
+        table = read_verified(previous)
+        if "version" not in table.column_names:  # written before versions were recorded: local files hash once more
+            table = table.append_column("version", pa.nulls(table.num_rows, pa.string()))
+        return table.select(["image_id", "relative_path", "uri", "size_bytes", "mtime_ns", "content_hash",
+                             "label", "version"]).to_pylist()
+    except (OSError, pa.ArrowException, KeyError) as exc:
+        warnings.append(
+            f"the previous image manifest {str(previous)!r} is damaged ({' '.join(str(exc).split())[:200]}): "
+            "ignored, every image is hashed again"
+        )
+        return []
 
 
 def build_manifest(
@@ -81,35 +114,82 @@ def build_manifest(
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     follow_external_symlinks: bool = False,
     progress: Callable[[int], None] | None = None,
+    rehash: bool = False,
 ) -> ManifestSummary:
     """List the images of ``source`` (a source, or a local folder) into a Parquet manifest at
     ``output`` (atomically). ``progress(1)`` is told of each image listed.
 
-    An image whose location, size and modification time match the previous manifest at
-    ``output`` keeps its recorded content hash instead of being read again.
+    An image whose location, size, modification time and ``version`` (inode + ctime for local
+    files) match the previous manifest at ``output`` keeps its recorded content hash instead of
+    being read again; ``rehash`` reads every image again. ``summary.warnings`` tells of a damaged
+    previous manifest (ignored).
     """
     if isinstance(source, (str, Path)):
         source = FolderSource(Path(source), extensions, follow_external_symlinks)
     remove_orphaned_temporaries(output.parent, output.name)
-    known = _previous_hashes(output)
     summary = ManifestSummary()
+    previous_rows = _previous_rows(output, summary.warnings)
+    known = {} if rehash else {(row["relative_path"], row["uri"]): row for row in previous_rows}
+    seen_uris: set[str] = set()
     with atomic_output(output) as tmp:
-        with pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as writer:
+        schema = MANIFEST_SCHEMA
+        with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
             rows: list[dict] = []
             for entry in source.entries():
-                rows.append(_manifest_row(source, entry, num_partitions, known, summary))
+                if entry.unlisted:
+                    rows.extend(_unlisted_rows(entry, previous_rows, num_partitions, summary))
+                else:
+                    rows.append(_manifest_row(source, entry, num_partitions, known, summary))
                 if progress is not None:
                     progress(1)
                 if len(rows) >= _WRITE_CHUNK:
-                    writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+                    seen_uris.update(row["uri"] for row in rows)
+                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
                     rows.clear()
-            writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+            seen_uris.update(row["uri"] for row in rows)
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            is_deleted = getattr(source, "is_deleted", None)  # sources listed all at once: absent = deleted
+            summary.vanished = [
+                row["relative_path"]
+                for row in previous_rows
+                if row["uri"] not in seen_uris and is_deleted is not None and not is_deleted(row["uri"])
+            ]
+            writer.add_key_value_metadata({VANISHED_KEY: str(len(summary.vanished))})
         if summary.images == 0:  # raised before the rename: an earlier manifest stays in place
             raise ConfigError(
                 f"no images found in {source.description!r} (looked for {', '.join(sorted(set(extensions)))}): "
                 "point INFERENCE_IMAGE_ROOT (or the image table or query) at images, or widen the extensions"
             )
     return summary
+
+
+def _unlisted_rows(entry: SourceEntry, previous_rows: list[dict], num_partitions: int, summary: ManifestSummary):
+    """Failure rows for a folder that could not be listed: the images known under it, else the folder."""
+    summary.unlistable_folders += 1
+    folder = local_path(entry.uri)
+    folder = (folder if isinstance(folder, bytes) else folder.encode("utf-8", "surrogateescape")).rstrip(b"/") + b"/"
+    known = []
+    for row in previous_rows:
+        path = local_path(row["uri"])
+        path = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+        if path.startswith(folder) and not row["relative_path"].endswith("/"):
+            known.append(row)
+    if not known:  # nothing known under it: the folder itself is counted, so it is not lost from view
+        known = [{"image_id": image_id_for_bytes(entry.key), "relative_path": display(entry.key),
+                  "uri": entry.uri, "label": None}]
+    else:
+        summary.images_under_unlistable_folders += len(known)
+    rows = []
+    for row in known:
+        partition = partition_for(row["image_id"], num_partitions)
+        rows.append({"image_id": row["image_id"], "relative_path": row["relative_path"], "uri": row["uri"],
+                     "label": row["label"], "partition": partition, "error": entry.error})
+        summary.images += 1
+        summary.unreadable += 1
+        summary.per_partition[partition] += 1
+        if row["label"] is not None:
+            summary.labels[row["label"]] += 1
+    return rows
 
 
 def _manifest_row(
@@ -129,6 +209,7 @@ def _manifest_row(
         "label": entry.label,
         "partition": partition,
         "error": entry.error,
+        "version": None,
     }
     summary.images += 1
     summary.per_partition[partition] += 1
@@ -143,11 +224,12 @@ def _manifest_row(
             elif (
                 previous
                 and entry.mtime_ns is not None
-                and previous[0] == entry.size
-                and previous[1] == entry.mtime_ns
-                and previous[2]
+                and previous["size_bytes"] == entry.size
+                and previous["mtime_ns"] == entry.mtime_ns
+                and previous["version"] == entry.version
+                and previous["content_hash"]
             ):
-                content_hash = previous[2]
+                content_hash = previous["content_hash"]
                 summary.hash_reused += 1
             else:
                 content_hash = source.content_hash(entry.uri)
@@ -163,6 +245,7 @@ def _manifest_row(
                 ),
                 mtime_ns=entry.mtime_ns,
                 content_hash=content_hash,
+                version=entry.version,
             )
             summary.total_bytes += entry.size or 0
     if row["error"] is not None:
@@ -170,13 +253,28 @@ def _manifest_row(
     return row
 
 
+def vanished_images(path: Path) -> int:
+    """How many previously known images the manifest at ``path`` lost without knowing they were deleted."""
+    try:
+        metadata = pq.read_metadata(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return 0
+    return int(metadata.get(VANISHED_KEY, b"0"))
+
+
 def read_manifest(path: Path, partition: str | None = None) -> pa.Table:
-    """The manifest table, or only the rows of one partition."""
+    """The manifest table, or only the rows of one partition (a one-line error if it is damaged)."""
     if not path.exists():
         raise ConfigError(
             f"image manifest {str(path)!r} does not exist: materialize the image_manifest asset first"
         )
-    table = pq.read_table(path)
+    try:
+        table = read_verified(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ConfigError(
+            f"image manifest {str(path)!r} is damaged ({' '.join(str(exc).split())[:200]}): "
+            "materialize the image_manifest asset again (make run rebuilds it first)"
+        ) from None
     if partition is not None:
         table = table.filter(pc.equal(table["partition"], partition))
     return table

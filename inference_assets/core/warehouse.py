@@ -5,7 +5,8 @@ new contents, never a mix, and re-running never duplicates a row):
 
 - ``images``: the manifest.
 - ``predictions``: one row per predicted image (primary key ``image_id``).
-- ``failures``: one row per image that could not be predicted, with the stage and error.
+- ``failures``: one row per image that could not be predicted, with the stage and error (stage
+  ``list`` for an image under a folder that could not be listed, see :mod:`.manifest`).
 - ``model_classes``: the model's classes (index, name), in output order.
 
 A result row counts only while it matches the manifest (same ``image_id`` and content
@@ -151,7 +152,9 @@ WHERE r.status = 'predicted'
 
 _INSERT_FAILURES = """
 INSERT INTO failures
-SELECT r.image_id, r.uri, r.partition, r.stage, r.error, r.model, r.content_hash, r.predicted_at
+SELECT r.image_id, r.uri, r.partition,
+       CASE WHEN starts_with(m.error, 'cannot list folder') THEN 'list' ELSE r.stage END,
+       r.error, r.model, r.content_hash, r.predicted_at
 FROM read_parquet($files) r
 JOIN images m ON m.image_id = r.image_id AND m.content_hash IS NOT DISTINCT FROM r.content_hash
 WHERE r.status = 'failed'
