@@ -145,7 +145,7 @@ def test_images_under_an_unlistable_folder_stay_as_list_failures(image_root, tmp
         os.chmod(image_root / "fresh", 0o755)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.split("RESULT ", 1)[1])
-    assert out["success"] == [True, True, True]
+    assert out["success"] == [True, True, True], done.stderr[-3000:]
 
     predicted, failed, images = _tables(tmp_path / "warehouse.duckdb")
     assert failed == {
@@ -193,7 +193,8 @@ from inference_assets.core.errors import ConfigError
 from inference_assets.core.manifest import build_manifest
 from inference_assets.core.sources.object_store import ObjectStoreSource
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
-for what, source in (("root", lambda: root / "locked"), ("bucket", lambda: ObjectStoreSource("file://" + str(root / "tree"), [".jpg"]))):
+sources = {"root": lambda: root / "locked", "bucket": lambda: ObjectStoreSource(f"file://{root}/tree", [".jpg"])}
+for what, source in sources.items():
     try:
         build_manifest(source(), out, 4)
         print(what, "|no error")

@@ -23,6 +23,7 @@ manifest is ignored (every image is hashed again) with a warning naming it.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -89,22 +90,31 @@ def read_verified(path: Path, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns, page_checksum_verification=True)
 
 
-def _previous_rows(previous: Path | None, warnings: list[str]) -> list[dict]:
-    """The rows of an earlier manifest, if any; a damaged one counts as none (with a warning)."""
+def _previous_manifest(previous: Path | None, warnings: list[str]) -> pa.Table | None:
+    """An earlier manifest, if any; a damaged one counts as none (with a warning)."""
     if previous is None or not previous.exists():
-        return []
+        return None
     try:
         table = read_verified(previous)
         if "version" not in table.column_names:  # written before versions were recorded: local files hash once more
             table = table.append_column("version", pa.nulls(table.num_rows, pa.string()))
         return table.select(["image_id", "relative_path", "uri", "size_bytes", "mtime_ns", "content_hash",
-                             "label", "version"]).to_pylist()
+                             "label", "version"])
     except (OSError, pa.ArrowException, KeyError) as exc:
         warnings.append(
             f"the previous image manifest {str(previous)!r} is damaged ({' '.join(str(exc).split())[:200]}): "
             "ignored, every image is hashed again"
         )
-        return []
+        return None
+
+
+def _known(previous: pa.Table | None) -> dict[tuple[str, str], tuple]:
+    """(relative_path, uri) -> (size, mtime_ns, version, content_hash) of the previous manifest."""
+    if previous is None:
+        return {}
+    columns = [previous.column(name).to_pylist() for name in
+               ("relative_path", "uri", "size_bytes", "mtime_ns", "version", "content_hash")]
+    return {(relative, uri): tuple(rest) for relative, uri, *rest in zip(*columns, strict=True)}
 
 
 def build_manifest(
@@ -128,32 +138,28 @@ def build_manifest(
         source = FolderSource(Path(source), extensions, follow_external_symlinks)
     remove_orphaned_temporaries(output.parent, output.name)
     summary = ManifestSummary()
-    previous_rows = _previous_rows(output, summary.warnings)
-    known = {} if rehash else {(row["relative_path"], row["uri"]): row for row in previous_rows}
-    seen_uris: set[str] = set()
+    previous = _previous_manifest(output, summary.warnings)
+    known = _known(previous)  # entries seen are taken out: what is left was not listed this time
     with atomic_output(output) as tmp:
-        schema = MANIFEST_SCHEMA
-        with pq.ParquetWriter(tmp, schema, write_page_checksum=True) as writer:
+        with pq.ParquetWriter(tmp, MANIFEST_SCHEMA, write_page_checksum=True) as writer:
             rows: list[dict] = []
             for entry in source.entries():
                 if entry.unlisted:
-                    rows.extend(_unlisted_rows(entry, previous_rows, num_partitions, summary))
+                    new_rows = _unlisted_rows(entry, previous, num_partitions, summary)
                 else:
-                    rows.append(_manifest_row(source, entry, num_partitions, known, summary))
+                    new_rows = [_manifest_row(source, entry, num_partitions, known, summary, rehash)]
+                for row in new_rows:
+                    known.pop((row["relative_path"], row["uri"]), None)
+                rows.extend(new_rows)
                 if progress is not None:
                     progress(1)
                 if len(rows) >= _WRITE_CHUNK:
-                    seen_uris.update(row["uri"] for row in rows)
-                    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                    writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
                     rows.clear()
-            seen_uris.update(row["uri"] for row in rows)
-            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
             is_deleted = getattr(source, "is_deleted", None)  # sources listed all at once: absent = deleted
-            summary.vanished = [
-                row["relative_path"]
-                for row in previous_rows
-                if row["uri"] not in seen_uris and is_deleted is not None and not is_deleted(row["uri"])
-            ]
+            if is_deleted is not None:
+                summary.vanished = sorted(relative for relative, uri in known if not is_deleted(uri))
             writer.add_key_value_metadata({VANISHED_KEY: str(len(summary.vanished))})
         if summary.images == 0:  # raised before the rename: an earlier manifest stays in place
             raise ConfigError(
@@ -163,27 +169,30 @@ def build_manifest(
     return summary
 
 
-def _unlisted_rows(entry: SourceEntry, previous_rows: list[dict], num_partitions: int, summary: ManifestSummary):
+def _path_bytes(uri: str) -> bytes:
+    path = local_path(uri)
+    return path if isinstance(path, bytes) else os.fsencode(path)
+
+
+def _unlisted_rows(entry: SourceEntry, previous: pa.Table | None, num_partitions: int, summary: ManifestSummary):
     """Failure rows for a folder that could not be listed: the images known under it, else the folder."""
     summary.unlistable_folders += 1
-    folder = local_path(entry.uri)
-    folder = (folder if isinstance(folder, bytes) else folder.encode("utf-8", "surrogateescape")).rstrip(b"/") + b"/"
+    folder = _path_bytes(entry.uri).rstrip(b"/") + b"/"
     known = []
-    for row in previous_rows:
-        path = local_path(row["uri"])
-        path = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
-        if path.startswith(folder) and not row["relative_path"].endswith("/"):
-            known.append(row)
-    if not known:  # nothing known under it: the folder itself is counted, so it is not lost from view
+    if previous is not None:
+        uris = previous.column("uri").to_pylist()
+        under = [i for i, uri in enumerate(uris) if _path_bytes(uri).startswith(folder)]
+        columns = previous.select(["image_id", "relative_path", "uri", "label"])
+        known = columns.take(pa.array(under, pa.int64())).to_pylist()
+    if known:
+        summary.images_under_unlistable_folders += len(known)
+    else:  # nothing known under it: the folder itself is counted, so it is not lost from view
         known = [{"image_id": image_id_for_bytes(entry.key), "relative_path": display(entry.key),
                   "uri": entry.uri, "label": None}]
-    else:
-        summary.images_under_unlistable_folders += len(known)
     rows = []
     for row in known:
         partition = partition_for(row["image_id"], num_partitions)
-        rows.append({"image_id": row["image_id"], "relative_path": row["relative_path"], "uri": row["uri"],
-                     "label": row["label"], "partition": partition, "error": entry.error})
+        rows.append({**row, "partition": partition, "error": entry.error})
         summary.images += 1
         summary.unreadable += 1
         summary.per_partition[partition] += 1
@@ -193,7 +202,8 @@ def _unlisted_rows(entry: SourceEntry, previous_rows: list[dict], num_partitions
 
 
 def _manifest_row(
-    source: ImageSource, entry: SourceEntry, num_partitions: int, known: dict, summary: ManifestSummary
+    source: ImageSource, entry: SourceEntry, num_partitions: int, known: dict, summary: ManifestSummary,
+    rehash: bool = False,
 ) -> dict:
     relative = display(entry.key)
     image_id = image_id_for_bytes(entry.key)
@@ -217,19 +227,17 @@ def _manifest_row(
         summary.labels[entry.label] += 1
     if entry.error is None:
         try:
-            previous = known.get((relative, entry.uri))
+            previous = None if rehash else known.get((relative, entry.uri))  # (size, mtime_ns, version, hash)
             if entry.content_hash is not None:
                 content_hash = entry.content_hash  # the listing read the bytes already
                 summary.hashed += 1
             elif (
                 previous
                 and entry.mtime_ns is not None
-                and previous["size_bytes"] == entry.size
-                and previous["mtime_ns"] == entry.mtime_ns
-                and previous["version"] == entry.version
-                and previous["content_hash"]
+                and previous[:3] == (entry.size, entry.mtime_ns, entry.version)
+                and previous[3]
             ):
-                content_hash = previous["content_hash"]
+                content_hash = previous[3]
                 summary.hash_reused += 1
             else:
                 content_hash = source.content_hash(entry.uri)
