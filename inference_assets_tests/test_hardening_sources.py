@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance
@@ -308,14 +309,15 @@ def test_a_manifest_without_versions_is_read_and_hashes_once_more(image_root, tm
 
 # --- 3. damaged manifest and result files are rebuilt ----------------------------------------
 
-def _flip_middle(path: Path) -> None:
-    """Damage bytes inside a column chunk's pages (the middle of the file's data), same size."""
+def _flip_middle(path: Path, at_end: bool = False) -> None:
+    """Damage 4 bytes inside the largest column chunk's pages, same size: at its middle, or at
+    its end (the last page's values, past the page header and its statistics)."""
     meta = pq.ParquetFile(path).metadata
     column = max(
         (meta.row_group(0).column(i) for i in range(meta.num_columns)), key=lambda c: c.total_compressed_size
     )
     start = column.dictionary_page_offset or column.data_page_offset
-    middle = start + column.total_compressed_size // 2
+    middle = start + (column.total_compressed_size - 6 if at_end else column.total_compressed_size // 2)
     data = bytearray(path.read_bytes())
     size = len(data)
     for i in range(middle, middle + 4):
@@ -392,3 +394,44 @@ def test_a_rerun_rebuilds_a_damaged_manifest_and_result_file_and_warns_naming_th
     for relative, label in KNOWN_TOP1.items():
         assert predicted[relative] == label
     read_manifest(manifest_path)  # verified: whole again
+
+
+# --- the sensor and the schedule: same checks on what is pending ----------------------------
+
+def test_pending_work_sees_a_same_size_same_mtime_rewrite_and_survives_damaged_files(image_root, tmp_path):
+    """The sensor's and the schedule's view (core.pending) over real files: a rewrite that keeps
+    size and mtime changes the listing's digest; a damaged manifest means "a manifest run is
+    needed", a damaged result file "this partition is pending", never a traceback."""
+    from inference_assets.core.pending import (
+        changed_partitions, manifest_digests, partitions_missing_results, scan_listing,
+    )
+    from inference_assets.core.partitioning import image_id_for, partition_for
+    from inference_assets.core.sources.folder import FolderSource
+    from inference_assets.core.sources.config import IMAGE_EXTENSIONS
+
+    manifest = tmp_path / "m.parquet"
+    build_manifest(image_root, manifest, 4)
+    source = FolderSource(image_root, IMAGE_EXTENSIONS)
+    assert changed_partitions(scan_listing(source.entries(), 4).digests, manifest_digests(manifest, 4)) == []
+
+    rocket = image_root / "missile" / "rocket.jpg"
+    _rewrite_same_size_same_mtime(rocket, SAMPLE_IMAGES / "espresso" / "coffee.jpg")
+    changed = changed_partitions(scan_listing(source.entries(), 4).digests, manifest_digests(manifest, 4))
+    assert changed == [partition_for(image_id_for("missile/rocket.jpg"), 4)]
+
+    # result files for every partition, then one damaged
+    rows = read_manifest(manifest).select(["image_id", "content_hash", "partition"]).to_pylist()
+    results = {}
+    for partition in sorted({r["partition"] for r in rows}):
+        results[partition] = tmp_path / f"{partition}.parquet"
+        mine = [r for r in rows if r["partition"] == partition]
+        table = pa.table({"image_id": [r["image_id"] for r in mine], "content_hash": [r["content_hash"] for r in mine]})
+        pq.write_table(table, results[partition], write_page_checksum=True)
+    assert partitions_missing_results(manifest, results.get) == []
+    damaged = sorted(results)[0]
+    _flip_middle(results[damaged], at_end=True)
+    assert [m.partition for m in partitions_missing_results(manifest, results.get)] == [damaged]
+
+    _truncate(manifest)
+    assert manifest_digests(manifest, 4) == {}  # differs from the listing: a manifest run is asked for
+    assert partitions_missing_results(manifest, results.get) == []
