@@ -174,6 +174,24 @@ def read_results(path: Path) -> pa.Table:
     return pq.read_table(path, schema=RESULT_SCHEMA, page_checksum_verification=True)
 
 
+def intact_result_files(paths: list[Path], warn: Callable[[str], None] | None = None) -> list[Path]:
+    """The files of ``paths`` that read back whole (page checksums verified); each damaged one is
+    left out (as if absent: its partition is predicted again by the next predictions run) after a
+    warning naming it."""
+    intact = []
+    for path in paths:
+        try:
+            read_results(path)
+        except (OSError, pa.ArrowException) as exc:
+            (warn or logger.warning)(
+                f"result file {str(path)!r} is damaged ({' '.join(str(exc).split())[:200]}): not loaded; "
+                "materialize predictions for its partition again"
+            )
+        else:
+            intact.append(path)
+    return intact
+
+
 def settings_key(precision: str, top_k: int, pixels: str) -> str:
     """The settings a stored prediction must share with the current run to be reused.
 
