@@ -24,6 +24,7 @@ from urllib.parse import quote_from_bytes, unquote_to_bytes
 from .errors import ConfigError
 
 FILE_URI_PREFIX = "file://"
+LIST_ERROR_PREFIX = "cannot list folder"  # the error of a folder that could not be listed (stage "list")
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def walk_images(
                     f"cannot list the image source root {folder!r}: {_reason(exc)}: give the user running the "
                     "pipeline read access to it, or set INFERENCE_IMAGE_ROOT to a readable folder"
                 ) from None
-            yield FoundFile(folder, prefix, f"cannot list folder: {_reason(exc)}", unlisted=True)
+            yield FoundFile(folder, prefix, f"{LIST_ERROR_PREFIX}: {_reason(exc)}", unlisted=True)
             return
         if listed is not None:
             listed.add(os.fsencode(folder))

@@ -34,17 +34,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .local_files import local_path
-
 from .atomic import atomic_output, remove_orphaned_temporaries
 from .errors import ConfigError
-from .local_files import display
+from .local_files import LIST_ERROR_PREFIX, display, local_path
 from .partitioning import image_id_for_bytes, partition_for
 from .sources import ImageSource, SourceEntry
 from .sources.config import IMAGE_EXTENSIONS
 from .sources.folder import FolderSource, check_source_root
 
-__all__ = ["IMAGE_EXTENSIONS", "build_manifest", "check_source_root", "read_manifest"]
+__all__ = ["IMAGE_EXTENSIONS", "LIST_ERROR_PREFIX", "build_manifest", "check_source_root", "read_manifest"]
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -62,7 +60,6 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-LIST_ERROR_PREFIX = "cannot list folder"  # a manifest error of this kind is a failure at stage "list"
 VANISHED_KEY = b"vanished_images"  # manifest metadata: previously known images missing without explanation
 
 _WRITE_CHUNK = 8192

@@ -25,6 +25,7 @@ import duckdb
 import pyarrow as pa
 
 from .errors import ConfigError
+from .local_files import LIST_ERROR_PREFIX
 from .results import read_class_names
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
@@ -150,10 +151,10 @@ JOIN images m ON m.image_id = r.image_id AND m.content_hash = r.content_hash
 WHERE r.status = 'predicted'
 """
 
-_INSERT_FAILURES = """
+_INSERT_FAILURES = f"""
 INSERT INTO failures
 SELECT r.image_id, r.uri, r.partition,
-       CASE WHEN starts_with(m.error, 'cannot list folder') THEN 'list' ELSE r.stage END,
+       CASE WHEN starts_with(m.error, '{LIST_ERROR_PREFIX}') THEN 'list' ELSE r.stage END,
        r.error, r.model, r.content_hash, r.predicted_at
 FROM read_parquet($files) r
 JOIN images m ON m.image_id = r.image_id AND m.content_hash IS NOT DISTINCT FROM r.content_hash
