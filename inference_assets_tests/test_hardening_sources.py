@@ -165,6 +165,7 @@ def test_images_under_an_unlistable_folder_stay_as_list_failures(image_root, tmp
     assert any("2 folder(s) could not be listed" in w for w in out["warnings"])
     passed, metadata = out["every_image_accounted_for"]
     assert passed and metadata["failures_at_list"] == 2 and metadata["vanished_images"] == 0
+    assert out["manifest_ids_unique_and_partitioned"][0]  # the folder's own row is an ordinary manifest row
 
 
 def test_an_image_that_vanishes_without_its_folder_being_listed_fails_the_check(image_root, tmp_path):
