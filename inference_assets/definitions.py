@@ -15,7 +15,7 @@ from inference_assets.kubernetes import kubernetes_executor  # imports dagster_k
 from inference_assets.predictions import assets as prediction_assets
 from inference_assets.predictions.resources import DeviceResource, ModelResource
 from inference_assets.report import assets as report_assets
-from inference_assets.settings import DATA_DIR, env, number_env, optional_env
+from inference_assets.settings import DATA_DIR, env, flag_env, number_env, optional_env
 from inference_assets.warehouse import assets as warehouse_assets
 from inference_assets.warehouse import checks as warehouse_checks
 from inference_assets.warehouse.resources import WarehouseResource
@@ -61,6 +61,7 @@ def default_resources() -> dict:
             image_query=optional_env("INFERENCE_IMAGE_QUERY"),
             work_dir=env("INFERENCE_WORK_DIR", DATA_DIR / "work"),
             shared_dir=optional_env("INFERENCE_SHARED_DIR"),
+            always_rehash=flag_env("INFERENCE_ALWAYS_REHASH"),
         ),
         "model": _from_env(
             ModelResource,

@@ -7,6 +7,8 @@
   ``label``) instead of a folder.
 - ``INFERENCE_DATABASE_URL`` + ``INFERENCE_IMAGE_QUERY``: a SQLAlchemy URL and a query returning
   ``id`` and ``image`` (bytes) or ``uri``, optionally ``label``, instead of a folder.
+- ``INFERENCE_ALWAYS_REHASH``: ``1`` reads and hashes every image on each manifest build instead of
+  trusting unchanged size + mtime + inode + ctime (local files) or size + mtime (objects).
 - ``INFERENCE_WORK_DIR``: manifest, pixels and per-partition results (default ``data/work``).
 - ``INFERENCE_DUCKDB_PATH``: the results database (default ``data/warehouse.duckdb``).
 - ``INFERENCE_DEVICE``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (default ``auto``).
@@ -82,3 +84,14 @@ def timezone_env(name: str, default: str) -> str:
     except (ValueError, KeyError, OSError):
         raise ConfigError(f"{name}={value!r} is not a time zone: use an IANA name such as 'UTC' or 'Europe/Paris'") from None
     return value
+
+
+def flag_env(name: str) -> bool:
+    """On for ``1``/``true``/``yes``/``on``, off for ``0``/``false``/``no``/``off`` or unset (any case);
+    anything else is a one-line ConfigError."""
+    value = os.environ.get(name, "").strip()
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r} is not valid: set it to 1 (on) or 0 (off)")

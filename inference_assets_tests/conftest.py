@@ -46,6 +46,7 @@ def _isolated_environment(monkeypatch, tmp_path):
         "INFERENCE_EXECUTOR",
         "INFERENCE_DECODE_WORKERS",
         "INFERENCE_GPU_LOCK_DIR",
+        "INFERENCE_ALWAYS_REHASH",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))

@@ -255,7 +255,7 @@ def predict_shard(
     ok_rows = shard.ok_rows
 
     pixels = shard.preprocessing
-    previous = read_reusable(output, settings.precision, settings.top_k, pixels) if reuse else None
+    previous = read_reusable(output, settings.precision, settings.top_k, pixels, warn=log) if reuse else None
     stored: dict[tuple, int] = {}
     if previous is not None:
         prev = previous.select(["image_id", "content_hash", "status"]).to_pydict()

@@ -4,6 +4,9 @@
   ``follow_external_symlinks``); a link to a folder is entered once (loops are cut); a link
   that cannot be resolved (a loop, a dangling target) or that leaves the root is reported as
   a file with an error rather than skipped silently, when its name looks like an image.
+- A folder that cannot be listed (no permission, an I/O error) is reported as an entry with
+  ``unlisted`` set and the OS reason, never skipped: its images must not vanish silently. The
+  root itself failing to list is a :class:`~.errors.ConfigError` naming it and the fix.
 - File names that are not valid UTF-8 keep their exact bytes: their ``uri`` is a
   ``file://`` URI with the bytes percent-encoded; every other file's ``uri`` is its plain
   absolute path.
@@ -18,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
+from .errors import ConfigError
+
 FILE_URI_PREFIX = "file://"
+LIST_ERROR_PREFIX = "cannot list folder"  # the error of a folder that could not be listed (stage "list")
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,7 @@ class FoundFile:
     relative: bytes  # path relative to the root, '/'-separated, exact bytes
     error: str | None = None  # why it cannot be read, when known at listing time
     stat: os.stat_result | None = None  # the file's (link-followed) stat from the listing, when readable
+    unlisted: bool = False  # a folder that could not be listed (``error`` says why), not a file
 
 
 def display(raw: bytes) -> str:
@@ -51,9 +58,15 @@ def local_path(uri: str) -> str | bytes:
 
 
 def walk_images(
-    root: Path, extensions: Iterable[str], follow_external_symlinks: bool = False
+    root: Path,
+    extensions: Iterable[str],
+    follow_external_symlinks: bool = False,
+    listed: set[bytes] | None = None,
 ) -> Iterator[FoundFile]:
-    """Image files under ``root`` in a deterministic (sorted) order; hidden entries skipped."""
+    """Image files under ``root`` in a deterministic (sorted) order; hidden entries skipped.
+
+    ``listed``, if given, receives the path (bytes) of every folder listed completely.
+    """
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     root_real = os.path.realpath(root)
     visited: set[tuple[int, int]] = set()
@@ -62,14 +75,23 @@ def walk_images(
         return target == root_real or target.startswith(root_real + os.sep)
 
     def walk(folder: str, prefix: bytes) -> Iterator[FoundFile]:
-        info = os.stat(folder)
-        if (info.st_dev, info.st_ino) in visited:
-            return  # a folder reached twice through links: list it once
-        visited.add((info.st_dev, info.st_ino))
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: os.fsencode(e.name))
-        except OSError:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in visited:
+                return  # a folder reached twice through links: list it once
+            visited.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: os.fsencode(e.name))
+        except OSError as exc:
+            if not prefix:
+                raise ConfigError(
+                    f"cannot list the image source root {folder!r}: {_reason(exc)}: give the user running the "
+                    "pipeline read access to it, or set INFERENCE_IMAGE_ROOT to a readable folder"
+                ) from None
+            yield FoundFile(folder, prefix, f"{LIST_ERROR_PREFIX}: {_reason(exc)}", unlisted=True)
             return
+        if listed is not None:
+            listed.add(os.fsencode(folder))
         for entry in entries:
             if entry.name.startswith("."):
                 continue

@@ -7,11 +7,23 @@ key under the prefix, or its table/database id), ``relative_path`` (that key as 
 (the parent folder's name or the table's label column, else null), ``partition`` (the shard
 key, see :mod:`partitioning`) and ``error`` (why the image cannot be read — a dangling or
 looping symlink, a missing object, NULL bytes, no permission — in which case size, time and
-hash are null; the image then gets a failure row downstream instead of disappearing).
+hash are null; the image then gets a failure row downstream instead of disappearing) and
+``version`` (what else identifies the file's content: inode and ctime for local files, see
+:class:`~.sources.SourceEntry`).
+
+A folder that cannot be listed never makes its images vanish: the images the previous manifest
+knew under it stay, with ``error`` "cannot list folder: <reason>" (stage ``list`` downstream),
+and a folder with no known images is recorded itself (its key ends with ``/``). Images of the
+previous manifest that are neither listed now nor known to be deleted are counted in the
+file's metadata (``vanished_images``), which the accounting check reads.
+
+Files are written with Parquet page checksums and read with verification: a damaged previous
+manifest is ignored (every image is hashed again) with a warning naming it.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,13 +36,13 @@ import pyarrow.parquet as pq
 
 from .atomic import atomic_output, remove_orphaned_temporaries
 from .errors import ConfigError
-from .local_files import display
+from .local_files import LIST_ERROR_PREFIX, display, local_path
 from .partitioning import image_id_for_bytes, partition_for
 from .sources import ImageSource, SourceEntry
 from .sources.config import IMAGE_EXTENSIONS
 from .sources.folder import FolderSource, check_source_root
 
-__all__ = ["IMAGE_EXTENSIONS", "build_manifest", "check_source_root", "read_manifest"]
+__all__ = ["IMAGE_EXTENSIONS", "LIST_ERROR_PREFIX", "build_manifest", "check_source_root", "read_manifest"]
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -44,8 +56,11 @@ MANIFEST_SCHEMA = pa.schema(
         ("label", pa.string()),
         ("partition", pa.string()),
         ("error", pa.string()),
+        ("version", pa.string()),
     ]
 )
+
+VANISHED_KEY = b"vanished_images"  # manifest metadata: previously known images missing without explanation
 
 _WRITE_CHUNK = 8192
 
@@ -59,19 +74,44 @@ class ManifestSummary:
     hashed: int = 0
     hash_reused: int = 0
     unreadable: int = 0
+    unlistable_folders: int = 0
+    images_under_unlistable_folders: int = 0  # images known from the previous manifest, kept as failures
+    vanished: list[str] = field(default_factory=list)  # known before, absent now, not known to be deleted
+    warnings: list[str] = field(default_factory=list)
     per_partition: Counter = field(default_factory=Counter)
     labels: Counter = field(default_factory=Counter)
 
 
-def _previous_hashes(previous: Path | None) -> dict[tuple[str, str], tuple[int, int, str]]:
-    """(relative_path, uri) -> (size, mtime_ns, content_hash) from an earlier manifest, if any."""
+def read_verified(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file read with its page checksums verified (raises OSError/ArrowException if damaged)."""
+    return pq.read_table(path, columns=columns, page_checksum_verification=True)
+
+
+def _previous_manifest(previous: Path | None, warnings: list[str]) -> pa.Table | None:
+    """An earlier manifest, if any; a damaged one counts as none (with a warning)."""
     if previous is None or not previous.exists():
+        return None
+    try:
+        table = read_verified(previous)
+        if "version" not in table.column_names:  # written before versions were recorded: local files hash once more
+            table = table.append_column("version", pa.nulls(table.num_rows, pa.string()))
+        return table.select(["image_id", "relative_path", "uri", "size_bytes", "mtime_ns", "content_hash",
+                             "label", "version"])
+    except (OSError, pa.ArrowException, KeyError) as exc:
+        warnings.append(
+            f"the previous image manifest {str(previous)!r} is damaged ({' '.join(str(exc).split())[:200]}): "
+            "ignored, every image is hashed again"
+        )
+        return None
+
+
+def _known(previous: pa.Table | None) -> dict[tuple[str, str], tuple]:
+    """(relative_path, uri) -> (size, mtime_ns, version, content_hash) of the previous manifest."""
+    if previous is None:
         return {}
-    table = pq.read_table(previous, columns=["relative_path", "uri", "size_bytes", "mtime_ns", "content_hash"])
-    return {
-        (row["relative_path"], row["uri"]): (row["size_bytes"], row["mtime_ns"], row["content_hash"])
-        for row in table.to_pylist()
-    }
+    columns = [previous.column(name).to_pylist() for name in
+               ("relative_path", "uri", "size_bytes", "mtime_ns", "version", "content_hash")]
+    return {(relative, uri): tuple(rest) for relative, uri, *rest in zip(*columns, strict=True)}
 
 
 def build_manifest(
@@ -81,29 +121,43 @@ def build_manifest(
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     follow_external_symlinks: bool = False,
     progress: Callable[[int], None] | None = None,
+    rehash: bool = False,
 ) -> ManifestSummary:
     """List the images of ``source`` (a source, or a local folder) into a Parquet manifest at
     ``output`` (atomically). ``progress(1)`` is told of each image listed.
 
-    An image whose location, size and modification time match the previous manifest at
-    ``output`` keeps its recorded content hash instead of being read again.
+    An image whose location, size, modification time and ``version`` (inode + ctime for local
+    files) match the previous manifest at ``output`` keeps its recorded content hash instead of
+    being read again; ``rehash`` reads every image again. ``summary.warnings`` tells of a damaged
+    previous manifest (ignored).
     """
     if isinstance(source, (str, Path)):
         source = FolderSource(Path(source), extensions, follow_external_symlinks)
     remove_orphaned_temporaries(output.parent, output.name)
-    known = _previous_hashes(output)
     summary = ManifestSummary()
+    previous = _previous_manifest(output, summary.warnings)
+    known = _known(previous)  # entries seen are taken out: what is left was not listed this time
     with atomic_output(output) as tmp:
-        with pq.ParquetWriter(tmp, MANIFEST_SCHEMA) as writer:
+        with pq.ParquetWriter(tmp, MANIFEST_SCHEMA, write_page_checksum=True) as writer:
             rows: list[dict] = []
             for entry in source.entries():
-                rows.append(_manifest_row(source, entry, num_partitions, known, summary))
+                if entry.unlisted:
+                    new_rows = _unlisted_rows(entry, previous, num_partitions, summary)
+                else:
+                    new_rows = [_manifest_row(source, entry, num_partitions, known, summary, rehash)]
+                for row in new_rows:
+                    known.pop((row["relative_path"], row["uri"]), None)
+                rows.extend(new_rows)
                 if progress is not None:
                     progress(1)
                 if len(rows) >= _WRITE_CHUNK:
                     writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
                     rows.clear()
             writer.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA))
+            is_deleted = getattr(source, "is_deleted", None)  # sources listed all at once: absent = deleted
+            if is_deleted is not None:
+                summary.vanished = sorted(relative for relative, uri in known if not is_deleted(uri))
+            writer.add_key_value_metadata({VANISHED_KEY: str(len(summary.vanished))})
         if summary.images == 0:  # raised before the rename: an earlier manifest stays in place
             raise ConfigError(
                 f"no images found in {source.description!r} (looked for {', '.join(sorted(set(extensions)))}): "
@@ -112,8 +166,41 @@ def build_manifest(
     return summary
 
 
+def _path_bytes(uri: str) -> bytes:
+    path = local_path(uri)
+    return path if isinstance(path, bytes) else os.fsencode(path)
+
+
+def _unlisted_rows(entry: SourceEntry, previous: pa.Table | None, num_partitions: int, summary: ManifestSummary):
+    """Failure rows for a folder that could not be listed: the images known under it, else the folder."""
+    summary.unlistable_folders += 1
+    folder = _path_bytes(entry.uri).rstrip(b"/") + b"/"
+    known = []
+    if previous is not None:
+        uris = previous.column("uri").to_pylist()
+        under = [i for i, uri in enumerate(uris) if _path_bytes(uri).startswith(folder)]
+        columns = previous.select(["image_id", "relative_path", "uri", "label"])
+        known = columns.take(pa.array(under, pa.int64())).to_pylist()
+    if known:
+        summary.images_under_unlistable_folders += len(known)
+    else:  # nothing known under it: the folder itself is counted, so it is not lost from view
+        known = [{"image_id": image_id_for_bytes(entry.key), "relative_path": display(entry.key),
+                  "uri": entry.uri, "label": None}]
+    rows = []
+    for row in known:
+        partition = partition_for(row["image_id"], num_partitions)
+        rows.append({**row, "partition": partition, "error": entry.error})
+        summary.images += 1
+        summary.unreadable += 1
+        summary.per_partition[partition] += 1
+        if row["label"] is not None:
+            summary.labels[row["label"]] += 1
+    return rows
+
+
 def _manifest_row(
-    source: ImageSource, entry: SourceEntry, num_partitions: int, known: dict, summary: ManifestSummary
+    source: ImageSource, entry: SourceEntry, num_partitions: int, known: dict, summary: ManifestSummary,
+    rehash: bool = False,
 ) -> dict:
     relative = display(entry.key)
     image_id = image_id_for_bytes(entry.key)
@@ -129,6 +216,7 @@ def _manifest_row(
         "label": entry.label,
         "partition": partition,
         "error": entry.error,
+        "version": None,
     }
     summary.images += 1
     summary.per_partition[partition] += 1
@@ -136,18 +224,17 @@ def _manifest_row(
         summary.labels[entry.label] += 1
     if entry.error is None:
         try:
-            previous = known.get((relative, entry.uri))
+            previous = None if rehash else known.get((relative, entry.uri))  # (size, mtime_ns, version, hash)
             if entry.content_hash is not None:
                 content_hash = entry.content_hash  # the listing read the bytes already
                 summary.hashed += 1
             elif (
                 previous
                 and entry.mtime_ns is not None
-                and previous[0] == entry.size
-                and previous[1] == entry.mtime_ns
-                and previous[2]
+                and previous[:3] == (entry.size, entry.mtime_ns, entry.version)
+                and previous[3]
             ):
-                content_hash = previous[2]
+                content_hash = previous[3]
                 summary.hash_reused += 1
             else:
                 content_hash = source.content_hash(entry.uri)
@@ -163,6 +250,7 @@ def _manifest_row(
                 ),
                 mtime_ns=entry.mtime_ns,
                 content_hash=content_hash,
+                version=entry.version,
             )
             summary.total_bytes += entry.size or 0
     if row["error"] is not None:
@@ -170,13 +258,28 @@ def _manifest_row(
     return row
 
 
+def vanished_images(path: Path) -> int:
+    """How many previously known images the manifest at ``path`` lost without knowing they were deleted."""
+    try:
+        metadata = pq.read_metadata(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return 0
+    return int(metadata.get(VANISHED_KEY, b"0"))
+
+
 def read_manifest(path: Path, partition: str | None = None) -> pa.Table:
-    """The manifest table, or only the rows of one partition."""
+    """The manifest table, or only the rows of one partition (a one-line error if it is damaged)."""
     if not path.exists():
         raise ConfigError(
             f"image manifest {str(path)!r} does not exist: materialize the image_manifest asset first"
         )
-    table = pq.read_table(path)
+    try:
+        table = read_verified(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ConfigError(
+            f"image manifest {str(path)!r} is damaged ({' '.join(str(exc).split())[:200]}): "
+            "materialize the image_manifest asset again (make run rebuilds it first)"
+        ) from None
     if partition is not None:
         table = table.filter(pc.equal(table["partition"], partition))
     return table

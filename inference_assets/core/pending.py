@@ -1,13 +1,15 @@
 """What work is pending: compare a source's listing with the manifest, and the manifest with
 the per-partition result files. Used by the sensor and the schedule; no Dagster here.
 
-- *Listing changes*: a partition whose images (id, location, size, modification time, and the
-  content hash where the listing has one) differ from the manifest's needs a new manifest.
+- *Listing changes*: a partition whose images (id, location, size, modification time, version
+  (inode + ctime for local files), and the content hash where the listing has one) differ from
+  the manifest's needs a new manifest. A damaged manifest counts as none (a new one is needed).
   The listing can be scanned in slices under a time budget (:func:`scan_listing`), resuming
   after the last key seen; each partition's state is an order-independent digest (XOR of
   per-image hashes plus a count), so a scan can stop and resume anywhere.
 - *Missing results*: a partition some of whose manifest images (id, content hash) have no row
-  in its result file needs its preprocessing and predictions run.
+  in its result file needs its preprocessing and predictions run; a damaged result file counts
+  as absent.
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
+import pyarrow as pa
 
+from .manifest import read_verified
 from .partitioning import image_id_for_bytes, partition_for
 from .sources import SourceEntry
 
 
-def _image_hash(image_id: str, uri: str, size, mtime_ns, listed_hash) -> int:
-    text = f"{image_id}\x00{uri}\x00{size}\x00{mtime_ns}\x00{listed_hash}"
+def _image_hash(image_id: str, uri: str, size, mtime_ns, listed_hash, version) -> int:
+    text = f"{image_id}\x00{uri}\x00{size}\x00{mtime_ns}\x00{listed_hash}\x00{version}"
     return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:16], "big")
 
 
@@ -72,7 +75,7 @@ def scan_listing(
         image_id = image_id_for_bytes(entry.key)
         scan.add(
             partition_for(image_id, num_partitions),
-            _image_hash(image_id, entry.uri, entry.size, entry.mtime_ns, entry.content_hash),
+            _image_hash(image_id, entry.uri, entry.size, entry.mtime_ns, entry.content_hash, entry.version),
         )
         scan.after = entry.key.hex()
         scan.scanned += 1
@@ -85,12 +88,18 @@ def manifest_digests(manifest_path: Path, num_partitions: int) -> dict[str, list
     scan = ListingScan()
     if not manifest_path.exists():
         return {}
-    columns = ["image_id", "uri", "size_bytes", "mtime_ns", "content_hash", "partition"]
-    for row in pq.read_table(manifest_path, columns=columns).to_pylist():
+    try:
+        table = read_verified(manifest_path)
+    except (OSError, pa.ArrowException):
+        return {}  # damaged: unlike any listing, so a manifest run is asked for (it rebuilds the file)
+    if "version" not in table.column_names:  # an older manifest: differs from listings with versions
+        table = table.append_column("version", pa.nulls(table.num_rows, pa.string()))
+    columns = ["image_id", "uri", "size_bytes", "mtime_ns", "content_hash", "version"]
+    for row in table.select(columns).to_pylist():
         listed_hash = row["content_hash"] if row["mtime_ns"] is None else None  # sources without mtimes hash when listing
         scan.add(
             partition_for(row["image_id"], num_partitions),
-            _image_hash(row["image_id"], row["uri"], row["size_bytes"], row["mtime_ns"], listed_hash),
+            _image_hash(row["image_id"], row["uri"], row["size_bytes"], row["mtime_ns"], listed_hash, row["version"]),
         )
     return scan.digests
 
@@ -117,7 +126,10 @@ def partitions_missing_results(manifest_path: Path, result_file: Callable[[str],
     """Partitions whose manifest images are not all in their result file (by id and content hash)."""
     if not manifest_path.exists():
         return []
-    manifest = pq.read_table(manifest_path, columns=["image_id", "content_hash", "partition"]).to_pylist()
+    try:
+        manifest = read_verified(manifest_path, columns=["image_id", "content_hash", "partition"]).to_pylist()
+    except (OSError, pa.ArrowException):
+        return []  # damaged: the listing differs from it, and the manifest run comes first
     wanted: dict[str, set] = {}
     for row in manifest:
         wanted.setdefault(row["partition"], set()).add((row["image_id"], row["content_hash"]))
@@ -126,7 +138,10 @@ def partitions_missing_results(manifest_path: Path, result_file: Callable[[str],
         path = result_file(partition)
         have = set()
         if path.exists():
-            results = pq.read_table(path, columns=["image_id", "content_hash"])
+            try:
+                results = read_verified(path, columns=["image_id", "content_hash"])
+            except (OSError, pa.ArrowException):  # damaged: as if absent, the partition is predicted again
+                results = pa.table({"image_id": pa.array([], pa.string()), "content_hash": pa.array([], pa.string())})
             have = set(zip(results.column("image_id").to_pylist(), results.column("content_hash").to_pylist()))
         missing = wanted[partition] - have
         if missing:

@@ -1,12 +1,16 @@
 """Per-partition result files: one Parquet row per image, predicted or failed.
 
-Written atomically (temporary name, then rename), streamed batch by batch.
+Written atomically (temporary name, then rename), streamed batch by batch, with Parquet page
+checksums; read back with the checksums verified, so a damaged file is never reused silently: it
+counts as absent (its partition is predicted again) with a warning naming it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,8 @@ from .atomic import atomic_output, remove_orphaned_temporaries
 STATUS_PREDICTED = "predicted"
 STATUS_FAILED = "failed"
 CLASS_NAMES_KEY = "class_names"
+
+logger = logging.getLogger(__name__)
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -81,7 +87,7 @@ class ResultFileWriter:
     def __enter__(self) -> ResultFileWriter:
         remove_orphaned_temporaries(self.path.parent, self.path.name)
         tmp = self._atomic.__enter__()
-        self._writer = pq.ParquetWriter(tmp, self._schema)
+        self._writer = pq.ParquetWriter(tmp, self._schema, write_page_checksum=True)
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -164,7 +170,26 @@ def read_class_names(path: Path) -> list[str] | None:
 
 
 def read_results(path: Path) -> pa.Table:
-    return pq.read_table(path, schema=RESULT_SCHEMA)
+    """The rows of a result file, page checksums verified (raises OSError/ArrowException if damaged)."""
+    return pq.read_table(path, schema=RESULT_SCHEMA, page_checksum_verification=True)
+
+
+def intact_result_files(paths: list[Path], warn: Callable[[str], None] | None = None) -> list[Path]:
+    """The files of ``paths`` that read back whole (page checksums verified); each damaged one is
+    left out (as if absent: its partition is predicted again by the next predictions run) after a
+    warning naming it."""
+    intact = []
+    for path in paths:
+        try:
+            read_results(path)
+        except (OSError, pa.ArrowException) as exc:
+            (warn or logger.warning)(
+                f"result file {str(path)!r} is damaged ({' '.join(str(exc).split())[:200]}): not loaded; "
+                "materialize predictions for its partition again"
+            )
+        else:
+            intact.append(path)
+    return intact
 
 
 def settings_key(precision: str, top_k: int, pixels: str) -> str:
@@ -176,8 +201,14 @@ def settings_key(precision: str, top_k: int, pixels: str) -> str:
     return f"precision={precision};top_k={top_k};pixels={pixels}"
 
 
-def read_reusable(path: Path, precision: str, top_k: int, pixels: str) -> pa.Table | None:
-    """A complete earlier result file made with the same settings, or None."""
+def read_reusable(
+    path: Path, precision: str, top_k: int, pixels: str, warn: Callable[[str], None] | None = None
+) -> pa.Table | None:
+    """A complete earlier result file made with the same settings, or None.
+
+    A damaged file (unreadable, truncated, a page failing its checksum) is None too, after a
+    warning naming it (``warn``, default this module's logger).
+    """
     if not path.exists():
         return None
     try:
@@ -185,5 +216,9 @@ def read_reusable(path: Path, precision: str, top_k: int, pixels: str) -> pa.Tab
         if metadata.get(b"settings", b"").decode() != settings_key(precision, top_k, pixels):
             return None
         return read_results(path)
-    except (OSError, pa.ArrowException):
-        return None  # damaged: everything is predicted again
+    except (OSError, pa.ArrowException) as exc:  # damaged: everything is predicted again
+        (warn or logger.warning)(
+            f"result file {str(path)!r} is damaged ({' '.join(str(exc).split())[:200]}): ignored, its partition "
+            "is predicted again"
+        )
+        return None

@@ -5,7 +5,8 @@ new contents, never a mix, and re-running never duplicates a row):
 
 - ``images``: the manifest.
 - ``predictions``: one row per predicted image (primary key ``image_id``).
-- ``failures``: one row per image that could not be predicted, with the stage and error.
+- ``failures``: one row per image that could not be predicted, with the stage and error (stage
+  ``list`` for an image under a folder that could not be listed, see :mod:`.manifest`).
 - ``model_classes``: the model's classes (index, name), in output order.
 
 A result row counts only while it matches the manifest (same ``image_id`` and content
@@ -24,6 +25,7 @@ import duckdb
 import pyarrow as pa
 
 from .errors import ConfigError
+from .local_files import LIST_ERROR_PREFIX
 from .results import read_class_names
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
@@ -159,9 +161,11 @@ JOIN images m ON m.image_id = r.image_id AND m.content_hash = r.content_hash
 WHERE r.status = 'predicted'
 """
 
-_INSERT_FAILURES = """
+_INSERT_FAILURES = f"""
 INSERT INTO failures
-SELECT r.image_id, r.uri, r.partition, r.stage, r.error, r.model, r.content_hash, r.predicted_at
+SELECT r.image_id, r.uri, r.partition,
+       CASE WHEN starts_with(m.error, '{LIST_ERROR_PREFIX}') THEN 'list' ELSE r.stage END,
+       r.error, r.model, r.content_hash, r.predicted_at
 FROM read_parquet($files) r
 JOIN images m ON m.image_id = r.image_id AND m.content_hash IS NOT DISTINCT FROM r.content_hash
 WHERE r.status = 'failed'

@@ -28,8 +28,23 @@ def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> 
     shared = storage.shared
     shared.fetch(path)  # the previous manifest's hashes are reused for unchanged images
     with Progress("manifest", None, context.log.info) as progress:  # listing: no total known ahead
-        summary = build_manifest(source, path, NUM_PARTITIONS, storage.extensions, progress=progress.advance)
+        summary = build_manifest(
+            source, path, NUM_PARTITIONS, storage.extensions, progress=progress.advance, rehash=storage.always_rehash
+        )
     shared.publish(path)
+    for warning in summary.warnings:
+        context.log.warning(warning)
+    if summary.unlistable_folders:
+        context.log.warning(
+            f"{summary.unlistable_folders} folder(s) could not be listed: their "
+            f"{summary.images_under_unlistable_folders} known image(s) are kept as failures (stage list); "
+            "give the pipeline read access to them"
+        )
+    if summary.vanished:
+        context.log.warning(
+            f"{len(summary.vanished)} image(s) of the previous manifest are missing without their folder being "
+            f"listed (e.g. {', '.join(summary.vanished[:5])})"
+        )
     context.log.info(
         f"manifest: {summary.images} images, {summary.total_bytes} bytes "
         f"({summary.hashed} hashed, {summary.hash_reused} unchanged, {summary.unreadable} unreadable) -> {path}"
@@ -50,6 +65,9 @@ def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> 
             "files_hashed": summary.hashed,
             "hashes_reused": summary.hash_reused,
             "unreadable": summary.unreadable,
+            "unlistable_folders": summary.unlistable_folders,
+            "images_under_unlistable_folders": summary.images_under_unlistable_folders,
+            "vanished_images": len(summary.vanished),
             "labelled_images": sum(summary.labels.values()),
             "distinct_labels": len(summary.labels),
             "partitions": NUM_PARTITIONS,

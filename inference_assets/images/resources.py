@@ -56,6 +56,11 @@ class StorageResource(ConfigurableResource):
     follow_external_symlinks: bool = Field(
         default=False, description="Follow symbolic links whose target lies outside image_root."
     )
+    always_rehash: bool = Field(
+        default=False,
+        description="Read and hash every image on each manifest build, instead of trusting an unchanged "
+        "size + mtime + inode + ctime (local files) or size + mtime (objects) to mean unchanged content.",
+    )
     max_image_pixels: int | None = Field(
         default=DEFAULT_MAX_PIXELS,
         description="Decompression-bomb guard: images with more pixels (width x height) fail instead of "

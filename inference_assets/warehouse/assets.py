@@ -5,6 +5,8 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from dagster_duckdb import DuckDBResource
 
 from inference_assets.core.evaluation import evaluate
+from inference_assets.core.manifest import read_manifest
+from inference_assets.core.results import intact_result_files
 from inference_assets.core.warehouse import refresh_warehouse, top_labels
 from inference_assets.images.assets import image_manifest
 from inference_assets.images.resources import StorageResource
@@ -36,7 +38,8 @@ def loaded_result_files(storage: StorageResource, model: ModelResource):
 def prediction_results(
     context: AssetExecutionContext, storage: StorageResource, model: ModelResource, duckdb: DuckDBResource
 ) -> MaterializeResult:
-    files = loaded_result_files(storage, model)
+    files = intact_result_files(loaded_result_files(storage, model), context.log.warning)
+    read_manifest(storage.layout.manifest_path)  # a missing or damaged manifest: a one-line error, not DuckDB's
     with duckdb.get_connection() as conn:
         summary = refresh_warehouse(conn, storage.layout.manifest_path, files)
         labels = top_labels(conn, limit=10)

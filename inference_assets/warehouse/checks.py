@@ -4,6 +4,7 @@
 from dagster import AssetCheckResult, asset_check
 from dagster_duckdb import DuckDBResource
 
+from inference_assets.core.manifest import vanished_images
 from inference_assets.images.resources import StorageResource
 from inference_assets.predictions.resources import ModelResource
 
@@ -16,7 +17,9 @@ def _result_partitions(storage: StorageResource, model: ModelResource) -> list[s
 
 @asset_check(
     asset=prediction_results,
-    description="Every manifest image of each predicted partition has exactly one prediction or one failure.",
+    description="Every manifest image of each predicted partition has exactly one prediction or one failure, "
+    "and no image of the previous manifest vanished without being known deleted (e.g. under a folder that "
+    "could not be listed).",
 )
 def every_image_accounted_for(
     storage: StorageResource, model: ModelResource, duckdb: DuckDBResource
@@ -40,9 +43,13 @@ def every_image_accounted_for(
         checked = conn.execute(
             "SELECT count(*) FROM images WHERE list_contains($p, partition)", {"p": partitions}
         ).fetchone()[0]
+        unlisted = conn.execute("SELECT count(*) FROM failures WHERE stage = 'list'").fetchone()[0]
+    vanished = vanished_images(storage.layout.manifest_path)
     return AssetCheckResult(
-        passed=not rows,
+        passed=not rows and vanished == 0,
         metadata={
+            "vanished_images": vanished,
+            "failures_at_list": unlisted,
             "images_checked": checked,
             "partitions_checked": len(partitions),
             "images_without_exactly_one_outcome": len(rows),

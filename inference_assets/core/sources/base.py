@@ -16,6 +16,12 @@ class SourceEntry:
     the listing knows (``None`` where the source has no such notion): an unchanged pair lets
     the manifest keep an earlier content hash without reading the image again.
     ``content_hash`` is set when the listing had to read the bytes anyway (database BLOBs).
+    ``version`` is what else changes when the content changes without size or mtime changing
+    (local files: inode and ctime, which a rewrite in place or a replace-by-rename changes and
+    ``os.utime`` cannot set back); ``None`` where the source offers nothing more (objects:
+    pyarrow's listing gives no ETag, so size + mtime are trusted).
+    ``unlisted`` marks a folder that could not be listed (``error`` says why): the manifest
+    keeps the images it knew under it, as failures, or records the folder itself.
     """
 
     key: bytes
@@ -25,6 +31,8 @@ class SourceEntry:
     label: str | None = None
     error: str | None = None
     content_hash: str | None = None
+    version: str | None = None
+    unlisted: bool = False
 
 
 class ImageSource(Protocol):
