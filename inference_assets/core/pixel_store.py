@@ -32,8 +32,8 @@ import os
 import time
 import uuid
 import zlib
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 from .allocator import keep_freed_memory
 from .atomic import atomic_output, remove_orphaned_temporaries, temporary_sibling
 from .decoding import DEFAULT_MAX_PIXELS, describe_error, load_rgb, without_locations
+from .local_files import LIST_ERROR_PREFIX
 from .parallel import bounded_map
 from .preprocessing import Preprocessing
 
@@ -62,6 +63,7 @@ INDEX_SCHEMA = pa.schema(
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+STAGE_LIST = "list"  # the image's folder could not be listed (its manifest row carries the reason)
 STAGE_READ = "read"
 STAGE_DECODE = "decode"
 
@@ -173,7 +175,8 @@ def _prepare(
 ) -> tuple[np.ndarray | None, str | None, str | None]:
     """(pixels, None, None) or (None, stage, reason): one bad image never fails a partition."""
     if listing_error is not None:
-        return None, STAGE_READ, without_locations(listing_error, uri)
+        stage = STAGE_LIST if listing_error.startswith(LIST_ERROR_PREFIX) else STAGE_READ
+        return None, stage, without_locations(listing_error, uri)
     try:
         image = uri if opener is None else opener(uri)  # fetches remote bytes; a local path as is
     except Exception as exc:

@@ -25,7 +25,6 @@ import duckdb
 import pyarrow as pa
 
 from .errors import ConfigError
-from .local_files import LIST_ERROR_PREFIX
 from .results import read_class_names
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
@@ -161,11 +160,9 @@ JOIN images m ON m.image_id = r.image_id AND m.content_hash = r.content_hash
 WHERE r.status = 'predicted'
 """
 
-_INSERT_FAILURES = f"""
+_INSERT_FAILURES = """
 INSERT INTO failures
-SELECT r.image_id, r.uri, r.partition,
-       CASE WHEN starts_with(m.error, '{LIST_ERROR_PREFIX}') THEN 'list' ELSE r.stage END,
-       r.error, r.model, r.content_hash, r.predicted_at
+SELECT r.image_id, r.uri, r.partition, r.stage, r.error, r.model, r.content_hash, r.predicted_at
 FROM read_parquet($files) r
 JOIN images m ON m.image_id = r.image_id AND m.content_hash IS NOT DISTINCT FROM r.content_hash
 WHERE r.status = 'failed'
