@@ -126,6 +126,14 @@ def test_the_same_errors_stop_dagster_steps_at_resource_setup(image_root, tmp_pa
         assert not result.success
         assert _failure_message(result).startswith("unknown model 'efficientnet_b99'")
         resources["model"] = ModelResource()
+        resources["storage"] = StorageResource(image_root=str(image_root), work_dir="/etc/passwd")
+        result = materialize(
+            [*ASSETS, *ASSET_CHECKS], selection=["image_manifest"], resources=resources, instance=instance,
+            raise_on_error=False,
+        )
+        assert not result.success
+        assert _failure_message(result).startswith("work folder '/etc/passwd' is a file")
+        resources["storage"] = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
         result = materialize(
             [*ASSETS, *ASSET_CHECKS], selection=["prediction_results"], resources=resources, instance=instance,
             raise_on_error=False,

@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
 from inference_assets.core.decoding import DEFAULT_MAX_PIXELS
-from inference_assets.core.layout import Layout
+from inference_assets.core.layout import Layout, check_work_dir
 from inference_assets.core.sources import ImageSource, SourceConfig, open_source
 from inference_assets.core.sources.config import IMAGE_EXTENSIONS
 from inference_assets.core.shared_storage import SharedStorage
@@ -63,9 +63,12 @@ class StorageResource(ConfigurableResource):
     )
     max_image_pixels: int | None = Field(
         default=DEFAULT_MAX_PIXELS,
-        description="Decompression-bomb guard: images with more pixels (width x height) fail instead of "
-        "being decoded; null disables the guard.",
+        description="Decompression-bomb guard: images with more pixels (width x height), or whose model resize "
+        "would have more (extreme aspect ratios), fail from their header instead of being decoded; null disables it.",
     )
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        check_work_dir(self.layout.work_dir)  # a file, or a folder this user cannot write: one line
 
     @property
     def layout(self) -> Layout:
