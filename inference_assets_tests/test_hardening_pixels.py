@@ -239,12 +239,18 @@ def _flip_bytes(shard_dir: Path, partition: str, row: int) -> Path:
     return shard.path
 
 
-def test_a_damaged_row_is_rebuilt_alone_with_a_warning_naming_the_file(tmp_path):
+@pytest.fixture
+def stored_shard(tmp_path):
+    """(manifest entries, preprocessing, shard folder) of the sample photos stored as partition "s"."""
     build_manifest(SAMPLE_IMAGES, tmp_path / "m.parquet", 1)
     entries = read_manifest(tmp_path / "m.parquet")
     preprocessing = resolve_preprocessing(ModelSpec())
-    shard_dir = tmp_path / "px"
-    write_pixel_shard(entries, preprocessing, shard_dir, "s", 2)
+    write_pixel_shard(entries, preprocessing, tmp_path / "px", "s", 2)
+    return entries, preprocessing, tmp_path / "px"
+
+
+def test_a_damaged_row_is_rebuilt_alone_with_a_warning_naming_the_file(stored_shard):
+    entries, preprocessing, shard_dir = stored_shard
     clean = np.array(read_pixel_shard(shard_dir, "s").pixels)
     damaged = _flip_bytes(shard_dir, "s", 2)
     with pytest.raises(ValueError, match=f"{damaged.name}.*re-materialize preprocessed_images"):
@@ -258,11 +264,8 @@ def test_a_damaged_row_is_rebuilt_alone_with_a_warning_naming_the_file(tmp_path)
     assert (again.rewritten, again.warnings) == (False, [])
 
 
-def test_a_truncated_pixels_file_is_rebuilt_with_a_warning(tmp_path):
-    build_manifest(SAMPLE_IMAGES, tmp_path / "m.parquet", 1)
-    entries = read_manifest(tmp_path / "m.parquet")
-    preprocessing = resolve_preprocessing(ModelSpec())
-    write_pixel_shard(entries, preprocessing, tmp_path / "px", "s", 2)
+def test_a_truncated_pixels_file_is_rebuilt_with_a_warning(stored_shard, tmp_path):
+    entries, preprocessing, _ = stored_shard
     path = read_pixel_shard(tmp_path / "px", "s").path
     os.truncate(path, path.stat().st_size - 1000)
     summary = write_pixel_shard(entries, preprocessing, tmp_path / "px", "s", 2)
@@ -271,12 +274,8 @@ def test_a_truncated_pixels_file_is_rebuilt_with_a_warning(tmp_path):
     assert read_pixel_shard(tmp_path / "px", "s").read_rows(0, entries.num_rows).shape[0] == entries.num_rows
 
 
-def test_a_shard_without_checksums_counts_as_written_by_an_older_version(tmp_path):
-    build_manifest(SAMPLE_IMAGES, tmp_path / "m.parquet", 1)
-    entries = read_manifest(tmp_path / "m.parquet")
-    preprocessing = resolve_preprocessing(ModelSpec())
-    shard_dir = tmp_path / "px"
-    write_pixel_shard(entries, preprocessing, shard_dir, "s", 2)
+def test_a_shard_without_checksums_counts_as_written_by_an_older_version(stored_shard):
+    entries, preprocessing, shard_dir = stored_shard
     index = pq.read_table(shard_dir / "s.parquet")
     old = index.drop_columns(["crc32"]).replace_schema_metadata(index.schema.metadata)  # as written before
     pq.write_table(old, shard_dir / "s.parquet")
