@@ -1,6 +1,6 @@
 """File names and labels are text, never markup: in the Dagster UI's Markdown metadata and in the
 HTML report, hostile names and labels render as themselves (rendered here with markdown-it, a
-CommonMark parser with GFM tables, and Python's HTML parser)."""
+CommonMark parser with GFM tables and autolinks, and Python's HTML parser)."""
 
 import shutil
 from html.parser import HTMLParser
@@ -21,7 +21,7 @@ HOSTILE_FILES = ["a#b.jpg", "pipe|name\n.jpg", "**bold** `code`.jpg"]
 
 
 def _render(text: str) -> list:
-    return MarkdownIt("commonmark").enable("table").parse(text)
+    return MarkdownIt("gfm-like").parse(text)  # CommonMark + GFM tables, strikethrough and autolinks
 
 
 def _check_markdown(name: str, text: str) -> str:
@@ -49,7 +49,8 @@ def _check_markdown(name: str, text: str) -> str:
 
 
 def test_escaped_text_renders_as_itself():
-    for value in [*HOSTILE_LABELS, *HOSTILE_FILES, "\\ back\\slash", "\x1b[31mred\u2028", "http://example.com/x"]:
+    for value in [*HOSTILE_LABELS, *HOSTILE_FILES, "\\ back\\slash", "\x1b[31mred\u2028",
+                  "see http://example.com/x", "www.example.com", "mail a@b.com", "OSError: a-b.c ~~x~~ $x$"]:
         rendered = _render(escape(value))
         texts = [c.content for t in rendered for c in (t.children or []) if c.type == "text"]
         kinds = {c.type for t in rendered for c in (t.children or [])}

@@ -1,10 +1,13 @@
 """Markdown built from user data (file names, labels, failure reasons) for the Dagster UI.
 
 Everything that comes from a user's collection is text, never markup: each ASCII punctuation
-character is backslash-escaped (CommonMark escapes every one of them), so ``|`` cannot split a
-table cell, ``![x](http://host/x.png)`` cannot become an image fetched from elsewhere, ``<b>``
-cannot become HTML, and ``http://`` cannot become a link. Line breaks and other control
-characters are shown as ``\\n``, ``\\t``, ``\\x1b``..., so a name cannot end a table row.
+character that can start or end inline markup is backslash-escaped (CommonMark lets any ASCII
+punctuation be escaped), so ``|`` cannot split a table cell, ``![x](http://host/x.png)`` cannot
+become an image fetched from elsewhere, ``<b>`` cannot become HTML, and ``http://``, ``www.``
+and ``a@b`` cannot become links (GFM autolinks). Hyphens, dots, slashes and other punctuation
+that is markup only at the start of a line stay as they are: these values are never at the start
+of a line (table cells, alt texts). Line breaks and other control characters are shown as
+``\\n``, ``\\t``, ``\\x1b``..., so a name cannot end a table row.
 
 Markup we build ourselves (thumbnails as ``data:`` images) is a :class:`Markdown` value and
 passes through unescaped.
@@ -12,9 +15,11 @@ passes through unescaped.
 
 from __future__ import annotations
 
-import string
+import re
 
-_PUNCTUATION = frozenset(string.punctuation)
+# markup inside a line: code, emphasis, links and images, HTML and entities, tables, autolinks, math
+_PUNCTUATION = frozenset("\\`*_{}[]()<>!|&~#@$")
+_AUTOLINK = re.compile(r"(www)\.|:(//)", re.IGNORECASE)  # GFM's www. and scheme:// autolinks
 _CONTROL = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -36,7 +41,7 @@ def escape(value: object) -> str:
             out.append("\\" + char)
         else:
             out.append(char)
-    return "".join(out)
+    return _AUTOLINK.sub(lambda m: f"{m[1]}\\." if m[1] else "\\://", "".join(out))
 
 
 def table(headers: tuple[str, ...], rows) -> str:
