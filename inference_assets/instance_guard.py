@@ -269,6 +269,10 @@ class SlotWatch:
                 time.sleep(0.05)
         finally:
             self._napping = False
+            try:
+                self._writer.send(b"\0")  # the watcher lets Dagster's loop look once, then naps it again
+            except OSError:
+                pass
         if self._request is not None:
             request, self._request = self._request, None
             raise request
