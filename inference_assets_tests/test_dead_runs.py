@@ -2,6 +2,8 @@
 SIGKILL never blocks the next `make run`; a run waiting for a slot says so, gives up after
 INFERENCE_SLOT_WAIT_SECONDS and stops on SIGINT/SIGTERM; a fresh Dagster home is set up once."""
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +51,15 @@ def _slot_holders(env, pool: str) -> set[str]:
     with _instance(env) as instance:
         info = instance.event_log_storage.get_concurrency_info(pool)
         return {s.run_id for s in info.claimed_slots if s.run_id} | {s.run_id for s in info.pending_steps}
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time process ``pid`` has used so far (Linux); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Process:
@@ -155,7 +166,7 @@ def test_a_run_waiting_for_a_live_holder_says_so_and_gives_up(holder, tmp_path):
     assert f"pid {held.popen.pid} on host" in waiting[0]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("step 'preprocess + predict (2 partitions, one run)' failed (run "), last
-    assert f"waited 3 s for a slot of pool 'gpu' held by run {holder_run} " in last, last
+    assert re.search(f"waited [3-9] s for a slot of pool 'gpu' held by run {holder_run} ", last), last
     assert f"dagster run delete {holder_run}" in last and "INFERENCE_SLOT_WAIT_SECONDS" in last
     assert _slot_holders(env, "gpu") == {holder_run}  # the live holder keeps its slot; ours is gone
     with _instance(env) as instance:
@@ -164,13 +175,17 @@ def test_a_run_waiting_for_a_live_holder_says_so_and_gives_up(holder, tmp_path):
     assert held.popen.poll() is None
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_waiting_run_stops_on_a_signal_and_frees_its_slots(signum, holder, tmp_path):
     env = _env(tmp_path)
     _, holder_run = holder(env, "gpu")
     run = Process(RUN, env)
     run.wait_for(f"is waiting for a slot of pool 'gpu' (limit 1), held by run {holder_run}", timeout=180)
     time.sleep(1)  # well inside Dagster's wait loop
+    cpu = _cpu_seconds(run.popen.pid)
+    time.sleep(3)
+    if cpu is not None:  # waiting takes no core (Dagster's own wait loop re-checks without pause)
+        assert _cpu_seconds(run.popen.pid) - cpu < 1.5, "the waiting run kept a core busy"
     sent = time.monotonic()
     run.popen.send_signal(signum)
     code, output = run.finish(timeout=15)
@@ -224,3 +239,19 @@ def test_processes_opening_a_fresh_dagster_home_at_the_same_moment_set_it_up_onc
         assert code == 0 and "Traceback" not in output, output[-3000:]
         assert output.strip().endswith("runs: 0"), output
     assert any("waiting for another process that is setting up" in output for _, output in outputs)
+
+
+@pytest.mark.parametrize("value", ["ten", "-5"])
+def test_a_bad_slot_wait_setting_is_one_line_before_any_work(value, image_root, tmp_path, monkeypatch):
+    from inference_assets.run import run_pipeline
+
+    monkeypatch.setenv("INFERENCE_IMAGE_ROOT", str(image_root))
+    monkeypatch.setenv("INFERENCE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("INFERENCE_DUCKDB_PATH", str(tmp_path / "w.duckdb"))
+    monkeypatch.setenv("INFERENCE_SLOT_WAIT_SECONDS", value)
+    with pytest.raises(SystemExit) as exit_info:
+        run_pipeline()
+    message = str(exit_info.value.code)
+    assert message == (f"configuration error: INFERENCE_SLOT_WAIT_SECONDS={value!r} is not a number of seconds: "
+                       "set it to e.g. 600 (0: give up at once)"), message
+    assert not (tmp_path / "work").exists()  # nothing was done
