@@ -28,8 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
-from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster import DagsterExecutionInterruptedError, DagsterInstance, DagsterRunStatus, RunsFilter
 
 from inference_assets.core.errors import ConfigError
 
