@@ -201,14 +201,19 @@ def test_a_waiting_run_stops_on_a_signal_and_frees_its_slots(signum, holder, tmp
         assert instance.event_log_storage.get_concurrency_run_ids() == {holder_run}
 
 
-def test_two_runs_at_once_on_a_fresh_dagster_home_both_succeed(tmp_path):
-    env = _env(tmp_path)
+def test_two_runs_at_once_on_a_fresh_dagster_home_both_succeed(clean_contents, tmp_path):
+    """Each with its own outputs (two runs writing the same work folder at once are another
+    matter), sharing one fresh instance and so its pools."""
+    env = _env(tmp_path / "a")
+    other = {**_env(tmp_path / "b"), "DAGSTER_HOME": env["DAGSTER_HOME"]}
     assert [p.name for p in Path(env["DAGSTER_HOME"]).iterdir()] == ["dagster.yaml"]
-    runs = [Process(RUN, env), Process(RUN, env)]
+    runs = [Process(RUN, env), Process(RUN, other)]
     outcomes = [run.finish(timeout=RERUN_TIMEOUT) for run in runs]
     for code, output in outcomes:
         assert code == 0 and "Traceback" not in output, output[-3000:]
         assert "images seen: 6   predicted: 6   failed: 0" in output
+    for work in ("a", "b"):
+        assert _contents(str(tmp_path / work / "warehouse.duckdb")) == clean_contents
     with _instance(env) as instance:
         assert sorted(r.status.value for r in instance.get_runs()) == ["SUCCESS"] * 6
         assert instance.event_log_storage.get_concurrency_run_ids() == set()
