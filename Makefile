@@ -33,11 +33,14 @@ dev: $(STAMP) instance
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 ## instance: the Dagster instance in $(DAGSTER_HOME): installs deploy/dagster.yaml (run queue, pool
-## limits) there if its dagster.yaml is missing or empty; never overwrites a non-empty one
+## limits) there if its dagster.yaml is missing or empty; never overwrites a non-empty one. Creates
+## its storage once, under a lock (two processes on a fresh home would both run its migrations)
 instance:
 	@mkdir -p $(DAGSTER_HOME)
 	@test -s $(DAGSTER_HOME)/dagster.yaml || { cp deploy/dagster.yaml $(DAGSTER_HOME)/dagster.yaml \
 		&& echo "installed deploy/dagster.yaml as $(DAGSTER_HOME)/dagster.yaml"; }
+	@test -e $(DAGSTER_HOME)/history/runs.db || ! test -x $(BIN)/python \
+		|| DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/python -m inference_assets.instance_guard
 
 ## backfill: with `make dev` running, queue one run per partition of preprocessed_images +
 ## predictions (PARTITIONS=shard-00,shard-03 for some; default all), after refreshing the manifest.

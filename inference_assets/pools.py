@@ -6,6 +6,10 @@
 
 Limits are set on the instance (``dagster.yaml``'s ``concurrency.pools.default_limit``, or per
 pool with ``dagster instance concurrency set gpu 4``); see the README's "Scaling out".
+
+``make run`` frees the slots of its own killed runs before each step, and a step of it that waits
+for a slot says so, gives up after ``INFERENCE_SLOT_WAIT_SECONDS`` and stops on Ctrl-C/SIGTERM
+(see ``instance_guard.py``).
 """
 
 GPU_POOL = "gpu"

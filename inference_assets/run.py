@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -38,6 +40,14 @@ from inference_assets.core.warehouse import (
     outcome_counts,
     top_labels,
 )
+from inference_assets.instance_guard import (
+    SlotWatch,
+    free_dead_runs,
+    identity_tags,
+    open_instance,
+    say,
+    slot_wait_seconds,
+)
 
 try:  # the code location reads INFERENCE_* settings (partitions, schedule...) when it loads
     from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
@@ -46,9 +56,20 @@ except ConfigError as exc:
     raise SystemExit(f"configuration error: {exc}") from None
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside a run (a run's own are handled by Dagster and SlotWatch)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, _frame) -> None:
+    raise Interrupted(signum)
+
 
 def _instance() -> DagsterInstance:
-    return DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else DagsterInstance.ephemeral()
+    return open_instance()  # $DAGSTER_HOME's, initialised once under a lock; else ephemeral
 
 
 def _with_checks(*asset_names: str) -> AssetSelection:
@@ -75,6 +96,7 @@ def preflight(resources: dict) -> None:
     check_weights_available(resources["model"].spec)  # unknown models, bad files, cards, class names
     resolve_device(resources["device"].device)
     check_database_path(resources["duckdb"].database)
+    slot_wait_seconds()  # INFERENCE_SLOT_WAIT_SECONDS
 
 
 def pipeline_steps() -> list[tuple[str, AssetSelection, dict[str, str]]]:
@@ -112,12 +134,25 @@ def run_pipeline(log_level: str = "INFO") -> dict:
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
     timings = {}
+    own_tags = identity_tags()  # lets a later run see that this process is gone, if it is killed
     with _instance() as instance:
         for title, selection, tags in pipeline_steps():
             print(f"==> {title}", flush=True)
             start = time.perf_counter()
-            result = materialize_step(selection, tags, resources, instance, log_level)
+            for line in free_dead_runs(instance):  # slots a killed run still holds would block this step
+                say(line)
+            with SlotWatch(instance, own_tags, slot_wait_seconds()) as watch:
+                result = materialize_step(selection, {**tags, **own_tags}, resources, instance, log_level)
             timings[title] = time.perf_counter() - start
+            if watch.outcome and watch.outcome[0] == "signal":
+                print(watch.outcome[2], file=sys.stderr, flush=True)
+                raise SystemExit(128 + watch.outcome[1])
+            if watch.signal_received:
+                print(f"interrupted ({signal.Signals(watch.signal_received).name}) in step '{title}'"
+                      f" (run {result.run_id})", file=sys.stderr, flush=True)
+                raise SystemExit(128 + watch.signal_received)
+            if watch.outcome:
+                raise SystemExit(f"step '{title}' failed (run {result.run_id}): {watch.outcome[1]}")
             if not result.success:
                 reason = _configuration_error(result) or "see the log above"
                 raise SystemExit(f"step '{title}' failed (run {result.run_id}): {reason}")
@@ -190,8 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     if bars and args.log_level is None:
         in_ui = "the Dagster UI (make dev) or " if os.environ.get("DAGSTER_HOME") else ""
         print(f"log: warnings and errors only here; the full log: {in_ui}--log-level INFO", flush=True)
-    with (progress_bars() if bars else nullcontext()) as display, progress_display(display):
-        outcome = run_pipeline(log_level)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt)  # one line, not a traceback
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with (progress_bars() if bars else nullcontext()) as display, progress_display(display):
+            outcome = run_pipeline(log_level)
+    except Interrupted as interrupt:
+        print(f"interrupted ({signal.Signals(interrupt.signum).name})", file=sys.stderr, flush=True)
+        return 128 + interrupt.signum
     resources = outcome["resources"]
     print_summary(resources["duckdb"].database, outcome["timings"], resources["storage"].layout.report_path)
     return 0
