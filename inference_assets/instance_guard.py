@@ -30,13 +30,13 @@ from pathlib import Path
 
 from dagster import DagsterExecutionInterruptedError, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from inference_assets.core.errors import ConfigError
+from inference_assets.settings import number_env
 
 PID_TAG = "inference/pid"
 HOST_TAG = "inference/host"
 START_TAG = "inference/process_start"
 SLOT_WAIT_ENV = "INFERENCE_SLOT_WAIT_SECONDS"
-DEFAULT_SLOT_WAIT_SECONDS = 600.0
+DEFAULT_SLOT_WAIT_SECONDS = 600
 LOCK_NAME = ".instance.lock"
 _UNFINISHED = [
     DagsterRunStatus.NOT_STARTED,
@@ -131,16 +131,8 @@ def open_instance() -> DagsterInstance:
 
 
 def slot_wait_seconds() -> float:
-    raw = os.environ.get(SLOT_WAIT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_SLOT_WAIT_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1
-    if not value >= 0:
-        raise ConfigError(f"{SLOT_WAIT_ENV}={raw!r} is not a number of seconds: set it to e.g. 600 (0: give up at once)")
-    return value
+    """How long a step waits for a pool slot before giving up (``INFERENCE_SLOT_WAIT_SECONDS``)."""
+    return number_env(SLOT_WAIT_ENV, DEFAULT_SLOT_WAIT_SECONDS, minimum=0, kind=float)
 
 
 # --- dead runs ---------------------------------------------------------------------------------

@@ -154,6 +154,7 @@ def test_the_same_errors_stop_dagster_steps_at_resource_setup(image_root, tmp_pa
         ("INFERENCE_SCHEDULE_CRON", "every night", "INFERENCE_SCHEDULE_CRON='every night' is not a cron expression: use five fields"),
         ("INFERENCE_SCHEDULE_TIMEZONE", "Mars/Olympus", "INFERENCE_SCHEDULE_TIMEZONE='Mars/Olympus' is not a time zone: use an IANA name"),
         ("INFERENCE_ALWAYS_REHASH", "maybe", "INFERENCE_ALWAYS_REHASH='maybe' is not valid: set it to 1 (on) or 0 (off)"),
+        ("INFERENCE_SLOT_WAIT_SECONDS", "ten", "INFERENCE_SLOT_WAIT_SECONDS='ten' is not valid: set it to a number of at least 0 (default 600)"),
         ("INFERENCE_PRECISION", "fp8", "INFERENCE_PRECISION='fp8' is not valid: Input should be 'fp32', 'bf16' or 'fp16'"),
         ("INFERENCE_WORK_DIR", "/etc/passwd", "work folder '/etc/passwd' is a file: set INFERENCE_WORK_DIR"),
         ("INFERENCE_DUCKDB_PATH", "/tmp", "DuckDB database '/tmp' is a folder: set INFERENCE_DUCKDB_PATH to a file path"),

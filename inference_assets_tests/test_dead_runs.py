@@ -242,19 +242,3 @@ def test_processes_opening_a_fresh_dagster_home_at_the_same_moment_set_it_up_onc
         assert code == 0 and "Traceback" not in output, output[-3000:]
         assert output.strip().endswith("runs: 0"), output
     assert any("waiting for another process that is setting up" in output for _, output in outputs)
-
-
-@pytest.mark.parametrize("value", ["ten", "-5"])
-def test_a_bad_slot_wait_setting_is_one_line_before_any_work(value, image_root, tmp_path, monkeypatch):
-    from inference_assets.run import run_pipeline
-
-    monkeypatch.setenv("INFERENCE_IMAGE_ROOT", str(image_root))
-    monkeypatch.setenv("INFERENCE_WORK_DIR", str(tmp_path / "work"))
-    monkeypatch.setenv("INFERENCE_DUCKDB_PATH", str(tmp_path / "w.duckdb"))
-    monkeypatch.setenv("INFERENCE_SLOT_WAIT_SECONDS", value)
-    with pytest.raises(SystemExit) as exit_info:
-        run_pipeline()
-    message = str(exit_info.value.code)
-    assert message == (f"configuration error: INFERENCE_SLOT_WAIT_SECONDS={value!r} is not a number of seconds: "
-                       "set it to e.g. 600 (0: give up at once)"), message
-    assert not (tmp_path / "work").exists()  # nothing was done
