@@ -11,6 +11,8 @@
   trusting unchanged size + mtime + inode + ctime (local files) or size + mtime (objects).
 - ``INFERENCE_WORK_DIR``: manifest, pixels and per-partition results (default ``data/work``).
 - ``INFERENCE_DUCKDB_PATH``: the results database (default ``data/warehouse.duckdb``).
+- ``INFERENCE_SLOT_WAIT_SECONDS``: how long a ``make run`` step waits for a pool slot held by
+  another run before giving up (default 600; see ``instance_guard.py``).
 - ``INFERENCE_DEVICE``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (default ``auto``).
 - ``INFERENCE_PRECISION``: ``fp32``, ``bf16`` or ``fp16`` (default ``fp32``).
 - ``INFERENCE_MODEL`` / ``INFERENCE_WEIGHTS``: architecture and weights (default the bundled
