@@ -78,6 +78,9 @@ class PixelShard:
     shape: tuple[int, int, int, int]  # (N, 3, H, W)
     preprocessing: str  # fingerprint it was made with
     _checksums: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    # the pixels file, opened with its index: a writer that replaces the partition meanwhile
+    # deletes the name, not these bytes, so a reader never finds its file gone
+    _file: object = dataclasses.field(default=None, repr=False)
 
     @property
     def ok_rows(self) -> np.ndarray:
@@ -108,9 +111,9 @@ class PixelShard:
         out = np.empty((stop - start, *self.shape[1:]), dtype=np.uint8)
         if out.size == 0:
             return out
-        with open(self.path, "rb", buffering=0) as fh:
-            fh.seek(self.offset + start * row_bytes)
-            if fh.readinto(memoryview(out).cast("B")) != out.nbytes:
+        opened = contextlib.nullcontext(self._file) if self._file is not None else open(self.path, "rb", buffering=0)
+        with opened as fh:
+            if os.preadv(fh.fileno(), [memoryview(out).cast("B")], self.offset + start * row_bytes) != out.nbytes:
                 raise DamagedPixelsError(
                     f"pixels file {str(self.path)!r} is shorter than its index says; "
                     "re-materialize preprocessed_images for this partition to rebuild it"
@@ -233,10 +236,11 @@ def write_pixel_shard(
 
 
 @contextlib.contextmanager
-def _partition_lock(shard_dir: Path, partition: str):
-    """An exclusive ``flock`` on ``.<partition>.lock``: one writer of a partition at a time (per host)."""
+def _partition_lock(shard_dir: Path, partition: str, shared: bool = False):
+    """A ``flock`` on ``.<partition>.lock``: exclusive for the one writer of a partition at a time,
+    shared for readers opening its index and pixels file (so they never see a half-replaced pair)."""
     with open(shard_dir / f".{partition}.lock", "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -360,7 +364,7 @@ def _read_if_complete(shard_dir: Path, partition: str, warnings: list[str]) -> P
     """The stored shard, or None (nothing stored yet; or unusable, which adds a warning): then
     everything is decoded again."""
     try:
-        return read_pixel_shard(shard_dir, partition)
+        return _open_shard(shard_dir, partition)  # this writer holds the partition's lock already
     except FileNotFoundError as exc:
         if index_path(shard_dir, partition).exists():  # an index naming a missing pixels file
             warnings.append(f"stored pixels of partition {partition!r} cannot be used ({exc}); rebuilding them")
@@ -374,7 +378,31 @@ def _read_if_complete(shard_dir: Path, partition: str, warnings: list[str]) -> P
 
 
 def read_pixel_shard(shard_dir: Path, partition: str) -> PixelShard:
-    """The complete stored shard of a partition; raises FileNotFoundError if there is none."""
+    """The complete stored shard of a partition; raises FileNotFoundError if there is none.
+
+    Opened while no writer replaces the partition (a shared lock), and its pixels file is kept
+    open, so a writer that replaces the partition afterwards cannot take the rows from under it."""
+    if not index_path(shard_dir, partition).exists():
+        return _open_shard(shard_dir, partition)  # raises the one-line "materialize ... first"
+    with _partition_lock(shard_dir, partition, shared=True):
+        return _open_shard(shard_dir, partition)
+
+
+def _npy_layout(fh) -> tuple[tuple[int, ...], int]:
+    """(shape, offset of the first byte of data) of an open uint8 ``.npy`` file holding all its data."""
+    fmt = np.lib.format
+    version = fmt.read_magic(fh)
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(fh)
+    offset = fh.tell()
+    if dtype != np.uint8 or fortran_order:
+        raise ValueError(f"pixels file {fh.name!r} is not C-ordered uint8")
+    if os.fstat(fh.fileno()).st_size < offset + int(np.prod(shape)):
+        raise ValueError(f"pixels file {fh.name!r} is shorter than its header says")
+    return tuple(int(n) for n in shape), offset
+
+
+def _open_shard(shard_dir: Path, partition: str) -> PixelShard:
     path = index_path(shard_dir, partition)
     if not path.exists():
         raise FileNotFoundError(
@@ -388,13 +416,19 @@ def read_pixel_shard(shard_dir: Path, partition: str) -> PixelShard:
             "version (columns differ): materialize preprocessed_images for this partition again"
         )
     meta = {k.decode(): v.decode() for k, v in (index.schema.metadata or {}).items()}
-    pixels = np.load(shard_dir / meta["pixels_file"], mmap_mode="r")
-    if list(pixels.shape) != json.loads(meta["shape"]) or pixels.shape[0] != index.num_rows:
-        raise ValueError(f"pixels file for partition {partition!r} does not match its index; re-run preprocessing")
+    pixels_file = open(shard_dir / meta["pixels_file"], "rb", buffering=0)
+    try:
+        shape, offset = _npy_layout(pixels_file)
+        if list(shape) != json.loads(meta["shape"]) or shape[0] != index.num_rows:
+            raise ValueError(f"pixels file for partition {partition!r} does not match its index; re-run preprocessing")
+    except BaseException:
+        pixels_file.close()
+        raise
     return PixelShard(
         index=index,
         path=shard_dir / meta["pixels_file"],
-        offset=pixels.offset,
-        shape=tuple(pixels.shape),
+        offset=offset,
+        shape=shape,
         preprocessing=meta["preprocessing"],
+        _file=pixels_file,
     )
