@@ -109,8 +109,9 @@ def build_collection(root: Path, count: int, seed: int = 0, start: int = 0, work
     import os
 
     jobs = [(root, index, seed) for index in range(start, count)]
-    with multiprocessing.get_context("fork").Pool(workers or os.cpu_count()) as pool:
-        written = pool.map(_write, jobs, chunksize=16)
+    # spawn, not fork: a forked worker can inherit a lock some library thread held (a hang seen once)
+    with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count()) as pool:
+        written = pool.map_async(_write, jobs, chunksize=16).get(timeout=60 + 2 * len(jobs))
     return {kind.name: written.count(kind.name) for kind in KINDS}
 
 
