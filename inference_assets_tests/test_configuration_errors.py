@@ -142,24 +142,29 @@ def test_the_same_errors_stop_dagster_steps_at_resource_setup(image_root, tmp_pa
         assert "is in a folder that does not exist" in _failure_message(result)
 
 
-@pytest.mark.parametrize(
-    "name, value, says",
-    [
-        ("INFERENCE_PARTITIONS", "0", "INFERENCE_PARTITIONS='0' is not valid: set it to a whole number of at least 1 (default 16)"),
-        ("INFERENCE_PARTITIONS", "-3", "INFERENCE_PARTITIONS='-3' is not valid: set it to a whole number of at least 1"),
-        ("INFERENCE_PARTITIONS", "abc", "INFERENCE_PARTITIONS='abc' is not valid: set it to a whole number of at least 1"),
-        ("INFERENCE_PARTITIONS_PER_RUN", "two", "INFERENCE_PARTITIONS_PER_RUN='two' is not valid: set it to a whole number of at least 0"),
-        ("INFERENCE_DECODE_WORKERS", "-1", "INFERENCE_DECODE_WORKERS='-1' is not valid: set it to a whole number of at least 0"),
-        ("INFERENCE_SENSOR_LISTING_SECONDS", "nan", "INFERENCE_SENSOR_LISTING_SECONDS='nan' is not valid: set it to a number of at least 1"),
-        ("INFERENCE_SCHEDULE_CRON", "every night", "INFERENCE_SCHEDULE_CRON='every night' is not a cron expression: use five fields"),
-        ("INFERENCE_SCHEDULE_TIMEZONE", "Mars/Olympus", "INFERENCE_SCHEDULE_TIMEZONE='Mars/Olympus' is not a time zone: use an IANA name"),
-        ("INFERENCE_ALWAYS_REHASH", "maybe", "INFERENCE_ALWAYS_REHASH='maybe' is not valid: set it to 1 (on) or 0 (off)"),
-        ("INFERENCE_SLOT_WAIT_SECONDS", "ten", "INFERENCE_SLOT_WAIT_SECONDS='ten' is not valid: set it to a number of at least 0 (default 600)"),
-        ("INFERENCE_PRECISION", "fp8", "INFERENCE_PRECISION='fp8' is not valid: Input should be 'fp32', 'bf16' or 'fp16'"),
-        ("INFERENCE_WORK_DIR", "/etc/passwd", "work folder '/etc/passwd' is a file: set INFERENCE_WORK_DIR"),
-        ("INFERENCE_DUCKDB_PATH", "/tmp", "DuckDB database '/tmp' is a folder: set INFERENCE_DUCKDB_PATH to a file path"),
-    ],
-)
+# Each kind of setting through a real `make run` (read at import, a resource field, a preflight check);
+# every other value through the same parsing function, in process.
+BAD_SETTINGS = [
+    ("INFERENCE_PARTITIONS", "0", "INFERENCE_PARTITIONS='0' is not valid: set it to a whole number of at least 1 (default 16)"),
+    ("INFERENCE_PARTITIONS", "-3", "INFERENCE_PARTITIONS='-3' is not valid: set it to a whole number of at least 1"),
+    ("INFERENCE_PARTITIONS", "abc", "INFERENCE_PARTITIONS='abc' is not valid: set it to a whole number of at least 1"),
+    ("INFERENCE_PARTITIONS_PER_RUN", "two", "INFERENCE_PARTITIONS_PER_RUN='two' is not valid: set it to a whole number of at least 0"),
+    ("INFERENCE_DECODE_WORKERS", "-1", "INFERENCE_DECODE_WORKERS='-1' is not valid: set it to a whole number of at least 0"),
+    ("INFERENCE_SENSOR_LISTING_SECONDS", "nan", "INFERENCE_SENSOR_LISTING_SECONDS='nan' is not valid: set it to a number of at least 1"),
+    ("INFERENCE_SCHEDULE_CRON", "every night", "INFERENCE_SCHEDULE_CRON='every night' is not a cron expression: use five fields"),
+    ("INFERENCE_SCHEDULE_TIMEZONE", "Mars/Olympus", "INFERENCE_SCHEDULE_TIMEZONE='Mars/Olympus' is not a time zone: use an IANA name"),
+    ("INFERENCE_ALWAYS_REHASH", "maybe", "INFERENCE_ALWAYS_REHASH='maybe' is not valid: set it to 1 (on) or 0 (off)"),
+    ("INFERENCE_SLOT_WAIT_SECONDS", "ten", "INFERENCE_SLOT_WAIT_SECONDS='ten' is not valid: set it to a number of at least 0 (default 600)"),
+    ("INFERENCE_PRECISION", "fp8", "INFERENCE_PRECISION='fp8' is not valid: Input should be 'fp32', 'bf16' or 'fp16'"),
+    ("INFERENCE_WORK_DIR", "/etc/passwd", "work folder '/etc/passwd' is a file: set INFERENCE_WORK_DIR"),
+    ("INFERENCE_DUCKDB_PATH", "/tmp", "DuckDB database '/tmp' is a folder: set INFERENCE_DUCKDB_PATH to a file path"),
+]
+THROUGH_MAKE_RUN = {("INFERENCE_PARTITIONS", "abc"), ("INFERENCE_SCHEDULE_TIMEZONE", "Mars/Olympus"),
+                    ("INFERENCE_PRECISION", "fp8"), ("INFERENCE_WORK_DIR", "/etc/passwd"),
+                    ("INFERENCE_SLOT_WAIT_SECONDS", "ten")}
+
+
+@pytest.mark.parametrize("name, value, says", [c for c in BAD_SETTINGS if c[:2] in THROUGH_MAKE_RUN])
 def test_every_bad_setting_is_one_line(tmp_path, image_root, name, value, says):
     """`make run` with a bad INFERENCE_* number, cron, time zone, choice or path: one line, no traceback,
     no work (numbers, cron and time zone are read when the code location loads)."""
@@ -171,3 +176,31 @@ def test_every_bad_setting_is_one_line(tmp_path, image_root, name, value, says):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"configuration error: {says}"), lines
     assert not (tmp_path / "work" / "manifest").exists()
+
+
+def _read_setting(name: str):
+    """What reads ``name`` when the code location loads or `make run` starts (the same functions)."""
+    from inference_assets import instance_guard, settings
+    from inference_assets.definitions import default_resources
+    from inference_assets.run import preflight
+
+    readers = {
+        "INFERENCE_PARTITIONS": lambda: settings.number_env(name, 16, minimum=1),
+        "INFERENCE_PARTITIONS_PER_RUN": lambda: settings.number_env(name, 0, minimum=0),
+        "INFERENCE_SENSOR_LISTING_SECONDS": lambda: settings.number_env(name, 20, minimum=1, kind=float),
+        "INFERENCE_SCHEDULE_CRON": lambda: settings.cron_env(name, "0 2 * * *"),
+        "INFERENCE_SCHEDULE_TIMEZONE": lambda: settings.timezone_env(name, "UTC"),
+        "INFERENCE_ALWAYS_REHASH": lambda: settings.flag_env(name),
+        "INFERENCE_SLOT_WAIT_SECONDS": instance_guard.slot_wait_seconds,
+    }
+    return readers.get(name, lambda: preflight(default_resources()))()  # resource fields, paths
+
+
+@pytest.mark.parametrize("name, value, says", [c for c in BAD_SETTINGS if c[:2] not in THROUGH_MAKE_RUN])
+def test_every_other_bad_setting_is_the_same_one_line(monkeypatch, name, value, says):
+    from inference_assets.core.errors import ConfigError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as error:
+        _read_setting(name)
+    assert str(error.value).startswith(says) and "\n" not in str(error.value)

@@ -104,7 +104,7 @@ def small_disk(tmp_path):
 def test_a_failed_commit_says_why_and_keeps_the_previous_tables(small_disk, image_root, tmp_path):
     """Disk full at COMMIT: `make run` ends with the real cause, not "cannot rollback"; the tables stay."""
     database = small_disk / "warehouse.duckdb"
-    env = pipeline_env(image_root, tmp_path, database)
+    env = {**pipeline_env(image_root, tmp_path, database), "INFERENCE_PARTITIONS": "2"}
     first = subprocess.run([sys.executable, "-m", "inference_assets.run"], env=env, cwd=PROJECT_ROOT,
                            capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
