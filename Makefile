@@ -1,4 +1,4 @@
-# inference_assets: `make run` (whole pipeline) and `make test` (whole suite) set everything up.
+# inference_assets: `make run` (whole pipeline), `make test` (whole suite) and `make test-fast` set everything up.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::UserWarning
 
-.PHONY: install instance run test dev backfill screenshots bench bench-scale clean
+.PHONY: install instance run test test-fast dev backfill screenshots bench bench-scale clean
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ run: $(STAMP) instance
 ## test: the whole test suite
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-fast: the everyday subset, under 3 minutes on 2 cores: the tests marked `fast` (core units, resources,
+## checks, a few materialize() runs; no make run, server or browser; `make test` runs them too)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m fast $(PYTEST_ARGS)
 
 ## dev: the Dagster UI on http://127.0.0.1:3000
 dev: $(STAMP) instance

@@ -25,7 +25,12 @@ ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
 
 # One partition (or a range, as a single run) of preprocessing + predictions.
 # Its partitions (IMAGE_SHARDS) come from the selected assets.
-partitioned_inference_job = define_asset_job("partitioned_inference", selection=["preprocessed_images", "predictions"])
+partitioned_inference_job = define_asset_job(
+    "partitioned_inference",
+    selection=["preprocessed_images", "predictions"],
+    description="Preprocessed pixels and predictions for the chosen image partitions (one, a range, or all of "
+    "them as a backfill).",
+)
 
 
 # the environment variable behind each resource field default_resources() sets, for error messages

@@ -1,5 +1,6 @@
 """Assets materialized through Dagster, partition by partition (as in project_fully_featured)."""
 
+import pytest
 import shutil
 
 import duckdb
@@ -34,6 +35,7 @@ def _with_checks(*names):
     return AssetSelection.assets(*names) | AssetSelection.checks_for_assets(*names)
 
 
+@pytest.mark.fast
 def test_definitions_load_with_partitions_and_single_run_backfills():
     assert len(IMAGE_SHARDS.get_partition_keys()) == 16
     graph = defs.resolve_asset_graph()
@@ -46,6 +48,7 @@ def test_definitions_load_with_partitions_and_single_run_backfills():
     assert {"every_image_accounted_for", "probabilities_valid", "unique_image_ids"} <= check_names
 
 
+@pytest.mark.fast
 def test_manifest_asset_metadata(resources, instance):
     result = materialize(ALL, selection=_with_checks("image_manifest"), resources=resources, instance=instance)
     assert result.success
@@ -56,6 +59,7 @@ def test_manifest_asset_metadata(resources, instance):
     assert all(check.passed for check in result.get_asset_check_evaluations())
 
 
+@pytest.mark.fast
 def test_one_partition_end_to_end_then_results_and_checks(resources, instance, tmp_path):
     assert materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance).success
     key, count = _busy_partition(resources)
@@ -78,6 +82,7 @@ def test_one_partition_end_to_end_then_results_and_checks(resources, instance, t
         assert conn.execute("SELECT count(DISTINCT partition) FROM predictions").fetchone()[0] == 1
 
 
+@pytest.mark.fast
 def test_rerunning_a_partition_reuses_unchanged_work_and_force_recomputes(resources, instance):
     materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
     key, count = _busy_partition(resources)
@@ -100,6 +105,7 @@ def test_rerunning_a_partition_reuses_unchanged_work_and_force_recomputes(resour
     assert (_metadata(forced, "predictions")["reused"], _metadata(forced, "predictions")["predicted"]) == (0, count)
 
 
+@pytest.mark.fast
 def test_run_config_overrides_device_settings_like_the_launchpad(resources, instance):
     materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
     key, count = _busy_partition(resources)

@@ -1,6 +1,7 @@
 """The sensor and the schedule, evaluated with build_sensor_context / build_schedule_context on a
 real instance and real files; each requested run is then executed through Dagster."""
 
+import pytest
 import shutil
 
 import duckdb
@@ -88,6 +89,7 @@ def test_the_sensor_lists_a_bounded_slice_per_tick_and_resumes_from_its_cursor(r
     assert result.run_requests == []
 
 
+@pytest.mark.fast
 def test_a_resumed_scan_gives_the_same_digests_as_one_pass(image_root):
     source = FolderSource(image_root, IMAGE_EXTENSIONS)
     whole = scan_listing(source.entries(), 4)

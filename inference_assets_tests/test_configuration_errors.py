@@ -30,6 +30,7 @@ def _run_fails_with(monkeypatch, tmp_path, **env) -> str:
     return message
 
 
+@pytest.mark.fast
 def test_missing_source_root(monkeypatch, tmp_path, image_root):
     message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(tmp_path / "nowhere"))
     assert message == (
@@ -38,6 +39,7 @@ def test_missing_source_root(monkeypatch, tmp_path, image_root):
     )
 
 
+@pytest.mark.fast
 def test_empty_source_root(monkeypatch, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
@@ -46,6 +48,7 @@ def test_empty_source_root(monkeypatch, tmp_path):
     assert "point INFERENCE_IMAGE_ROOT (or the image table or query) at images" in message
 
 
+@pytest.mark.fast
 def test_unknown_model(monkeypatch, tmp_path, image_root):
     message = _run_fails_with(
         monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(image_root), INFERENCE_MODEL="efficientnet_b99"
@@ -56,6 +59,7 @@ def test_unknown_model(monkeypatch, tmp_path, image_root):
     )
 
 
+@pytest.mark.fast
 def test_missing_weights_file(monkeypatch, tmp_path, image_root):
     missing = tmp_path / "weights.pth"
     message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(image_root), INFERENCE_WEIGHTS=str(missing))
@@ -65,6 +69,7 @@ def test_missing_weights_file(monkeypatch, tmp_path, image_root):
     )
 
 
+@pytest.mark.fast
 def test_weights_file_for_another_architecture(monkeypatch, tmp_path, image_root):
     path = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18").state_dict(), path)
@@ -74,6 +79,7 @@ def test_weights_file_for_another_architecture(monkeypatch, tmp_path, image_root
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.fast
 def test_cuda_asked_for_but_absent(monkeypatch, tmp_path, image_root):
     message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(image_root), INFERENCE_DEVICE="cuda:0")
     assert message == (
@@ -82,6 +88,7 @@ def test_cuda_asked_for_but_absent(monkeypatch, tmp_path, image_root):
     )
 
 
+@pytest.mark.fast
 def test_duckdb_path_in_a_missing_folder(monkeypatch, tmp_path, image_root):
     database = tmp_path / "no" / "such" / "folder" / "w.duckdb"
     monkeypatch.setenv("INFERENCE_IMAGE_ROOT", str(image_root))
@@ -105,6 +112,7 @@ def _failure_message(result) -> str:
     raise AssertionError("no configuration error in the run's events")
 
 
+@pytest.mark.fast
 def test_the_same_errors_stop_dagster_steps_at_resource_setup(image_root, tmp_path):
     """Runs launched from the UI or the CLI (no preflight) fail when the step's resources are set up."""
     resources = {

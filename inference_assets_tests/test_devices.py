@@ -5,6 +5,9 @@ from inference_assets.core.devices import autocast_dtype, resolve_device
 from inference_assets.core.errors import ConfigError
 
 
+pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
+
+
 def test_auto_is_cuda_when_present_else_cpu():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("CPU") == torch.device("cpu")

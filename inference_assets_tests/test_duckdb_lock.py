@@ -37,6 +37,7 @@ def test_connect_waits_for_a_lock_and_reports_the_holder(tmp_path):
     assert lines and f"(PID {holder.pid})" in lines[0] and "waiting up to" in lines[0]
 
 
+@pytest.mark.fast
 def test_connect_gives_up_naming_the_file_and_the_holder(tmp_path):
     database = tmp_path / "w.duckdb"
     duckdb.connect(str(database)).close()

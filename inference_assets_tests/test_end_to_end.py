@@ -87,6 +87,7 @@ def test_make_run_stops_early_with_one_line_naming_the_bad_weights(env, tmp_path
     assert not (tmp_path / "work" / "preprocessed").exists()  # failed before decoding anything
 
 
+@pytest.mark.fast
 def test_core_imports_no_dagster():
     code = (
         "import sys, pkgutil, importlib, inference_assets.core as core\n"

@@ -15,6 +15,7 @@ from .conftest import cpu_resources, run_all_steps
 from .environment import SAMPLE_IMAGES
 
 
+@pytest.mark.fast
 def test_label_matching():
     assert synonyms("tabby, tabby cat") == {"tabby, tabby cat", "tabby", "tabby cat"}
     assert normalize("Tiger_Cat") == normalize("tiger-cat") == "tiger cat"
@@ -23,6 +24,7 @@ def test_label_matching():
     assert truth_names("not a wnid") == {"not a wnid"}
 
 
+@pytest.mark.fast
 def test_accuracy_per_class_and_confusions_from_a_predictions_table():
     conn = duckdb.connect()
     conn.execute("CREATE TABLE predictions (image_id VARCHAR, label VARCHAR, class_label VARCHAR, topk_labels VARCHAR[])")
@@ -68,6 +70,7 @@ def test_the_evaluation_asset_on_labelled_photos(image_root, tmp_path):
         assert conn.execute("SELECT label FROM evaluation_classes WHERE top1_accuracy < 1").fetchall() == [("tabby",)]
 
 
+@pytest.mark.fast
 def test_a_label_column_from_a_table(tmp_path):
     rows = [{"uri": str(SAMPLE_IMAGES / "espresso/coffee.jpg"), "label": "espresso"},
             {"uri": str(SAMPLE_IMAGES / "tripod/camera.png"), "label": "n04485082"},  # tripod's WordNet id

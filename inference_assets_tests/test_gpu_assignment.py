@@ -24,6 +24,8 @@ from inference_assets.core.gpu_assignment import (
 )
 from inference_assets.predictions.resources import DeviceResource
 
+pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
+
 # Takes a device and says which; releases it when told, then stays alive until stdin closes.
 HOLDER = """
 import sys

@@ -198,6 +198,7 @@ def test_failure_reasons_name_no_path_and_group_by_kind(tmp_path):
     assert predicted == 2  # the two fine copies
 
 
+@pytest.mark.fast
 def test_reasons_for_bytes_and_open_files_name_no_file_object(tmp_path):
     """Sources that hand over bytes (S3, SQL) or open files: PIL names the object in its message."""
     root = tmp_path / "images"
@@ -249,6 +250,7 @@ def stored_shard(tmp_path):
     return entries, preprocessing, tmp_path / "px"
 
 
+@pytest.mark.fast
 def test_a_damaged_row_is_rebuilt_alone_with_a_warning_naming_the_file(stored_shard):
     entries, preprocessing, shard_dir = stored_shard
     clean = np.array(read_pixel_shard(shard_dir, "s").pixels)
@@ -264,6 +266,7 @@ def test_a_damaged_row_is_rebuilt_alone_with_a_warning_naming_the_file(stored_sh
     assert (again.rewritten, again.warnings) == (False, [])
 
 
+@pytest.mark.fast
 def test_a_truncated_pixels_file_is_rebuilt_with_a_warning(stored_shard, tmp_path):
     entries, preprocessing, _ = stored_shard
     path = read_pixel_shard(tmp_path / "px", "s").path
@@ -274,6 +277,7 @@ def test_a_truncated_pixels_file_is_rebuilt_with_a_warning(stored_shard, tmp_pat
     assert read_pixel_shard(tmp_path / "px", "s").read_rows(0, entries.num_rows).shape[0] == entries.num_rows
 
 
+@pytest.mark.fast
 def test_a_shard_without_checksums_counts_as_written_by_an_older_version(stored_shard):
     entries, preprocessing, shard_dir = stored_shard
     index = pq.read_table(shard_dir / "s.parquet")

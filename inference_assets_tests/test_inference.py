@@ -34,6 +34,7 @@ def _reference_probs(classifier, uris):
         return classifier.module(batch).softmax(-1)
 
 
+@pytest.mark.fast
 def test_top1_and_probabilities_equal_the_reference(shard, classifier, tmp_path):
     out = tmp_path / "results.parquet"
     summary = predict_shard(classifier, shard, InferenceSettings(CPU, batch_size=4, top_k=5), out, "shard-00")
@@ -49,6 +50,7 @@ def test_top1_and_probabilities_equal_the_reference(shard, classifier, tmp_path)
         assert row["model"] == "tf_efficientnet_lite0" and row["precision"] == "fp32"
 
 
+@pytest.mark.fast
 def test_known_photos_are_predicted_as_themselves(shard, classifier, tmp_path):
     out = tmp_path / "results.parquet"
     predict_shard(classifier, shard, InferenceSettings(CPU), out, "shard-00")
@@ -68,6 +70,7 @@ def test_batch_size_does_not_change_results(shard, classifier):
     assert np.allclose(np.concatenate([b[1] for b in one]), np.concatenate([b[1] for b in many]), atol=1e-5)
 
 
+@pytest.mark.fast
 def test_non_contiguous_rows_and_channels_last(shard, classifier):
     rows = shard.ok_rows[::2]
     plain = list(classify(classifier, shard, rows, InferenceSettings(CPU, batch_size=8)))
@@ -88,6 +91,7 @@ def test_autocast_runs_and_keeps_confident_top1(shard, classifier, precision):
     assert np.all((low[1] >= 0) & (low[1] <= 1))
 
 
+@pytest.mark.fast
 def test_decode_failures_become_failure_rows(image_root, tmp_path, classifier):
     (image_root / "espresso" / "empty.jpg").write_bytes(b"")
     build_manifest(image_root, tmp_path / "m.parquet", num_partitions=1)
@@ -100,6 +104,7 @@ def test_decode_failures_become_failure_rows(image_root, tmp_path, classifier):
     assert failed[0]["class_label"] is None
 
 
+@pytest.mark.fast
 def test_batches_skip_failed_rows_between_good_ones(image_root, tmp_path, classifier):
     for i in range(3):
         (image_root / f"broken_{i}.jpg").write_bytes(b"\x89PNG garbage")
@@ -114,6 +119,7 @@ def test_batches_skip_failed_rows_between_good_ones(image_root, tmp_path, classi
     assert np.array_equal(np.concatenate([b[2] for b in batched]), np.concatenate([s[2] for s in single]))
 
 
+@pytest.mark.fast
 def test_predictions_are_reused_per_image_and_redone_when_settings_change(image_root, tmp_path, classifier):
     build_manifest(image_root, tmp_path / "m.parquet", num_partitions=1)
     entries = read_manifest(tmp_path / "m.parquet")
@@ -151,6 +157,7 @@ class _RunsOutOfMemoryAbove(torch.nn.Module):
         return self.module(x)
 
 
+@pytest.mark.fast
 def test_out_of_memory_halves_the_batch_and_loses_no_image(shard, classifier, tmp_path):
     import dataclasses
 

@@ -227,6 +227,7 @@ def test_every_step_of_the_code_location_gets_a_job(step_jobs):
         assert container(job)["args"][:3] == ["dagster", "api", "execute_step"]
 
 
+@pytest.mark.fast
 def test_per_step_config_names_only_ops_of_the_code_location():
     ops = {node.name for node in k8s_asset_job().nodes}
     per_step = load_executor_config()["per_step_k8s_config"]
@@ -296,6 +297,7 @@ def test_every_pod_runs_the_code_location_image_with_its_env_secret_and_volume(s
         ], key
 
 
+@pytest.mark.fast
 def test_helm_values_use_the_k8s_run_launcher_queue_and_pools():
     values = helm_values()
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
@@ -314,6 +316,7 @@ def test_helm_values_use_the_k8s_run_launcher_queue_and_pools():
     assert values["concurrency"]["enabled"] is True and values["concurrency"]["pools"]["defaultLimit"] == 1
 
 
+@pytest.mark.fast
 def test_kubernetes_executor_config_validates():
     executor = kubernetes_executor()
     assert isinstance(executor, ExecutorDefinition)
@@ -323,6 +326,7 @@ def test_kubernetes_executor_config_validates():
     assert config["per_step_k8s_config"]["predictions"]["container_config"]["resources"]["limits"][GPU] == "1"
 
 
+@pytest.mark.fast
 def test_kubernetes_executor_without_dagster_k8s_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "dagster_k8s", None)  # what `import dagster_k8s` meets without the extra
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[k8s\]'"):

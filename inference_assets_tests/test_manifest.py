@@ -9,6 +9,9 @@ from inference_assets.core.manifest import build_manifest, read_manifest
 from inference_assets.core.partitioning import image_id_for, partition_for
 
 
+pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
+
+
 def test_manifest_lists_every_image_with_ids_hashes_labels_and_partitions(image_root, tmp_path):
     out = tmp_path / "manifest.parquet"
     summary = build_manifest(image_root, out, num_partitions=4)

@@ -8,6 +8,9 @@ from inference_assets.core.errors import ConfigError, WeightsUnavailableError
 from inference_assets.core.models import ModelSpec, describe_model, load_classifier
 
 
+pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
+
+
 def test_bundled_weights_give_imagenet_labels_from_the_weights_metadata(classifier):
     assert len(classifier.labels) == 1000
     assert classifier.labels[967] == "espresso"

@@ -5,6 +5,9 @@ import pytest
 from inference_assets.core.partitioning import image_id_for, partition_for, partition_keys
 
 
+pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
+
+
 def test_partition_keys_are_zero_padded_and_sortable():
     keys = partition_keys(16)
     assert keys[0] == "shard-00" and keys[-1] == "shard-15"

@@ -59,6 +59,7 @@ def _has_mallinfo2() -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not _has_mallinfo2(), reason="glibc only")
+@pytest.mark.fast
 def test_keep_freed_memory_serves_large_blocks_from_the_heap():
     def mmapped_bytes(mode: str) -> int:
         out = subprocess.run([sys.executable, "-c", MALLINFO_PROBE, mode], capture_output=True, text=True, check=True)
@@ -71,6 +72,7 @@ def test_keep_freed_memory_serves_large_blocks_from_the_heap():
 # --- progress ------------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_progress_logs_at_most_every_interval_with_rate_and_eta():
     now = [100.0]
     lines: list[str] = []
@@ -94,6 +96,7 @@ def test_progress_logs_at_most_every_interval_with_rate_and_eta():
     assert lines[-1] == "manifest: 300 images, 50.0 img/s"
 
 
+@pytest.mark.fast
 def test_partition_functions_report_every_image(image_root, tmp_path, classifier):
     listed: list[int] = []
     build_manifest(image_root, tmp_path / "m.parquet", num_partitions=1, progress=listed.append)
@@ -123,6 +126,7 @@ def large_jpeg(image_root, tmp_path) -> Path:
     return path
 
 
+@pytest.mark.fast
 def test_draft_mode_downscales_large_jpegs_in_the_decoder_and_nothing_else(large_jpeg, image_root):
     assert load_rgb(large_jpeg).size == (2000, 1500)  # exact by default
     drafted = load_rgb(large_jpeg, draft=(256, 256))
@@ -194,6 +198,7 @@ def test_compiled_model_gives_the_eager_results_and_pads_the_last_batch(image_ro
 # --- automatic CUDA batch size ------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_automatic_batch_size_is_the_largest_power_of_two_that_fits_with_headroom():
     from inference_assets.core.batch_size import pick_batch_size
 

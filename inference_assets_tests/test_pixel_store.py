@@ -17,6 +17,9 @@ from inference_assets.core.pixel_store import (
 )
 
 
+pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
+
+
 @pytest.fixture
 def manifest(image_root, tmp_path):
     (image_root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")

@@ -13,6 +13,9 @@ from inference_assets.core.preprocessing import from_torchvision_transform
 
 from .environment import SAMPLE_IMAGES
 
+pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
+
+
 PHOTOS = sorted(p for p in SAMPLE_IMAGES.rglob("*") if p.is_file())
 
 

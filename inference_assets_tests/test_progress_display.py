@@ -43,6 +43,7 @@ def displays():
         yield opened
 
 
+@pytest.mark.fast
 def test_every_advance_reaches_the_display_and_the_stage_closes_it(displays):
     now = [100.0]
     lines: list[str] = []
@@ -58,6 +59,7 @@ def test_every_advance_reaches_the_display_and_the_stage_closes_it(displays):
     assert (displays[0].updates, displays[0].closed) == ([2, 2, 2], 1)
 
 
+@pytest.mark.fast
 def test_a_failing_stage_still_closes_its_display(displays):
     with pytest.raises(RuntimeError):
         with Progress("preprocessing", 10, lambda line: None) as progress:
@@ -66,6 +68,7 @@ def test_a_failing_stage_still_closes_its_display(displays):
     assert (displays[0].updates, displays[0].closed) == ([3], 1)
 
 
+@pytest.mark.fast
 def test_advances_from_many_threads_all_reach_the_display(displays):
     with Progress("preprocessing", 8000, lambda line: None, every=0.0) as progress:
         threads = [threading.Thread(target=lambda: [progress.advance(1) for _ in range(1000)]) for _ in range(8)]
@@ -76,6 +79,7 @@ def test_advances_from_many_threads_all_reach_the_display(displays):
     assert progress.done == sum(displays[0].updates) == 8000
 
 
+@pytest.mark.fast
 def test_no_display_outside_the_block():
     opened = []
     with progress_display(lambda label, total: opened.append(label) or FakeDisplay(label, total)):
@@ -86,6 +90,7 @@ def test_no_display_outside_the_block():
     assert opened == ["outer"]
 
 
+@pytest.mark.fast
 def test_the_bar_factory_draws_done_total_rate_and_eta(tmp_path, monkeypatch):
     from inference_assets.run import progress_bars
 
@@ -100,6 +105,7 @@ def test_the_bar_factory_draws_done_total_rate_and_eta(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("columns, rows", [(100, 30), (100, 0), (0, 0)])
+@pytest.mark.fast
 def test_the_bar_is_drawn_whatever_size_the_terminal_reports(columns, rows, monkeypatch):
     """A terminal may report no height (tqdm would then draw an empty line) or no size at all."""
     from inference_assets.run import progress_bars

@@ -11,6 +11,9 @@ from inference_assets.images.resources import StorageResource
 from .environment import PROJECT_ROOT
 
 
+pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
+
+
 def test_decompression_bomb_limit_is_on_by_default(tmp_path):
     assert StorageResource(image_root=".", work_dir=".").max_image_pixels == DEFAULT_MAX_PIXELS == 89_478_485
     bomb = tmp_path / "bomb.png"

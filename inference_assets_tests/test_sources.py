@@ -145,6 +145,7 @@ def test_a_csv_table_of_locations(s3_env, tmp_path):
     assert "missing" in manifest["gone"]["error"] and manifest["coffee"]["error"] is None
 
 
+@pytest.mark.fast
 def test_a_table_without_a_uri_column_is_a_one_line_error(tmp_path):
     pq.write_table(pa.table({"path": ["a.jpg"]}), tmp_path / "t.parquet")
     with pytest.raises(ConfigError, match=r"has no 'uri' column \(columns: path\): return the image location"):
@@ -203,6 +204,7 @@ def test_postgresql_blobs_through_the_whole_pipeline(postgres_server, tmp_path):
     _check_blob_results(predictions, failures, lambda relative: relative)
 
 
+@pytest.mark.fast
 def test_a_sql_query_of_locations(tmp_path):
     url = f"sqlite:///{tmp_path / 'locations.db'}"
     with sa.create_engine(url).begin() as conn:
@@ -216,6 +218,7 @@ def test_a_sql_query_of_locations(tmp_path):
     assert "missing" in rows["missing.jpg"]["error"]
 
 
+@pytest.mark.fast
 def test_a_bad_query_or_url_is_a_one_line_error(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     with pytest.raises(ConfigError, match=r"^the image query failed on sqlite:///.*no such table: photos .*INFERENCE_IMAGE_QUERY"):

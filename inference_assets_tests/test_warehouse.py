@@ -40,6 +40,7 @@ def _contents(conn):
     )
 
 
+@pytest.mark.fast
 def test_refresh_loads_predictions_and_failures_and_is_idempotent(layout, tmp_path):
     conn = duckdb.connect(str(tmp_path / "wh.duckdb"))
     files = layout.result_files("m", KEYS)
@@ -56,6 +57,7 @@ def test_refresh_loads_predictions_and_failures_and_is_idempotent(layout, tmp_pa
     assert ("espresso", 1) in top_labels(conn)
 
 
+@pytest.mark.fast
 def test_results_for_changed_or_deleted_images_drop_out(layout, image_root, tmp_path):
     conn = duckdb.connect(str(tmp_path / "wh.duckdb"))
     (image_root / "missile" / "rocket.jpg").unlink()
@@ -68,6 +70,7 @@ def test_results_for_changed_or_deleted_images_drop_out(layout, image_root, tmp_
     assert not any(u.endswith(("rocket.jpg", "coffee.jpg")) for u in uris)
 
 
+@pytest.mark.fast
 def test_refresh_with_no_result_files_gives_empty_typed_tables(layout, tmp_path):
     conn = duckdb.connect(str(tmp_path / "wh.duckdb"))
     summary = refresh_warehouse(conn, layout.manifest_path, [])
@@ -79,6 +82,7 @@ def test_refresh_with_no_result_files_gives_empty_typed_tables(layout, tmp_path)
     assert [r[0] for r in conn.execute("DESCRIBE failures").fetchall()][:4] == ["image_id", "uri", "partition", "stage"]
 
 
+@pytest.mark.fast
 def test_a_failed_refresh_leaves_the_previous_tables(layout, tmp_path):
     conn = duckdb.connect(str(tmp_path / "wh.duckdb"))
     files = layout.result_files("m", KEYS)

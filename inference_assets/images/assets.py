@@ -5,6 +5,7 @@ import time
 
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from inference_assets.core.manifest import build_manifest, read_manifest
 from inference_assets.core.pixel_store import write_pixel_shard
@@ -19,6 +20,7 @@ from .resources import StorageResource
 
 @asset(
     group_name="images",
+    kinds={"parquet"},
     description="Every image of the source (a folder, a bucket prefix, an image table or a SQL query): "
     "stable id, key, location, size, mtime, content hash, label, and the partition it belongs to. Parquet.",
 )
@@ -81,7 +83,9 @@ def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> 
 
 
 class PreprocessConfig(Config):
-    force: bool = False  # decode every image again, even those whose stored pixels are up to date
+    force: bool = Field(
+        default=False, description="Decode every image again, even those whose stored pixels are up to date."
+    )
 
 
 @asset(
@@ -89,6 +93,7 @@ class PreprocessConfig(Config):
     partitions_def=IMAGE_SHARDS,
     backfill_policy=BACKFILL_POLICY,
     deps=[image_manifest],
+    kinds={"numpy", "parquet"},
     description="Each partition's images decoded (EXIF orientation, RGB) and resized/cropped exactly as "
     "the model's own transform does, stored as uint8 in a memory-mappable .npy with a per-image status.",
 )

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from pydantic import Field
 
 from inference_assets.core.inference import InferenceSettings, StageSeconds, predict_shard
 from inference_assets.core.pixel_store import read_pixel_shard
@@ -22,7 +23,9 @@ from .resources import DeviceResource, ModelResource
 
 
 class PredictConfig(Config):
-    force: bool = False  # predict every image again, even those whose stored prediction is up to date
+    force: bool = Field(
+        default=False, description="Predict every image again, even those whose stored prediction is up to date."
+    )
 
 
 @asset(
@@ -31,6 +34,7 @@ class PredictConfig(Config):
     backfill_policy=BACKFILL_POLICY,
     deps=[preprocessed_images],
     pool=GPU_POOL,
+    kinds={"pytorch", "parquet"},
     description="Top-k classes and probabilities for every preprocessed image of the partition, "
     "or the reason it failed; one Parquet file per partition and model, written atomically.",
 )

@@ -56,7 +56,10 @@ class ModelResource(ConfigurableResource):
         "<model>.card.json/.yaml beside the model.",
     )
     batch_size: int = Field(
-        default=0, ge=0, description="Images per forward pass; 0 = automatic (8 on CPU, 256 on CUDA)."
+        default=0,
+        ge=0,
+        description="Images per forward pass; 0 = automatic: 8 on CPU; on CUDA the largest power of two that "
+        "fits in the GPU's memory, found by a probe (256 for a model that is not a torch module, e.g. ONNX).",
     )
     top_k: int = Field(default=5, gt=0, description="How many classes to keep per image.")
 

@@ -16,6 +16,7 @@ from inference_assets.warehouse.assets import evaluation, prediction_results
     group_name="warehouse",
     deps=[prediction_results, evaluation],
     pool=DUCKDB_POOL,
+    kinds={"html"},
     description="A self-contained HTML page (no network needed): summary numbers, charts, predictions "
     "grouped by class with thumbnails, the least confident predictions, failures, and the evaluation.",
 )

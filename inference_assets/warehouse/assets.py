@@ -32,6 +32,7 @@ def loaded_result_files(storage: StorageResource, model: ModelResource):
     group_name="warehouse",
     deps=[image_manifest, predictions],
     pool=DUCKDB_POOL,
+    kinds={"duckdb"},
     description="DuckDB tables images, predictions and failures, replaced in one transaction from the "
     "manifest and the per-partition result files of the configured model (single writer).",
 )
@@ -70,6 +71,7 @@ def prediction_results(
     group_name="warehouse",
     deps=[prediction_results],
     pool=DUCKDB_POOL,
+    kinds={"duckdb"},
     description="Accuracy against the images' own labels (folder names, ImageNet WordNet ids or a table's "
     "label column): top-1/top-5, per class, and the most confused pairs, as DuckDB tables evaluation_*.",
 )
