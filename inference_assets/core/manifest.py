@@ -41,6 +41,7 @@ from .partitioning import image_id_for_bytes, partition_for
 from .sources import ImageSource, SourceEntry
 from .sources.config import IMAGE_EXTENSIONS
 from .sources.folder import FolderSource, check_source_root
+from .verified_parquet import READ_ERRORS, WRITE_OPTIONS, damaged, read_verified
 
 __all__ = ["IMAGE_EXTENSIONS", "LIST_ERROR_PREFIX", "build_manifest", "check_source_root", "read_manifest"]
 
@@ -82,11 +83,6 @@ class ManifestSummary:
     labels: Counter = field(default_factory=Counter)
 
 
-def read_verified(path: Path, columns: list[str] | None = None) -> pa.Table:
-    """A Parquet file read with its page checksums verified (raises OSError/ArrowException if damaged)."""
-    return pq.read_table(path, columns=columns, page_checksum_verification=True)
-
-
 def _previous_manifest(previous: Path | None, warnings: list[str]) -> pa.Table | None:
     """An earlier manifest, if any; a damaged one counts as none (with a warning)."""
     if previous is None or not previous.exists():
@@ -97,11 +93,8 @@ def _previous_manifest(previous: Path | None, warnings: list[str]) -> pa.Table |
             table = table.append_column("version", pa.nulls(table.num_rows, pa.string()))
         return table.select(["image_id", "relative_path", "uri", "size_bytes", "mtime_ns", "content_hash",
                              "label", "version"])
-    except (OSError, pa.ArrowException, KeyError) as exc:
-        warnings.append(
-            f"the previous image manifest {str(previous)!r} is damaged ({' '.join(str(exc).split())[:200]}): "
-            "ignored, every image is hashed again"
-        )
+    except (*READ_ERRORS, KeyError) as exc:
+        warnings.append(f"the previous {damaged('image manifest', previous, exc)}: ignored, every image is hashed again")
         return None
 
 
@@ -138,7 +131,7 @@ def build_manifest(
     previous = _previous_manifest(output, summary.warnings)
     known = _known(previous)  # entries seen are taken out: what is left was not listed this time
     with atomic_output(output) as tmp:
-        with pq.ParquetWriter(tmp, MANIFEST_SCHEMA, write_page_checksum=True) as writer:
+        with pq.ParquetWriter(tmp, MANIFEST_SCHEMA, **WRITE_OPTIONS) as writer:
             rows: list[dict] = []
             for entry in source.entries():
                 if entry.unlisted:
@@ -262,7 +255,7 @@ def vanished_images(path: Path) -> int:
     """How many previously known images the manifest at ``path`` lost without knowing they were deleted."""
     try:
         metadata = pq.read_metadata(path).metadata or {}
-    except (OSError, pa.ArrowException):
+    except READ_ERRORS:
         return 0
     return int(metadata.get(VANISHED_KEY, b"0"))
 
@@ -275,10 +268,9 @@ def read_manifest(path: Path, partition: str | None = None) -> pa.Table:
         )
     try:
         table = read_verified(path)
-    except (OSError, pa.ArrowException) as exc:
+    except READ_ERRORS as exc:
         raise ConfigError(
-            f"image manifest {str(path)!r} is damaged ({' '.join(str(exc).split())[:200]}): "
-            "materialize the image_manifest asset again (make run rebuilds it first)"
+            f"{damaged('image manifest', path, exc)}: materialize the image_manifest asset again (make run rebuilds it first)"
         ) from None
     if partition is not None:
         table = table.filter(pc.equal(table["partition"], partition))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .manifest import read_verified
+from .verified_parquet import READ_ERRORS, read_verified
 from .partitioning import image_id_for_bytes, partition_for
 from .sources import SourceEntry
 
@@ -90,7 +90,7 @@ def manifest_digests(manifest_path: Path, num_partitions: int) -> dict[str, list
         return {}
     try:
         table = read_verified(manifest_path)
-    except (OSError, pa.ArrowException):
+    except READ_ERRORS:
         return {}  # damaged: unlike any listing, so a manifest run is asked for (it rebuilds the file)
     if "version" not in table.column_names:  # an older manifest: differs from listings with versions
         table = table.append_column("version", pa.nulls(table.num_rows, pa.string()))
@@ -128,7 +128,7 @@ def partitions_missing_results(manifest_path: Path, result_file: Callable[[str],
         return []
     try:
         manifest = read_verified(manifest_path, columns=["image_id", "content_hash", "partition"]).to_pylist()
-    except (OSError, pa.ArrowException):
+    except READ_ERRORS:
         return []  # damaged: the listing differs from it, and the manifest run comes first
     wanted: dict[str, set] = {}
     for row in manifest:
@@ -140,7 +140,7 @@ def partitions_missing_results(manifest_path: Path, result_file: Callable[[str],
         if path.exists():
             try:
                 results = read_verified(path, columns=["image_id", "content_hash"])
-            except (OSError, pa.ArrowException):  # damaged: as if absent, the partition is predicted again
+            except READ_ERRORS:  # damaged: as if absent, the partition is predicted again
                 results = pa.table({"image_id": pa.array([], pa.string()), "content_hash": pa.array([], pa.string())})
             have = set(zip(results.column("image_id").to_pylist(), results.column("content_hash").to_pylist()))
         missing = wanted[partition] - have

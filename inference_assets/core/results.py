@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .atomic import atomic_output, remove_orphaned_temporaries
+from .verified_parquet import READ_ERRORS, WRITE_OPTIONS, damaged, read_verified
 
 STATUS_PREDICTED = "predicted"
 STATUS_FAILED = "failed"
@@ -87,7 +88,7 @@ class ResultFileWriter:
     def __enter__(self) -> ResultFileWriter:
         remove_orphaned_temporaries(self.path.parent, self.path.name)
         tmp = self._atomic.__enter__()
-        self._writer = pq.ParquetWriter(tmp, self._schema, write_page_checksum=True)
+        self._writer = pq.ParquetWriter(tmp, self._schema, **WRITE_OPTIONS)
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -171,7 +172,7 @@ def read_class_names(path: Path) -> list[str] | None:
 
 def read_results(path: Path) -> pa.Table:
     """The rows of a result file, page checksums verified (raises OSError/ArrowException if damaged)."""
-    return pq.read_table(path, schema=RESULT_SCHEMA, page_checksum_verification=True)
+    return read_verified(path, schema=RESULT_SCHEMA)
 
 
 def intact_result_files(paths: list[Path], warn: Callable[[str], None] | None = None) -> list[Path]:
@@ -182,10 +183,9 @@ def intact_result_files(paths: list[Path], warn: Callable[[str], None] | None = 
     for path in paths:
         try:
             read_results(path)
-        except (OSError, pa.ArrowException) as exc:
+        except READ_ERRORS as exc:
             (warn or logger.warning)(
-                f"result file {str(path)!r} is damaged ({' '.join(str(exc).split())[:200]}): not loaded; "
-                "materialize predictions for its partition again"
+                f"{damaged('result file', path, exc)}: not loaded; materialize predictions for its partition again"
             )
         else:
             intact.append(path)
@@ -216,9 +216,6 @@ def read_reusable(
         if metadata.get(b"settings", b"").decode() != settings_key(precision, top_k, pixels):
             return None
         return read_results(path)
-    except (OSError, pa.ArrowException) as exc:  # damaged: everything is predicted again
-        (warn or logger.warning)(
-            f"result file {str(path)!r} is damaged ({' '.join(str(exc).split())[:200]}): ignored, its partition "
-            "is predicted again"
-        )
+    except READ_ERRORS as exc:  # damaged: everything is predicted again
+        (warn or logger.warning)(f"{damaged('result file', path, exc)}: ignored, its partition is predicted again")
         return None
