@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::UserWarning
 
-.PHONY: install instance run test test-fast dev backfill screenshots bench bench-scale clean
+.PHONY: install instance run ci test test-fast dev backfill screenshots bench bench-scale clean
 
 install: $(STAMP)
 
@@ -23,6 +23,15 @@ $(STAMP): pyproject.toml
 ## --log-level INFO; see python -m inference_assets.run --help)
 run: $(STAMP) instance
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/python -m inference_assets.run $(RUN_ARGS)
+
+## ci: the CI gate (.github/workflows/inference.yml runs it): `dagster definitions validate`, then `make run`
+## (every partition, evaluation and report); exits non-zero when the code location does not load or any
+## asset check fails, naming the check, its measured value and its threshold. Here INFERENCE_MAX_FAILURE_RATE
+## defaults to 0.5; INFERENCE_MIN_TOP1 and INFERENCE_MAX_CLASS_SHARE are off unless set
+ci: $(STAMP) instance
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster definitions validate -w workspace.yaml
+	DAGSTER_HOME=$(DAGSTER_HOME) INFERENCE_MAX_FAILURE_RATE=$${INFERENCE_MAX_FAILURE_RATE:-0.5} \
+		$(BIN)/python -m inference_assets.run $(RUN_ARGS)
 
 ## test: the whole test suite
 test: $(STAMP)

@@ -4,7 +4,13 @@ Runs through Dagster itself (``materialize`` with the code location's own assets
 resources), so runs land in ``$DAGSTER_HOME`` and show up in ``make dev``'s UI when it is set.
 
 Steps: ``image_manifest``; ``preprocessed_images`` + ``predictions`` over the whole partition
-range in one run (their backfill policy is single-run); ``prediction_results`` and its checks.
+range in one run (their backfill policy is single-run); ``prediction_results``, ``evaluation``,
+``report`` and their checks.
+
+Exit status: 0 when every step succeeded and every asset check passed; 1 when a check failed
+(every check is blocking: the run stops there, the summary is still printed, and the last line,
+on stderr, names each failed check with what it measured against its threshold); other failures
+end with one line naming the step.
 
 In a terminal (stderr a TTY) the long stages show a progress bar each and the console log shows
 warnings and errors only (the whole log is in the run's event log); otherwise plain log lines.
@@ -134,9 +140,12 @@ def run_pipeline(log_level: str = "INFO") -> dict:
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
     timings = {}
+    failed = []  # evaluations of failed checks; a failed blocking check ends the pipeline after its step
+    not_built = []  # the assets that step and the later ones did not materialize
     own_tags = identity_tags()  # lets a later run see that this process is gone, if it is killed
     with _instance() as instance:
-        for title, selection, tags in pipeline_steps():
+        steps = pipeline_steps()
+        for number, (title, selection, tags) in enumerate(steps):
             print(f"==> {title}", flush=True)
             start = time.perf_counter()
             for line in free_dead_runs(instance):  # slots a killed run still holds would block this step
@@ -153,18 +162,51 @@ def run_pipeline(log_level: str = "INFO") -> dict:
                 raise SystemExit(128 + watch.signal_received)
             if watch.outcome:
                 raise SystemExit(f"step '{title}' failed (run {result.run_id}): {watch.outcome[1]}")
-            if not result.success:
+            checks = result.get_asset_check_evaluations()
+            failed_checks = [c for c in checks if not c.passed]
+            if not result.success and not (failed_checks and _only_checks_failed(result)):
                 reason = _configuration_error(result) or "see the log above"
                 raise SystemExit(f"step '{title}' failed (run {result.run_id}): {reason}")
-            checks = result.get_asset_check_evaluations()
-            failed_checks = [c.check_name for c in checks if not c.passed]
             if checks:
                 print(f"    checks: {len(checks) - len(failed_checks)}/{len(checks)} passed"
-                      + (f"; FAILED: {', '.join(failed_checks)}" if failed_checks else ""), flush=True)
-    return {"resources": resources, "timings": timings}
+                      + (f"; FAILED: {', '.join(c.check_name for c in failed_checks)}" if failed_checks else ""),
+                      flush=True)
+            failed += failed_checks
+            if not result.success:  # a blocking check failed: nothing downstream of its asset is built
+                not_built = _not_materialized(result, selection) + [
+                    key.to_user_string() for _, later, _ in steps[number + 1:] for key in sorted(later.resolve(ASSETS))
+                ]
+                print(f"    stopped (a blocking check failed); not materialized: {', '.join(not_built) or 'none'}",
+                      flush=True)
+                break
+    return {"resources": resources, "timings": timings, "failed_checks": failed, "not_built": not_built}
 
 
-def print_summary(database: str, timings: dict[str, float], report_path: Path | None = None) -> None:
+def _only_checks_failed(result) -> bool:
+    """Whether every failed step of the run failed because a blocking asset check failed."""
+    failures = [event for event in result.all_events if event.is_step_failure]
+    return all(getattr(event.event_specific_data.error, "cls_name", None) == "DagsterAssetCheckFailedError"
+               for event in failures)
+
+
+def _not_materialized(result, selection: AssetSelection) -> list[str]:
+    """The step's assets that its run did not materialize (skipped after a failed blocking check)."""
+    done = {event.asset_key for event in result.get_asset_materialization_events()}
+    return sorted(key.to_user_string() for key in selection.resolve(ASSETS) if key not in done)
+
+
+def failed_checks_line(failed: list) -> str:
+    """One line naming each failed check with what it measured against its threshold."""
+    return "checks failed: " + "; ".join(
+        f"{c.check_name} on {c.asset_key.to_user_string()}: {c.description or 'see its metadata in the UI'}"
+        for c in failed
+    )
+
+
+def print_summary(
+    database: str, timings: dict[str, float], report_path: Path | None = None, not_built: list[str] = ()
+) -> None:
+    """The outcome in a few lines; results of assets in ``not_built`` (a blocking check failed) are marked stale."""
     with duckdb.connect(database, read_only=True) as conn:
         images, predicted, failed = outcome_counts(conn)
         labels = top_labels(conn, limit=5)
@@ -174,14 +216,18 @@ def print_summary(database: str, timings: dict[str, float], report_path: Path | 
     print(f"images seen: {images}   predicted: {predicted}   failed: {failed}")
     if labels:
         print("top labels:  " + "; ".join(f"{label} ({n})" for label, n in labels))
-    if evaluation and evaluation[0]:
+    if evaluation and evaluation[0] and "evaluation" in not_built:
+        print("accuracy:    not evaluated in this run (a blocking check failed)")
+    elif evaluation and evaluation[0]:
         print(f"accuracy:    top-1 {evaluation[1]:.1%}, top-5 {evaluation[2]:.1%} on {evaluation[0]} labelled images"
               + (f" ({evaluation[3]} with labels the model does not know)" if evaluation[3] else ""))
     for stage, error, n in reasons:
         print(f"failures:    {n} at {stage}: {error}")
     print(f"time:        {sum(timings.values()):.1f}s (" + ", ".join(f"{k}: {v:.1f}s" for k, v in timings.items()) + ")")
     print(f"results:     {database}")
-    if report_path is not None and report_path.exists():
+    if report_path is not None and report_path.exists() and "report" in not_built:
+        print(f"report:      {report_path}  (not refreshed in this run: a blocking check failed)")
+    elif report_path is not None and report_path.exists():
         print(f"report:      {report_path}  (open it in a browser; it needs no network)")
     duckdb_cli = shutil.which("duckdb") and "duckdb" or os.path.relpath(Path(sys.executable).parent / "duckdb")
     print(f'try:         {duckdb_cli} {database} "select class_label, count(*) from predictions group by 1 order by 2 desc"')
@@ -235,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted ({signal.Signals(interrupt.signum).name})", file=sys.stderr, flush=True)
         return 128 + interrupt.signum
     resources = outcome["resources"]
-    print_summary(resources["duckdb"].database, outcome["timings"], resources["storage"].layout.report_path)
+    if Path(resources["duckdb"].database).exists():  # not yet when the manifest's check failed on a first run
+        print_summary(resources["duckdb"].database, outcome["timings"], resources["storage"].layout.report_path,
+                      outcome["not_built"])
+    if outcome["failed_checks"]:  # last, so a CI log ends with it
+        print(failed_checks_line(outcome["failed_checks"]), file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -25,6 +25,10 @@
 - ``INFERENCE_DECODE_WORKERS``: decoding threads (default one per core; set it in containers).
 - ``INFERENCE_EXECUTOR``: ``multiprocess`` (default) or ``k8s`` (a Kubernetes Job per step).
 - ``INFERENCE_GPU_LOCK_DIR``: where concurrent steps lock GPUs (see ``core/gpu_assignment.py``).
+- ``INFERENCE_MAX_FAILURE_RATE`` / ``INFERENCE_MIN_TOP1`` / ``INFERENCE_MAX_CLASS_SHARE``: the
+  quality gates, numbers from 0 to 1 (defaults 1, 0, 1: off): the blocking checks that fail a run
+  when more images failed, top-1 on labelled images is lower, or one class takes a larger share of
+  the predictions (see ``warehouse/checks.py``; ``make ci`` sets the failure rate to 0.5 unless set).
 - ``INFERENCE_SENSOR_LISTING_SECONDS`` / ``INFERENCE_SENSOR_INTERVAL_SECONDS``: the sensor's
   listing budget per tick (20) and its interval (60); ``INFERENCE_SCHEDULE_CRON`` /
   ``INFERENCE_SCHEDULE_TIMEZONE``: the nightly schedule (``0 2 * * *``, UTC).

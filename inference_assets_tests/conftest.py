@@ -1,5 +1,6 @@
 """Shared fixtures: real sample photos, a temporary work area, the bundled classifier."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -28,27 +29,8 @@ KNOWN_TOP1 = {
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch, tmp_path):
     """Tests never read or write the project's data/ outputs or a user's Dagster instance."""
-    for name in (
-        "INFERENCE_IMAGE_ROOT",
-        "INFERENCE_WORK_DIR",
-        "INFERENCE_DUCKDB_PATH",
-        "INFERENCE_DEVICE",
-        "INFERENCE_PRECISION",
-        "INFERENCE_MODEL",
-        "INFERENCE_WEIGHTS",
-        "INFERENCE_CLASS_NAMES",
-        "INFERENCE_MODEL_CARD",
-        "INFERENCE_IMAGE_TABLE",
-        "INFERENCE_DATABASE_URL",
-        "INFERENCE_IMAGE_QUERY",
-        "INFERENCE_SHARED_DIR",
-        "INFERENCE_PARTITIONS_PER_RUN",
-        "INFERENCE_EXECUTOR",
-        "INFERENCE_DECODE_WORKERS",
-        "INFERENCE_GPU_LOCK_DIR",
-        "INFERENCE_ALWAYS_REHASH",
-    ):
-        monkeypatch.delenv(name, raising=False)
+    for name in [name for name in os.environ if name.startswith("INFERENCE_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
 

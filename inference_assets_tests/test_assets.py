@@ -77,7 +77,8 @@ def test_one_partition_end_to_end_then_results_and_checks(resources, instance, t
     assert result.success
     assert _metadata(result, "prediction_results")["predictions"] == count
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"every_image_accounted_for": True, "probabilities_valid": True, "unique_image_ids": True}
+    assert checks == {"every_image_accounted_for": True, "probabilities_valid": True, "unique_image_ids": True,
+                      "failure_rate_within_limit": True, "no_class_collapse": True}
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
         assert conn.execute("SELECT count(DISTINCT partition) FROM predictions").fetchone()[0] == 1
 
@@ -131,7 +132,9 @@ def test_check_fails_when_a_partition_is_stale(resources, instance, image_root):
     name = next(f"new_{i}.jpg" for i in range(10_000) if partition_for(image_id_for(f"new_{i}.jpg"), 16) == key)
     shutil.copy(image_root / "espresso" / "coffee.jpg", image_root / name)
     materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
-    result = materialize(ALL, selection=_with_checks("prediction_results"), resources=resources, instance=instance)
+    result = materialize(ALL, selection=_with_checks("prediction_results"), resources=resources, instance=instance,
+                         raise_on_error=False)
+    assert not result.success  # the check is blocking: its failure fails the run
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not checks["every_image_accounted_for"].passed
     assert checks["every_image_accounted_for"].metadata["images_without_exactly_one_outcome"].value == 1

@@ -69,7 +69,7 @@ def test_make_run_entry_point_prints_a_summary(env, tmp_path):
     output = _run([sys.executable, "-m", "inference_assets.run"], env)
     assert "images seen: 6   predicted: 6   failed: 0" in output
     assert "top labels:" in output and "espresso (1)" in output
-    assert "checks: 3/3 passed" in output
+    assert "checks: 6/6 passed" in output
     assert Path(env["INFERENCE_DUCKDB_PATH"]).exists()
     # not a terminal: plain log lines, INFO included, and no progress bar (no carriage return)
     assert "==> preprocess + predict" in output and " - INFO - " in output and "\r" not in output

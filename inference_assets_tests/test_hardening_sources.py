@@ -49,15 +49,17 @@ def _unprivileged(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     )
 
 
-def _steps(resources: dict) -> tuple[list, list[str]]:
-    """The three runs of `make run` (each must succeed) and the warnings they logged."""
+def _steps(resources: dict, failing_check: str | None = None) -> tuple[list, list[str]]:
+    """The three runs of `make run` (each must succeed, unless the blocking check ``failing_check``
+    failed it) and the warnings they logged."""
     from inference_assets.run import materialize_step, pipeline_steps
 
     results, warnings = [], []
     with DagsterInstance.ephemeral() as instance:
         for title, selection, tags in pipeline_steps():
             result = materialize_step(selection, tags, resources, instance, "WARNING")
-            assert result.success, title
+            assert result.success or failing_check in {c.check_name for c in result.get_asset_check_evaluations()
+                                                       if not c.passed}, title
             results.append(result)
             warnings += [
                 entry.user_message
@@ -178,7 +180,7 @@ def test_an_image_that_vanishes_without_its_folder_being_listed_fails_the_check(
     shutil.move(image_root / "tabby", tmp_path / "elsewhere")
     (image_root / "tabby").symlink_to(tmp_path / "elsewhere")
     (image_root / "missile" / "rocket.jpg").unlink()  # a real deletion: explained
-    results, warnings = _steps(resources)
+    results, warnings = _steps(resources, failing_check="every_image_accounted_for")
     check = _check(results[2], "every_image_accounted_for")
     assert not check.passed and check.metadata["vanished_images"].value == 1
     assert _metadata(results[0], "image_manifest")["vanished_images"] == 1
@@ -454,7 +456,7 @@ def test_the_warehouse_refresh_leaves_out_a_damaged_result_file_with_a_warning(i
         title, selection, tags = pipeline_steps()[2]
         result = materialize_step(selection, tags, resources, instance, "WARNING")
         warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level >= 30 and not e.is_dagster_event]
-    assert result.success
+    assert not result.success  # the accounting check below is blocking: evaluation and report are not built
     assert any(str(damaged) in w and "damaged" in w for w in warnings), warnings
     predicted, failed, images = _tables(tmp_path / "warehouse.duckdb")
     assert len(images) == 6 and len(predicted) == 6 - images_in_it and not failed

@@ -174,7 +174,7 @@ def test_make_run_in_a_terminal_shows_progress_bars_and_no_info_log(image_root, 
     returncode, output = run_in_terminal([sys.executable, "-m", "inference_assets.run"], env)
     assert returncode == 0, output[-3000:]
     assert "log: warnings and errors only here; the full log: the Dagster UI (make dev) or --log-level INFO" in output
-    assert "==> preprocess + predict" in output and "checks: 3/3 passed" in output
+    assert "==> preprocess + predict" in output and "checks: 6/6 passed" in output
     for label in ("preprocessing", "predictions"):  # redrawn in place, full width, ending at 6/6
         assert re.search(rf"\r{label}: 100%\|█{{50,}}\| 6/6 \[\d\d:\d\d<00:00, +[\d.]+img/s\]", output), output
     assert "images seen: 6   predicted: 6   failed: 0" in output

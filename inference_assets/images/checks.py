@@ -13,6 +13,7 @@ from .resources import StorageResource
 
 @asset_check(
     asset=image_manifest,
+    blocking=True,  # a failure stops the run: nothing downstream is computed from a bad manifest
     description="Image ids are unique and every image belongs to one of the defined partitions.",
 )
 def manifest_ids_unique_and_partitioned(storage: StorageResource) -> AssetCheckResult:
@@ -23,5 +24,6 @@ def manifest_ids_unique_and_partitioned(storage: StorageResource) -> AssetCheckR
     unknown = sum(1 for key in pc.unique(table.column("partition")).to_pylist() if key not in known)
     return AssetCheckResult(
         passed=duplicates == 0 and unknown == 0,
+        description=f"{duplicates} duplicate image ids, {unknown} unknown partitions (0 allowed)",
         metadata={"images": table.num_rows, "duplicate_ids": duplicates, "unknown_partitions": unknown},
     )
