@@ -27,7 +27,7 @@ ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
 # Its partitions (IMAGE_SHARDS) come from the selected assets.
 partitioned_inference_job = define_asset_job(
     "partitioned_inference",
-    selection=["preprocessed_images", "predictions"],
+    selection=["preprocessed_images", "prediction_files"],
     description="Preprocessed pixels and predictions for the chosen image partitions (one, a range, or all of "
     "them as a backfill).",
 )

@@ -1,6 +1,6 @@
 """Concurrency pools: steps that share a scarce resource take a slot of its pool.
 
-- ``gpu``: the ``predictions`` step (one slot per accelerator; on a CPU-only machine one slot,
+- ``gpu``: the ``prediction_files`` step (one slot per accelerator; on a CPU-only machine one slot,
   since a forward pass already uses every core).
 - ``duckdb``: the ``prediction_results`` refresh (DuckDB has a single writer: one slot).
 

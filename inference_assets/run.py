@@ -3,7 +3,7 @@
 Runs through Dagster itself (``materialize`` with the code location's own assets, checks and
 resources), so runs land in ``$DAGSTER_HOME`` and show up in ``make dev``'s UI when it is set.
 
-Steps: ``image_manifest``; ``preprocessed_images`` + ``predictions`` over the whole partition
+Steps: ``image_manifest``; ``preprocessed_images`` + ``prediction_files`` over the whole partition
 range in one run (their backfill policy is single-run); ``prediction_results``, ``evaluation``,
 ``report`` and their checks.
 
@@ -112,7 +112,7 @@ def pipeline_steps() -> list[tuple[str, AssetSelection, dict[str, str]]]:
         ("image manifest", _with_checks("image_manifest"), {}),
         (
             f"preprocess + predict ({len(keys)} partitions, one run)",
-            AssetSelection.assets("preprocessed_images", "predictions"),
+            AssetSelection.assets("preprocessed_images", "prediction_files"),
             range_tags(keys[0], keys[-1]),
         ),
         ("DuckDB refresh + checks + evaluation + report", _with_checks("prediction_results", "evaluation", "report"), {}),

@@ -39,7 +39,7 @@ def _with_checks(*names):
 def test_definitions_load_with_partitions_and_single_run_backfills():
     assert len(IMAGE_SHARDS.get_partition_keys()) == 16
     graph = defs.resolve_asset_graph()
-    for name in ("preprocessed_images", "predictions"):
+    for name in ("preprocessed_images", "prediction_files"):
         node = graph.get(AssetKey(name))
         assert node.partitions_def == IMAGE_SHARDS
         assert node.backfill_policy == BackfillPolicy.single_run()
@@ -64,11 +64,11 @@ def test_one_partition_end_to_end_then_results_and_checks(resources, instance, t
     assert materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance).success
     key, count = _busy_partition(resources)
     result = materialize(
-        ALL, selection=["preprocessed_images", "predictions"], partition_key=key, resources=resources, instance=instance
+        ALL, selection=["preprocessed_images", "prediction_files"], partition_key=key, resources=resources, instance=instance
     )
     assert result.success
     assert _metadata(result, "preprocessed_images")["ok"] == count
-    predicted = _metadata(result, "predictions")
+    predicted = _metadata(result, "prediction_files")
     assert predicted["predicted"] == count and predicted["failed"] == 0
     assert predicted["device"] == "cpu" and predicted["precision"] == "fp32" and predicted["batch_size"] == 4
     assert {m.partition for m in result.get_asset_materialization_events() if m.partition} == {key}
@@ -87,23 +87,23 @@ def test_one_partition_end_to_end_then_results_and_checks(resources, instance, t
 def test_rerunning_a_partition_reuses_unchanged_work_and_force_recomputes(resources, instance):
     materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
     key, count = _busy_partition(resources)
-    selection = ["preprocessed_images", "predictions"]
+    selection = ["preprocessed_images", "prediction_files"]
     materialize(ALL, selection=selection, partition_key=key, resources=resources, instance=instance)
     again = materialize(ALL, selection=selection, partition_key=key, resources=resources, instance=instance)
     assert (_metadata(again, "preprocessed_images")["reused"], _metadata(again, "preprocessed_images")["computed"]) == (
         count,
         0,
     )
-    assert (_metadata(again, "predictions")["reused"], _metadata(again, "predictions")["predicted"]) == (count, 0)
+    assert (_metadata(again, "prediction_files")["reused"], _metadata(again, "prediction_files")["predicted"]) == (count, 0)
     forced = materialize(
         ALL,
         selection=selection,
         partition_key=key,
         resources=resources,
         instance=instance,
-        run_config={"ops": {"predictions": {"config": {"force": True}}}},
+        run_config={"ops": {"prediction_files": {"config": {"force": True}}}},
     )
-    assert (_metadata(forced, "predictions")["reused"], _metadata(forced, "predictions")["predicted"]) == (0, count)
+    assert (_metadata(forced, "prediction_files")["reused"], _metadata(forced, "prediction_files")["predicted"]) == (0, count)
 
 
 @pytest.mark.fast
@@ -112,13 +112,13 @@ def test_run_config_overrides_device_settings_like_the_launchpad(resources, inst
     key, count = _busy_partition(resources)
     result = materialize(
         ALL,
-        selection=["preprocessed_images", "predictions"],
+        selection=["preprocessed_images", "prediction_files"],
         partition_key=key,
         resources=resources,
         instance=instance,
         run_config={"resources": {"device": {"config": {"precision": "bf16", "channels_last": True}}}},
     )
-    metadata = _metadata(result, "predictions")
+    metadata = _metadata(result, "prediction_files")
     assert metadata["precision"] == "bf16" and metadata["channels_last"] is True
     assert metadata["predicted"] == count
 
@@ -126,7 +126,7 @@ def test_run_config_overrides_device_settings_like_the_launchpad(resources, inst
 def test_check_fails_when_a_partition_is_stale(resources, instance, image_root):
     materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
     key, _ = _busy_partition(resources)
-    materialize(ALL, selection=["preprocessed_images", "predictions"], partition_key=key, resources=resources,
+    materialize(ALL, selection=["preprocessed_images", "prediction_files"], partition_key=key, resources=resources,
                 instance=instance)
     # a new image lands in that partition; its result file predates it
     name = next(f"new_{i}.jpg" for i in range(10_000) if partition_for(image_id_for(f"new_{i}.jpg"), 16) == key)
@@ -145,21 +145,21 @@ def test_partition_range_in_one_run(resources, instance):
     keys = IMAGE_SHARDS.get_partition_keys()
     result = materialize(
         ALL,
-        selection=["preprocessed_images", "predictions"],
+        selection=["preprocessed_images", "prediction_files"],
         resources=resources,
         instance=instance,
         tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
     )
     assert result.success
-    metadata = _metadata(result, "predictions")
+    metadata = _metadata(result, "prediction_files")
     assert metadata["partitions"] == 16 and metadata["predicted"] == 6
-    assert len(instance.get_materialized_partitions(AssetKey("predictions"))) == 16
+    assert len(instance.get_materialized_partitions(AssetKey("prediction_files"))) == 16
 
 
 def test_added_and_changed_images_are_the_only_work_and_a_new_model_recomputes(resources, instance, image_root, tmp_path, classifier):
     keys = IMAGE_SHARDS.get_partition_keys()
     rng = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
-    steps = ["preprocessed_images", "predictions"]
+    steps = ["preprocessed_images", "prediction_files"]
     materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
     materialize(ALL, selection=steps, resources=resources, instance=instance, tags=rng)
 
@@ -168,7 +168,7 @@ def test_added_and_changed_images_are_the_only_work_and_a_new_model_recomputes(r
     camera.write_bytes(camera.read_bytes() + b"\0")  # same path, new content
     materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance)
     again = materialize(ALL, selection=steps, resources=resources, instance=instance, tags=rng)
-    pre, pred = _metadata(again, "preprocessed_images"), _metadata(again, "predictions")
+    pre, pred = _metadata(again, "preprocessed_images"), _metadata(again, "prediction_files")
     assert (pre["reused"], pre["computed"]) == (5, 2)
     assert (pred["reused"], pred["predicted"]) == (5, 2)
 
@@ -177,7 +177,7 @@ def test_added_and_changed_images_are_the_only_work_and_a_new_model_recomputes(r
     torch.save(classifier.module.state_dict(), weights)
     other = {**resources, "model": ModelResource(weights=str(weights))}
     switched = materialize(ALL, selection=steps, resources=other, instance=instance, tags=rng)
-    assert (_metadata(switched, "predictions")["reused"], _metadata(switched, "predictions")["predicted"]) == (0, 7)
+    assert (_metadata(switched, "prediction_files")["reused"], _metadata(switched, "prediction_files")["predicted"]) == (0, 7)
     assert _metadata(switched, "preprocessed_images")["computed"] == 0  # same preprocessing: pixels reused
     materialize(ALL, selection=["prediction_results"], resources=other, instance=instance)
     with duckdb.connect(resources["duckdb"].database, read_only=True) as conn:

@@ -66,7 +66,7 @@ def test_the_sensor_requests_a_manifest_run_then_only_the_partitions_with_new_im
     expected_partition = partition_for(image_id_for("more/coffee-again.jpg"), NUM_PARTITIONS)
     assert [r.partition_key for r in tick.run_requests] == [expected_partition]
     request = tick.run_requests[0]
-    assert {k.to_user_string() for k in request.asset_selection} == {"preprocessed_images", "predictions", "prediction_results", "evaluation"}
+    assert {k.to_user_string() for k in request.asset_selection} == {"preprocessed_images", "prediction_files", "prediction_results", "evaluation"}
     _execute(request, resources, instance)
     assert _predicted(resources) == 7
 

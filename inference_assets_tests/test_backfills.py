@@ -132,7 +132,7 @@ def _ui_backfill_params() -> dict:
     """What the UI sends for "Materialize" on preprocessed_images + predictions with every partition chosen."""
     return {
         "tags": [{"key": "dagster/from_ui", "value": "true"}],
-        "assetSelection": [{"path": ["preprocessed_images"]}, {"path": ["predictions"]}],
+        "assetSelection": [{"path": ["preprocessed_images"]}, {"path": ["prediction_files"]}],
         "partitionNames": KEYS,
         "fromFailure": False,
     }
@@ -191,8 +191,8 @@ def test_multi_run_backfills_from_the_ui_and_the_cli_through_the_daemon(image_ro
 
         # the run queue: never more than max_concurrent_runs in progress, and it did run that many at once
         assert _max_overlap([(r.start_time, r.end_time) for r in all_runs]) == MAX_CONCURRENT_RUNS
-        # the gpu pool (default_limit 1): one `predictions` step at a time across all runs
-        predictions = _step_intervals(instance, [r.dagster_run.run_id for r in all_runs], "predictions")
+        # the gpu pool (default_limit 1): one `prediction_files` step at a time across all runs
+        predictions = _step_intervals(instance, [r.dagster_run.run_id for r in all_runs], "prediction_files")
         assert _max_overlap(predictions) == 1
         assert instance.event_log_storage.get_concurrency_info("gpu").slot_count == 1
         assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
@@ -206,14 +206,14 @@ def test_single_run_backfills_from_the_ui_and_the_cli(image_root, tmp_path):
         # the daemon's run monitoring frees it, else every run below would wait for it for good
         (ended,) = instance.get_run_records()
         instance.event_log_storage.initialize_concurrency_limit_to_default("gpu")
-        instance.event_log_storage.claim_concurrency_slot("gpu", ended.dagster_run.run_id, "predictions")
+        instance.event_log_storage.claim_concurrency_slot("gpu", ended.dagster_run.run_id, "prediction_files")
         assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
 
         server.wait_until_loaded()
         ui_backfill = server.launch_backfill(_ui_backfill_params())
 
         # meanwhile (the daemon takes the backfill up within 30s) the CLI's own single run: no daemon needed
-        selection = ["--select", "preprocessed_images,predictions"]
+        selection = ["--select", "preprocessed_images,prediction_files"]
         partition_range = [*MATERIALIZE, *selection, "--partition-range", f"{KEYS[0]}...{KEYS[-1]}"]
         # with a multi-run policy Dagster's CLI refuses a range (it would need the daemon)
         refused = _cli(partition_range, {**env, "INFERENCE_PARTITIONS_PER_RUN": "1"}, check=False)
@@ -230,6 +230,6 @@ def test_single_run_backfills_from_the_ui_and_the_cli(image_root, tmp_path):
             assert record.dagster_run.status == DagsterRunStatus.SUCCESS
             assert (record.dagster_run.tags[RANGE_START], record.dagster_run.tags[RANGE_END]) == (KEYS[0], KEYS[-1])
         # the gpu pool holds for a daemon-launched run and a CLI run alike
-        predictions = _step_intervals(instance, [r.dagster_run.run_id for r in ranged], "predictions")
+        predictions = _step_intervals(instance, [r.dagster_run.run_id for r in ranged], "prediction_files")
         assert _max_overlap(predictions) == 1
         assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots  # the stale one too

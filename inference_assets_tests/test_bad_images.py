@@ -58,7 +58,7 @@ def test_every_awkward_file_gets_a_prediction_or_exactly_one_failure(image_root,
         assert materialize(ALL, selection=["image_manifest"], resources=resources, instance=instance).success
         (image_root / "awkward" / "deleted_after_listing.jpg").unlink()  # gone before preprocessing
         run = materialize(
-            ALL, selection=["preprocessed_images", "predictions"], resources=resources, instance=instance, tags=RANGE
+            ALL, selection=["preprocessed_images", "prediction_files"], resources=resources, instance=instance, tags=RANGE
         )
         assert run.success  # the partitions succeed although some of their images are bad
         results = materialize(

@@ -133,7 +133,7 @@ def test_dagster_cli_fails_on_a_failed_blocking_check_and_materializes_nothing_d
     in_process.write_text(yaml.safe_dump({"execution": {"config": {"in_process": {}}}}))
     partition_range = _ok([sys.executable, "-c", PARTITION_RANGE], env).strip()
     _ok([*DAGSTER, "--select", "image_manifest", "-c", str(in_process)], env)
-    _ok([*DAGSTER, "--select", "preprocessed_images,predictions", "--partition-range", partition_range,
+    _ok([*DAGSTER, "--select", "preprocessed_images,prediction_files", "--partition-range", partition_range,
          "-c", str(in_process)], env)
     warehouse = [*DAGSTER, "--select", "prediction_results,evaluation,report", "-c", str(in_process)]
 

@@ -54,7 +54,7 @@ def test_separate_cli_processes_on_different_partitions_then_concurrent_refreshe
     _wait_all([_cli(["--select", "image_manifest"], env)])
     partitions = _busy_partitions(env)
     assert len(partitions) >= 3
-    runs = [_cli(["--select", "preprocessed_images,predictions", "--partition", key], env) for key in partitions]
+    runs = [_cli(["--select", "preprocessed_images,prediction_files", "--partition", key], env) for key in partitions]
     _wait_all(runs)
     outputs = _wait_all([_cli(["--select", "prediction_results"], env) for _ in range(2)])
     for output in outputs:
@@ -77,6 +77,6 @@ def test_concurrent_runs_with_the_multiprocess_executor(env):
         with ThreadPoolExecutor(max_workers=len(partitions)) as pool:
             outcomes = list(pool.map(run, partitions))
     assert all(success for success, _ in outcomes)
-    assert all(steps == {"preprocessed_images", "predictions"} for _, steps in outcomes)
+    assert all(steps == {"preprocessed_images", "prediction_files"} for _, steps in outcomes)
     _wait_all([_cli(["--select", "prediction_results"], env)])
     _assert_complete(env)

@@ -127,7 +127,7 @@ def clean_contents(tmp_path_factory):
     return _contents(str(work / "warehouse.duckdb"))
 
 
-@pytest.mark.parametrize("stage, pool", [("predictions", "gpu"), ("prediction_results", "duckdb"),
+@pytest.mark.parametrize("stage, pool", [("prediction_files", "gpu"), ("prediction_results", "duckdb"),
                                          ("preprocessed_images", None)])
 def test_sigkill_then_a_plain_rerun_frees_the_dead_runs_slots(stage, pool, clean_contents, tmp_path):
     env = _env(tmp_path)
@@ -193,7 +193,7 @@ def test_a_waiting_run_stops_on_a_signal_and_frees_its_slots(signum, holder, tmp
     assert code == 128 + signum, output[-2000:]
     assert took < 10, took
     last = output.strip().splitlines()[-1]
-    assert last.startswith(f"interrupted ({signum.name}) while step 'predictions' waited for a slot of pool 'gpu'"), last
+    assert last.startswith(f"interrupted ({signum.name}) while step 'prediction_files' waited for a slot of pool 'gpu'"), last
     assert _slot_holders(env, "gpu") == {holder_run}
     with _instance(env) as instance:
         ours = [r for r in instance.get_runs() if r.run_id != holder_run and r.job_name != "holder"]

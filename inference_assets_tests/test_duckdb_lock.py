@@ -67,7 +67,7 @@ def pipeline(image_root, tmp_path):
         materialize(all_defs, selection=["image_manifest"], resources=resources, instance=instance)
         materialize(
             all_defs,
-            selection=["preprocessed_images", "predictions"],
+            selection=["preprocessed_images", "prediction_files"],
             resources=resources,
             instance=instance,
             tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},

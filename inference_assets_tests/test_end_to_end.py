@@ -40,7 +40,7 @@ def test_dagster_cli_materializes_every_partition_into_duckdb(env, tmp_path):
     keys = IMAGE_SHARDS.get_partition_keys()
     dagster = [str(BIN / "dagster"), "asset", "materialize", "-m", "inference_assets.definitions"]
     log = _run([*dagster, "--select", "image_manifest"], env)
-    log += _run([*dagster, "--select", "preprocessed_images,predictions", "--partition-range", f"{keys[0]}...{keys[-1]}"], env)
+    log += _run([*dagster, "--select", "preprocessed_images,prediction_files", "--partition-range", f"{keys[0]}...{keys[-1]}"], env)
     log += _run([*dagster, "--select", "prediction_results"], env)
     for check in ("every_image_accounted_for", "probabilities_valid", "unique_image_ids"):
         assert f"Asset check '{check}' on 'prediction_results' passed" in log
@@ -58,7 +58,7 @@ def test_dagster_cli_materializes_every_partition_into_duckdb(env, tmp_path):
 
     # materializing everything again changes nothing and duplicates nothing
     before = _contents(database)
-    _run([*dagster, "--select", "preprocessed_images,predictions", "--partition-range", f"{keys[0]}...{keys[-1]}"], env)
+    _run([*dagster, "--select", "preprocessed_images,prediction_files", "--partition-range", f"{keys[0]}...{keys[-1]}"], env)
     _run([*dagster, "--select", "prediction_results"], env)
     assert _contents(database) == before
 

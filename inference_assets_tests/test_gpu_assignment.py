@@ -42,7 +42,7 @@ sys.stdin.readline()
 
 
 class Holder:
-    """A separate process that takes one of ``count`` devices, as a run's ``predictions`` step does."""
+    """A separate process that takes one of ``count`` devices, as a run's ``prediction_files`` step does."""
 
     def __init__(self, lock_dir, count=2, timeout=30.0, run_id="run-x"):
         self.run_id = run_id

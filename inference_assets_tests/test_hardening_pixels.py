@@ -300,7 +300,7 @@ def test_damaged_pixels_fail_predictions_then_a_rerun_rebuilds_them(image_root, 
     """A shard damaged without a size change once turned a 0.957 confidence into 0.138, silently."""
     storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
     resources = cpu_resources(storage, tmp_path / "warehouse.duckdb")
-    force = {"ops": {"predictions": {"config": {"force": True}}}}
+    force = {"ops": {"prediction_files": {"config": {"force": True}}}}
     with DagsterInstance.ephemeral() as instance:
         for _, selection, tags in pipeline_steps()[:2]:
             assert materialize_step(selection, tags, resources, instance, "WARNING").success
@@ -318,7 +318,7 @@ def test_damaged_pixels_fail_predictions_then_a_rerun_rebuilds_them(image_root, 
                 partition_key=key, run_config=config, raise_on_error=False,
             )
 
-        predicting = run("predictions", force)
+        predicting = run("prediction_files", force)
         after = _predictions_by_uri(result_files)
         coffee = next(u for u in clean if u.endswith("coffee.jpg"))
         print("coffee top-1 confidence: clean", clean[coffee][1][0], "after damage", after[coffee][1][0])
@@ -338,7 +338,7 @@ def test_damaged_pixels_fail_predictions_then_a_rerun_rebuilds_them(image_root, 
             if e.level == logging.WARNING and damaged.name in e.user_message
         ]
         assert len(warnings) == 1 and "checksum" in warnings[0], warnings
-        assert run("predictions", force).success
+        assert run("prediction_files", force).success
     assert _predictions_by_uri(result_files) == clean  # confidence unchanged
 
 

@@ -390,7 +390,7 @@ def test_a_rerun_rebuilds_a_damaged_manifest_and_result_file_and_warns_naming_th
     assert any(str(damaged_result) in w and "damaged" in w for w in warnings), warnings
     manifest = _metadata(results[0], "image_manifest")
     assert manifest["files_hashed"] == 6 and manifest["hashes_reused"] == 0
-    assert _metadata(results[1], "predictions")["predicted"] >= 1
+    assert _metadata(results[1], "prediction_files")["predicted"] >= 1
     assert all(check.passed for check in results[2].get_asset_check_evaluations())
     predicted, failed, images = _tables(tmp_path / "warehouse.duckdb")
     assert not failed and len(images) == 6 and sorted(predicted) == images

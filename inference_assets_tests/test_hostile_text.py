@@ -92,7 +92,7 @@ def test_hostile_names_and_labels_in_ui_metadata_and_report(hostile_collection, 
     evaluation_text = seen["evaluation.labels_not_in_the_model"]
     for label in HOSTILE_LABELS:
         assert label.replace("\n", "\\n") in evaluation_text
-    names = seen["predictions.sample_predictions"]
+    names = seen["prediction_files.sample_predictions"]
     assert any(name.replace("\n", "\\n") in names for name in HOSTILE_FILES), names
 
     # the report: no element or attribute from user data, names shown whole

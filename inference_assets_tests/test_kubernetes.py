@@ -42,7 +42,7 @@ from .environment import PROJECT_ROOT
 VALUES_PATH = PROJECT_ROOT / "deploy" / "k8s" / "values.yaml"
 NAMESPACE = "dagster"  # the Helm release's namespace
 GPU = "nvidia.com/gpu"
-ASSET_STEPS = ("image_manifest", "preprocessed_images", "predictions", "prediction_results", "evaluation", "report")
+ASSET_STEPS = ("image_manifest", "preprocessed_images", "prediction_files", "prediction_results", "evaluation", "report")
 
 
 def k8s_asset_job():
@@ -236,11 +236,11 @@ def test_per_step_config_names_only_ops_of_the_code_location():
     keys = IMAGE_SHARDS.get_partition_keys()
     tags = range_tags(keys[0], keys[-1])
     plan = create_execution_plan(defs.resolve_job_def("partitioned_inference"), tags=tags)
-    assert {step.key for step in plan.steps} == {"preprocessed_images", "predictions"}
+    assert {step.key for step in plan.steps} == {"preprocessed_images", "prediction_files"}
 
 
 def test_predictions_pod_requests_a_gpu_on_a_gpu_node(step_jobs):
-    job = step_jobs["predictions"]
+    job = step_jobs["prediction_files"]
     resources = container(job)["resources"]
     assert resources["requests"][GPU] == "1" and resources["limits"][GPU] == "1"
     assert resources["requests"]["cpu"] == "4" and resources["requests"]["memory"] == "16Gi"
@@ -261,7 +261,7 @@ def test_preprocessing_pod_runs_on_cpu_nodes_with_as_many_decode_workers_as_cpus
 
 def test_no_pod_but_predictions_asks_for_a_gpu(step_jobs):
     for key, job in step_jobs.items():
-        if key == "predictions":
+        if key == "prediction_files":
             continue
         resources = container(job)["resources"]
         assert GPU not in resources.get("requests", {}) and GPU not in resources.get("limits", {}), key
@@ -323,7 +323,7 @@ def test_kubernetes_executor_config_validates():
     assert EXECUTOR_CONFIG_PATH == PROJECT_ROOT / "deploy" / "k8s" / "executor.yaml"
     resolved = validate_run_config(k8s_asset_job(), {})
     (config,) = resolved["execution"].values()
-    assert config["per_step_k8s_config"]["predictions"]["container_config"]["resources"]["limits"][GPU] == "1"
+    assert config["per_step_k8s_config"]["prediction_files"]["container_config"]["resources"]["limits"][GPU] == "1"
 
 
 @pytest.mark.fast

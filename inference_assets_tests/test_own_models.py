@@ -208,7 +208,7 @@ def test_bad_model_input_stops_a_dagster_step_at_resource_setup_with_no_outputs(
     resources = _resources(image_root, tmp_path, **config)
     with DagsterInstance.ephemeral() as instance:
         assert materialize([*ASSETS, *ASSET_CHECKS], selection=["image_manifest"], resources=resources, instance=instance).success
-        result = materialize([*ASSETS, *ASSET_CHECKS], selection=["preprocessed_images", "predictions"],
+        result = materialize([*ASSETS, *ASSET_CHECKS], selection=["preprocessed_images", "prediction_files"],
                              partition_key="shard-00", resources=resources, instance=instance, raise_on_error=False)
     assert not result.success
     assert _failure_message(result).startswith(expected)
@@ -222,7 +222,7 @@ def _counts(results) -> tuple[dict, dict]:
     """(preprocessed_images, predictions) metadata of a run_all_steps' preprocess + predict run."""
     run = results[1]
     return tuple({k: v.value for k, v in run.asset_materializations_for_node(name)[0].metadata.items()}
-                 for name in ("preprocessed_images", "predictions"))
+                 for name in ("preprocessed_images", "prediction_files"))
 
 
 def test_changing_the_class_names_or_card_recomputes_what_it_must_and_nothing_else(forms, image_root, tmp_path):
@@ -362,7 +362,7 @@ def test_dagster_asset_materialize_takes_your_model_from_launchpad_style_run_con
     dagster = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "inference_assets.definitions"]
     keys = IMAGE_SHARDS.get_partition_keys()
     _cli([*dagster, "--select", "image_manifest"], env)
-    _cli([*dagster, "-c", str(config), "--select", "preprocessed_images,predictions",
+    _cli([*dagster, "-c", str(config), "--select", "preprocessed_images,prediction_files",
           "--partition-range", f"{keys[0]}...{keys[-1]}"], env)
     log = _cli([*dagster, "-c", str(config), "--select", "prediction_results"], env)
     assert "Asset check 'probabilities_valid' on 'prediction_results' passed" in log

@@ -31,7 +31,7 @@ def test_the_report_in_a_real_browser(image_root, tmp_path):
     def meta(result, node):
         return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
 
-    manifest, predictions, warehouse = meta(results[0], "image_manifest"), meta(results[1], "predictions"), meta(results[2], "prediction_results")
+    manifest, predictions, warehouse = meta(results[0], "image_manifest"), meta(results[1], "prediction_files"), meta(results[2], "prediction_results")
     assert manifest["sample_images"].count("](data:image/png;base64,") == 4
     assert predictions["sample_predictions"].count("](data:image/png;base64,") == 5
     assert {"images_per_second", "device", "precision", "batch_size", "seconds", "predict_seconds", "reused", "predicted"} <= set(predictions)

@@ -248,7 +248,7 @@ def test_steps_on_different_machines_cooperate_through_a_bucket(s3_env, image_ro
         assert materialize_step(manifest_step[1], manifest_step[2], cpu_node, instance, "WARNING").success
         assert materialize_step(AssetSelection.assets("preprocessed_images"), partition_step[2], cpu_node, instance, "WARNING").success
         assert not (tmp_path / "gpu-node").exists()
-        assert materialize_step(AssetSelection.assets("predictions"), partition_step[2], gpu_node, instance, "WARNING").success
+        assert materialize_step(AssetSelection.assets("prediction_files"), partition_step[2], gpu_node, instance, "WARNING").success
         assert materialize_step(refresh_step[1], refresh_step[2], db_node, instance, "WARNING").success
     with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
         rows = dict(conn.execute("SELECT i.relative_path, p.class_label FROM predictions p JOIN images i USING (image_id)").fetchall())

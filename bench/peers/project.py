@@ -46,7 +46,7 @@ def main() -> None:
         compile=args.compile,
     )
     resources["model"] = ModelResource(name=args.model, weights=args.weights, batch_size=args.batch_size)
-    stage_of = {"image_manifest": "manifest", "preprocessed_images": "preprocess", "predictions": "predict",
+    stage_of = {"image_manifest": "manifest", "preprocessed_images": "preprocess", "prediction_files": "predict",
                 "prediction_results": "warehouse", "evaluation": "evaluation", "report": "report"}
     run_seconds, stage_seconds, metadata = {}, {}, {}
     with DagsterInstance.ephemeral() as instance:

@@ -9,7 +9,7 @@ from inference_assets.predictions.resources import ModelResource
 MANIFEST = [AssetKey("image_manifest")]
 PARTITION_WORK = [
     AssetKey("preprocessed_images"),
-    AssetKey("predictions"),
+    AssetKey("prediction_files"),
     AssetKey("prediction_results"),
     AssetKey("evaluation"),
 ]

@@ -1,6 +1,6 @@
 """Which GPU a step gets: one of a machine's N devices, held by an exclusive file lock.
 
-Concurrent ``predictions`` steps on one machine are separate processes (each run the queue
+Concurrent ``prediction_files`` steps on one machine are separate processes (each run the queue
 starts is one). Each takes an exclusive, non-blocking ``flock`` on ``<lock dir>/cuda-<i>.lock``,
 trying ``i = 0 .. N-1`` in order, so two steps never land on the same GPU; when every device
 is taken the step waits (polling, with a timeout) and logs who holds what. The holder's PID,

@@ -38,7 +38,7 @@ class PredictConfig(Config):
     description="Top-k classes and probabilities for every preprocessed image of the partition, "
     "or the reason it failed; one Parquet file per partition and model, written atomically.",
 )
-def predictions(
+def prediction_files(
     context: AssetExecutionContext,
     config: PredictConfig,
     storage: StorageResource,

@@ -109,7 +109,7 @@ class DeviceResource(ConfigurableResource):
     With ``auto`` (on a CUDA machine) or ``cuda``, the step that first asks for the torch device
     gets a GPU no other step on this machine holds (a file lock, ``core/gpu_assignment.py``),
     waiting for one to be released if all are taken, and keeps it until the step ends. So
-    concurrent ``predictions`` steps use different GPUs; ``preprocessed_images``, which never
+    concurrent ``prediction_files`` steps use different GPUs; ``preprocessed_images``, which never
     asks, takes none. ``cuda:N`` is used as given, without a lock.
     """
 

@@ -13,7 +13,7 @@ from inference_assets.images.resources import StorageResource
 from inference_assets.metadata import markdown_table, results_pictures
 from inference_assets.partitions import IMAGE_SHARDS
 from inference_assets.pools import DUCKDB_POOL
-from inference_assets.predictions.assets import predictions
+from inference_assets.predictions.assets import prediction_files
 from inference_assets.predictions.resources import ModelResource
 
 
@@ -30,7 +30,7 @@ def loaded_result_files(storage: StorageResource, model: ModelResource):
 
 @asset(
     group_name="warehouse",
-    deps=[image_manifest, predictions],
+    deps=[image_manifest, prediction_files],
     pool=DUCKDB_POOL,
     kinds={"duckdb"},
     description="DuckDB tables images, predictions and failures, replaced in one transaction from the "
