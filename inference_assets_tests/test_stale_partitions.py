@@ -13,10 +13,12 @@ import sys
 
 import pytest
 
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
+from inference_assets.core.models import ModelSpec
 from inference_assets.core.partitioning import DEFAULT_NUM_PARTITIONS, partition_keys
+from inference_assets.core.versions import asset_versions
 
 from .environment import PROJECT_ROOT, SAMPLE_IMAGES, pipeline_env
 
@@ -96,6 +98,11 @@ NEW_CODE = [("STALE", ["has a new code version"])] * 2 + [("MISSING", [])]
 
 def test_other_class_names_make_the_predictions_stale_and_the_pixels_not(made, monkeypatch, tmp_path):
     assert _stale_in_the_ui(made, monkeypatch) == {"preprocessed_images": FRESH, "prediction_files": FRESH}
+    versions = asset_versions(ModelSpec())  # each materialization recorded the version it was made with
+    with DagsterInstance.get() as instance:
+        for asset, version in (("preprocessed_images", versions.pixels), ("prediction_files", versions.predictions)):
+            event = instance.get_latest_materialization_event(AssetKey(asset))
+            assert event.asset_materialization.tags["dagster/code_version"] == version
     names = tmp_path / "names.txt"
     names.write_text("\n".join(f"class {i}" for i in range(1000)))
     stale = _stale_in_the_ui(made, monkeypatch, INFERENCE_CLASS_NAMES=str(names))
