@@ -40,6 +40,25 @@ def test_the_pixels_version_is_the_key_of_the_stored_pixels_and_stable():
     assert draft.predictions != DEFAULT.predictions
 
 
+@pytest.mark.parametrize(
+    "name, weights, card",
+    [
+        ("tf_efficientnet_lite0", "bundled", {"crop_pct": 1.0, "interpolation": "bilinear"}),
+        ("tf_efficientnet_lite0", "bundled", {"input_size": [256, 192], "resize": "exact"}),
+        ("tf_efficientnet_lite1", "pretrained", None),
+        ("resnet50", "IMAGENET1K_V2", None),
+        ("resnet50", "IMAGENET1K_V1", {"crop_pct": 0.95}),
+    ],
+)
+def test_the_pixels_version_is_what_the_checked_model_stores_pixels_under(tmp_path, name, weights, card):
+    path = None
+    if card is not None:
+        path = tmp_path / "card.json"
+        path.write_text(json.dumps(card))
+    spec = ModelSpec(name, weights, card=str(path) if path else None)
+    assert asset_versions(spec).pixels == describe_model(spec).preprocessing.fingerprint
+
+
 def test_class_names_change_the_predictions_version_only(tmp_path):
     names = [f"class {i}" for i in range(1000)]
     path = tmp_path / "names.txt"
