@@ -2,12 +2,20 @@
 
 from pydantic import ValidationError
 
-from dagster import Definitions, EnvVar, define_asset_job, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import (
+    AssetKey,
+    Definitions,
+    EnvVar,
+    define_asset_job,
+    load_asset_checks_from_modules,
+    load_assets_from_modules,
+)
 
 from inference_assets.automation.schedules import nightly_pending_work
 from inference_assets.automation.sensors import new_images
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.models import DEFAULT_MODEL, DEFAULT_WEIGHTS
+from inference_assets.core.versions import asset_versions
 from inference_assets.images import assets as image_assets
 from inference_assets.images import checks as image_checks
 from inference_assets.images.resources import StorageResource
@@ -20,7 +28,6 @@ from inference_assets.warehouse import assets as warehouse_assets
 from inference_assets.warehouse import checks as warehouse_checks
 from inference_assets.warehouse.resources import WarehouseResource
 
-ASSETS = load_assets_from_modules([image_assets, prediction_assets, warehouse_assets, report_assets])
 ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
 
 # One partition (or a range, as a single run) of preprocessing + predictions.
@@ -97,13 +104,33 @@ def default_executor():
     return None
 
 
+def with_model_versions(assets: list, model: ModelResource, device: DeviceResource) -> list:
+    """``assets`` with the code versions of the configured model (``core/versions.py``) on
+    preprocessed_images and prediction_files: a partition made with another model, weights, class
+    names or preprocessing shows in the UI as stale ("has a new code version"), before any run."""
+    versions = asset_versions(model.spec, jpeg_draft=device.jpeg_draft)
+    by_key = {AssetKey("preprocessed_images"): versions.pixels, AssetKey("prediction_files"): versions.predictions}
+
+    def versioned(spec):
+        return spec.replace_attributes(code_version=by_key[spec.key]) if spec.key in by_key else spec
+
+    return [asset.map_asset_specs(versioned) for asset in assets]
+
+
+RESOURCES = default_resources()
+ASSETS = with_model_versions(
+    load_assets_from_modules([image_assets, prediction_assets, warehouse_assets, report_assets]),
+    RESOURCES["model"],
+    RESOURCES["device"],
+)
+
 defs = Definitions(
     assets=ASSETS,
     asset_checks=ASSET_CHECKS,
     jobs=[partitioned_inference_job],
     sensors=[new_images],
     schedules=[nightly_pending_work],
-    resources=default_resources(),
+    resources=RESOURCES,
     executor=default_executor(),
 )
 

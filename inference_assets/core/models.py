@@ -305,8 +305,14 @@ def _info(spec, card, fmt, weights_id, labels, preprocessing, path, arch=None, l
 
 
 def _file_id(kind: str, path: Path) -> str:
+    return f"{kind}:{path.name}@{content_digest(path)[:12]}"
+
+
+def content_digest(path: Path) -> str:
+    """The SHA-256 of a model, weights or config file (as ``weights_id`` has it), hashed once per
+    process while its size and mtime stay."""
     stat = path.stat()
-    return f"{kind}:{path.name}@{_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)[:12]}"
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=16)
@@ -329,37 +335,19 @@ def _describe_architecture(spec: ModelSpec, card: ModelCard, device: torch.devic
         checkpoint = read_checkpoint(weights_path)
         num_classes = _head_classes(spec, checkpoint.state)
         weights = _file_id("file", weights_path)
-    elif kind == "bundled":
-        weights_path = _bundled_weights_path(spec)
-        num_classes, weights = None, f"bundled:{weights_path.name}"
-    elif kind == "pretrained":
-        if library != "timm":
-            raise ConfigError(f"weights 'pretrained' are timm's, but {spec.arch!r} is a torchvision model: "
-                              "use a torchvision weights name such as IMAGENET1K_V1, or a local file path")
-        weights_path, num_classes = None, None
-        weights = f"timm:{_timm_pretrained_cfg(spec.arch).get('hf_hub_id') or spec.arch}"
     else:
-        if library != "torchvision":
-            raise ConfigError(
-                f"weights {spec.weights!r} are torchvision weights but {spec.arch!r} is a timm model: "
-                "use 'pretrained', 'bundled' (tf_efficientnet_lite0) or a local file path"
-            )
-        weights_path, num_classes = None, None
-        weights = f"torchvision:{_torchvision_weights(spec)}"
+        weights_path = _bundled_weights_path(spec) if kind == "bundled" else None
+        num_classes, weights = None, named_weights_id(spec, library)
 
     with torch.device("meta"):
         skeleton = _architecture(spec, num_classes)
     if checkpoint is not None:
         _load_strict(skeleton, checkpoint.state, weights_path, spec, assign=True)
     outputs = _num_classes(skeleton)
+    base, base_cfg = architecture_preprocessing(spec, library)
     if library == "timm":
-        base_cfg = _timm_pretrained_cfg(spec.arch)
-        base = from_timm_config(base_cfg)
         imagenet = _timm_imagenet_labels(skeleton)
     else:
-        preset = _torchvision_weights(spec).transforms()
-        base = from_torchvision_transform(preset)
-        base_cfg = _torchvision_cfg(preset)
         imagenet = list(_torchvision_weights(spec).meta["categories"])
     carried = checkpoint.class_names if checkpoint is not None else None
     labels = _labels(spec, card, carried, imagenet, outputs, spec.arch, warnings)
@@ -379,6 +367,35 @@ def _describe_architecture(spec: ModelSpec, card: ModelCard, device: torch.devic
             checkpoint = read_checkpoint(weights_path)
         _load_strict(module, checkpoint.state, weights_path, spec)
     return info, module.eval().requires_grad_(False).to(device)
+
+
+def named_weights_id(spec: ModelSpec, library: str) -> str:
+    """What weights ``bundled``, ``pretrained`` or a torchvision weights name are (``weights_id``),
+    found without reading them."""
+    kind = spec.weights_kind
+    if kind == "bundled":
+        return f"bundled:{_bundled_weights_path(spec).name}"
+    if kind == "pretrained":
+        if library != "timm":
+            raise ConfigError(f"weights 'pretrained' are timm's, but {spec.arch!r} is a torchvision model: "
+                              "use a torchvision weights name such as IMAGENET1K_V1, or a local file path")
+        return f"timm:{_timm_pretrained_cfg(spec.arch).get('hf_hub_id') or spec.arch}"
+    if library != "torchvision":
+        raise ConfigError(
+            f"weights {spec.weights!r} are torchvision weights but {spec.arch!r} is a timm model: "
+            "use 'pretrained', 'bundled' (tf_efficientnet_lite0) or a local file path"
+        )
+    return f"torchvision:{_torchvision_weights(spec)}"
+
+
+def architecture_preprocessing(spec: ModelSpec, library: str) -> tuple[Preprocessing, dict]:
+    """An architecture's own preprocessing and its config as timm keys (what a card's keys override),
+    from timm's pretrained config or torchvision's weights preset: no network is built."""
+    if library == "timm":
+        base_cfg = _timm_pretrained_cfg(spec.arch)
+        return from_timm_config(base_cfg), base_cfg
+    preset = _torchvision_weights(spec).transforms()
+    return from_torchvision_transform(preset), _torchvision_cfg(preset)
 
 
 def check_weights_available(spec: ModelSpec) -> None:
