@@ -317,7 +317,7 @@ class WarehouseSummary:
 def refresh_warehouse(
     conn: duckdb.DuckDBPyConnection, manifest_path: Path, result_files: list[Path]
 ) -> WarehouseSummary:
-    """Replace the ``images``, ``predictions`` and ``failures`` tables in one transaction."""
+    """Replace the ``images``, ``predictions``, ``failures`` and ``model_classes`` tables in one transaction."""
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute(_CREATE_TABLES)
