@@ -36,7 +36,8 @@ def test_dg_check_defs_passes_and_names_a_bad_setting(image_root, tmp_path):
 
     broken = _dg({**env, "INFERENCE_PARTITIONS": "abc"}, "check", "defs")
     assert broken.returncode != 0
-    assert "INFERENCE_PARTITIONS='abc' is not valid: set it to a whole number of at least 1" in broken.stderr + broken.stdout
+    message = "INFERENCE_PARTITIONS='abc' is not valid: set it to a whole number of at least 1"
+    assert message in broken.stderr + broken.stdout
 
 
 def test_dg_list_defs_lists_the_assets_with_their_kinds(image_root, tmp_path):

@@ -35,7 +35,7 @@ def test_the_described_tables_are_the_tables_the_warehouse_and_the_evaluation_ma
         refresh_warehouse(conn, layout.manifest_path, [])
         evaluate(conn)  # nothing predicted: empty tables, typed all the same
         made = {name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        assert made == set(WAREHOUSE_TABLES) | set(EVALUATION_TABLES), "a table the UI does not describe, or the reverse"
+        assert made == set(WAREHOUSE_TABLES) | set(EVALUATION_TABLES), "a table made but not described, or the reverse"
         for tables in (WAREHOUSE_TABLES, EVALUATION_TABLES):
             for name, table in tables.items():
                 assert _shape(table_columns(conn, name)) == _shape(table.columns), f"{name}: described != DuckDB's"
@@ -75,8 +75,8 @@ def test_a_materialization_reports_the_real_tables_with_row_counts(image_root, t
     result = materialize(ASSETS, selection=list(ASSET_TABLES), resources=resources, instance=instance)
     assert result.success
 
-    expected_rows = {"images": 7, "predictions": 6, "failures": 1, "model_classes": 1000,
-                     "evaluation_classes": 4, "evaluation_images": 4, "evaluation_confusions": 1, "evaluation_summary": 1}
+    expected_rows = {"images": 7, "predictions": 6, "failures": 1, "model_classes": 1000, "evaluation_classes": 4,
+                     "evaluation_images": 4, "evaluation_confusions": 1, "evaluation_summary": 1}
     for asset, (main, tables) in ASSET_TABLES.items():
         metadata = {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
         assert metadata["dagster/table_name"] == f"results.main.{main}"
@@ -93,7 +93,7 @@ def test_a_materialization_reports_the_real_tables_with_row_counts(image_root, t
                 assert [c.name for c in metadata[f"{name}_table"].columns] == [c.name for c in tables[name].columns]
             escaped = name.replace("_", "\\_")
             assert f"| {escaped} | {expected_rows[name]} | results.main.{escaped} |" in metadata["tables"], name
-    warehouse = {k: v.value for k, v in result.asset_materializations_for_node("prediction_results")[0].metadata.items()}
-    columns = {c.name: c for c in warehouse["dagster/column_schema"].columns}
+    warehouse = result.asset_materializations_for_node("prediction_results")[0].metadata
+    columns = {c.name: c for c in warehouse["dagster/column_schema"].schema.columns}
     assert columns["label"].constraints.nullable and not columns["confidence"].constraints.nullable
     assert columns["image_id"].constraints.unique and columns["confidence"].type == "FLOAT"
