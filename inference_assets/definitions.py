@@ -23,7 +23,7 @@ from inference_assets.kubernetes import kubernetes_executor  # imports dagster_k
 from inference_assets.predictions import assets as prediction_assets
 from inference_assets.predictions.resources import DeviceResource, ModelResource
 from inference_assets.report import assets as report_assets
-from inference_assets.settings import DATA_DIR, env, flag_env, number_env, optional_env
+from inference_assets.settings import DATA_DIR, duckdb_path, env, flag_env, number_env, optional_env
 from inference_assets.warehouse import assets as warehouse_assets
 from inference_assets.warehouse import checks as warehouse_checks
 from inference_assets.warehouse.resources import WarehouseResource
@@ -89,7 +89,7 @@ def default_resources() -> dict:
             # in a container os.cpu_count() is the node's cores, not the pod's limit: set this there
             decode_workers=number_env("INFERENCE_DECODE_WORKERS", 0, minimum=0),
         ),
-        "duckdb": _from_env(WarehouseResource, database=env("INFERENCE_DUCKDB_PATH", DATA_DIR / "warehouse.duckdb")),
+        "duckdb": _from_env(WarehouseResource, database=duckdb_path()),
     }
 
 

@@ -2,7 +2,8 @@
 
 - ``gpu``: the ``prediction_files`` step (one slot per accelerator; on a CPU-only machine one slot,
   since a forward pass already uses every core).
-- ``duckdb``: the ``prediction_results`` refresh (DuckDB has a single writer: one slot).
+- ``duckdb``: the steps that open the DuckDB file: ``prediction_results`` (the refresh),
+  ``evaluation`` and ``report`` (one process at a time may open it for writing: one slot).
 
 Limits are set on the instance (``dagster.yaml``'s ``concurrency.pools.default_limit``, or per
 pool with ``dagster instance concurrency set gpu 4``); see the README's "Scaling out".

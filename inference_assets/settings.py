@@ -51,6 +51,11 @@ def env(name: str, default: object) -> str:
     return value if value else str(default)
 
 
+def duckdb_path() -> str:
+    """The results database: ``INFERENCE_DUCKDB_PATH``, default ``data/warehouse.duckdb``."""
+    return env("INFERENCE_DUCKDB_PATH", DATA_DIR / "warehouse.duckdb")
+
+
 def optional_env(name: str) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or None

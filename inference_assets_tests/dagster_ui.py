@@ -21,6 +21,7 @@ from pathlib import Path
 from .environment import PROJECT_ROOT
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
+DG = str(Path(sys.executable).parent / "dg")  # dagster-dg-cli: the project's settings are pyproject.toml's [tool.dg]
 LOCATION = "inference_assets"  # workspace.yaml's location_name
 REPOSITORY = "__repository__"  # a Definitions object's repository
 ASSET_JOB = "__ASSET_JOB"  # the job the UI launches asset runs in
@@ -80,16 +81,17 @@ def free_port() -> int:
 
 
 class DagsterDev:
-    """``dagster dev -w workspace.yaml`` on 127.0.0.1 with ``env`` (its DAGSTER_HOME, INFERENCE_*)."""
+    """``dagster dev -w workspace.yaml`` on 127.0.0.1 with ``env`` (its DAGSTER_HOME, INFERENCE_*);
+    ``command``: another way to start it that takes ``--host`` and ``--port``, e.g. ``[DG, "dev"]``."""
 
-    def __init__(self, env: dict[str, str], log_path: Path):
+    def __init__(self, env: dict[str, str], log_path: Path, command: list[str] | None = None):
         self.env, self.log_path = env, log_path
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.base_url}/graphql"
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [DAGSTER, "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)],
+            [*(command or [DAGSTER, "dev", "-w", "workspace.yaml"]), "--host", "127.0.0.1", "--port", str(self.port)],
             env=env,
             cwd=PROJECT_ROOT,
             stdout=self._log,
@@ -192,8 +194,8 @@ class DagsterDev:
 
 
 @contextmanager
-def dagster_dev(env: dict[str, str], log_path: Path):
-    server = DagsterDev(env, log_path)
+def dagster_dev(env: dict[str, str], log_path: Path, command: list[str] | None = None):
+    server = DagsterDev(env, log_path, command)
     try:
         yield server
     finally:

@@ -42,7 +42,7 @@ def test_the_report_in_a_real_browser(image_root, tmp_path):
     for chart in ("class_distribution", "confidence_histogram"):
         assert warehouse[chart].startswith("![") and "data:image/png;base64," in warehouse[chart]
     assert "| decode | OSError: " in warehouse["failures_by_reason"] and "| 1 |" in warehouse["failures_by_reason"]
-    assert "| predictions | 7 |" in warehouse["row_counts"] and len(warehouse["preview"].records) == 7
+    assert "| predictions | 7 |" in warehouse["tables"] and len(warehouse["preview"].records) == 7
     assert {c.name for c in warehouse["dagster/column_schema"].columns} >= {"image_id", "class_label", "confidence", "topk_labels"}
 
     html = path.read_text()

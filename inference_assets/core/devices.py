@@ -68,8 +68,9 @@ def default_batch_size(device: torch.device) -> int:
     """Images per forward pass when none is configured.
 
     CPU: small batches keep activations in cache (EfficientNet-Lite0, 2 threads: batch 4–16 run
-    at the same speed, batch 64 is slower). CUDA: 256 is only the starting point; with
-    ``batch_size: 0`` the run probes the largest size that fits (``batch_size.py``).
+    at the same speed, batch 64 is slower). CUDA: 256 is used only where nothing is probed (a
+    model that is not a torch module, e.g. ONNX); a torch model gets the largest size that fits,
+    probed once per process (``batch_size.py``, ``inference.cuda_batch_size``).
     """
     return 256 if device.type == "cuda" else 8
 

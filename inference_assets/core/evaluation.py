@@ -25,7 +25,66 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow as pa
 
+from .warehouse import Column, TableDescription
+
 _WNID = re.compile(r"^n\d{8}$")
+
+MAX_CONFUSIONS = 20  # rows kept in evaluation_confusions
+
+_LABEL = "The images' own label (folder name, WordNet id or the table's label column)."
+_TOP1 = "Top-1 accuracy: top1_correct / images."
+_TOP5 = "Top-5 accuracy: top5_correct / images."
+
+# The tables evaluate() makes; a test checks them against the real tables (duckdb_columns()).
+EVALUATION_TABLES: dict[str, TableDescription] = {
+    table.name: table
+    for table in (
+        TableDescription(
+            "evaluation_classes",
+            "Accuracy per label, over the images whose label is one of the model's classes.",
+            (
+                Column("label", "VARCHAR", _LABEL),
+                Column("images", "BIGINT", "Evaluated images with this label."),
+                Column("top1_correct", "BIGINT", "Of those, how many have the label as top-1 class."),
+                Column("top5_correct", "BIGINT", "Of those, how many have the label among the top-5 classes."),
+                Column("top1_accuracy", "DOUBLE", _TOP1),
+                Column("top5_accuracy", "DOUBLE", _TOP5),
+            ),
+        ),
+        TableDescription(
+            "evaluation_images",
+            "One row per evaluated image (its label is one of the model's classes).",
+            (
+                Column("image_id", "VARCHAR", "The image (images.image_id)."),
+                Column("label", "VARCHAR", _LABEL),
+                Column("class_label", "VARCHAR", "The predicted top-1 class."),
+                Column("top1_correct", "BOOLEAN", "The label is the top-1 class (or one of its synonyms)."),
+                Column("top5_correct", "BOOLEAN", "The label is among the top-5 classes."),
+            ),
+        ),
+        TableDescription(
+            "evaluation_confusions",
+            f"Top-1 misses by (label, predicted class), most frequent first (at most {MAX_CONFUSIONS} pairs).",
+            (
+                Column("label", "VARCHAR", _LABEL),
+                Column("predicted", "VARCHAR", "The top-1 class predicted instead."),
+                Column("images", "BIGINT", "Images with this label predicted as this class."),
+            ),
+        ),
+        TableDescription(
+            "evaluation_summary",
+            "One row: how many images were labelled and evaluated, and the overall accuracies.",
+            (
+                Column("labelled", "BIGINT", "Predicted images that carry a label."),
+                Column("evaluated", "BIGINT", "Of those, images whose label is one of the model's classes."),
+                Column("unknown_labels", "BIGINT", "Labelled images whose label matches none of the model's classes "
+                       "(left out of the accuracy)."),
+                Column("top1_accuracy", "DOUBLE", "Top-1 accuracy over the evaluated images; null when none."),
+                Column("top5_accuracy", "DOUBLE", "Top-5 accuracy over the evaluated images; null when none."),
+            ),
+        ),
+    )
+}
 
 
 def normalize(label: str) -> str:
@@ -99,7 +158,7 @@ def stored_summary(conn: duckdb.DuckDBPyConnection) -> tuple[int, float, float, 
     return conn.execute("SELECT evaluated, top1_accuracy, top5_accuracy, unknown_labels FROM evaluation_summary").fetchone()
 
 
-def evaluate(conn: duckdb.DuckDBPyConnection, max_confusions: int = 20) -> EvaluationSummary:
+def evaluate(conn: duckdb.DuckDBPyConnection, max_confusions: int = MAX_CONFUSIONS) -> EvaluationSummary:
     """Compute and store the evaluation tables from the ``predictions`` table."""
     rows = conn.execute(
         "SELECT image_id, label, class_label, topk_labels FROM predictions WHERE label IS NOT NULL ORDER BY image_id"
@@ -133,7 +192,7 @@ def evaluate(conn: duckdb.DuckDBPyConnection, max_confusions: int = 20) -> Evalu
             ("image_id", pa.string()), ("label", pa.string()), ("class_label", pa.string()),
             ("top1_correct", pa.bool_()), ("top5_correct", pa.bool_())])),
         "evaluation_classes": pa.table({
-            "label": [c for c, _ in classes],
+            "label": pa.array([c for c, _ in classes], pa.string()),  # typed even when empty
             "images": pa.array([n for _, (n, _, _) in classes], pa.int64()),
             "top1_correct": pa.array([t1 for _, (_, t1, _) in classes], pa.int64()),
             "top5_correct": pa.array([t5 for _, (_, _, t5) in classes], pa.int64()),
@@ -141,8 +200,8 @@ def evaluate(conn: duckdb.DuckDBPyConnection, max_confusions: int = 20) -> Evalu
             "top5_accuracy": pa.array([t5 / n for _, (n, _, t5) in classes], pa.float64()),
         }),
         "evaluation_confusions": pa.table({
-            "label": [t for (t, _), _ in confusions.most_common(max_confusions)],
-            "predicted": [p for (_, p), _ in confusions.most_common(max_confusions)],
+            "label": pa.array([t for (t, _), _ in confusions.most_common(max_confusions)], pa.string()),
+            "predicted": pa.array([p for (_, p), _ in confusions.most_common(max_confusions)], pa.string()),
             "images": pa.array([n for _, n in confusions.most_common(max_confusions)], pa.int64()),
         }),
         "evaluation_summary": pa.table({

@@ -9,7 +9,7 @@ Memory is bounded by the batch size and the prefetch depth, not by the partition
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ class InferenceSettings:
     device: torch.device
     precision: str = "fp32"
     channels_last: bool = False
-    batch_size: int = 0  # 0: automatic for the device (see devices.default_batch_size)
+    batch_size: int = 0  # 0: automatic: 8 on CPU, probed on CUDA (devices.default_batch_size, batch_size.py)
     top_k: int = 5
     compile: bool = False  # torch.compile the model (batches are padded to one shape)
 
@@ -85,6 +85,14 @@ class ShardPredictionSummary:
     @property
     def images_per_second(self) -> float:
         return self.predicted / self.seconds if self.seconds > 0 else 0.0
+
+
+def batch_size_used(summaries: Iterable[ShardPredictionSummary]) -> int | None:
+    """The batch size a step's forward passes ran at: the smallest that any partition which predicted
+    something ended with (the probed size on CUDA, smaller after an out-of-memory back-off); None
+    when nothing was predicted (every prediction reused): no batch ran."""
+    sizes = [summary.batch_size for summary in summaries if summary.predicted]
+    return min(sizes) if sizes else None
 
 
 def _batches(shard: PixelShard, rows: np.ndarray, batch_size: int, pin: bool) -> Iterator[tuple[np.ndarray, torch.Tensor]]:

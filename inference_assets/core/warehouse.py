@@ -95,6 +95,143 @@ def connect_waiting_for_lock(
                 next_report = now + 10.0
             time.sleep(poll)
 
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table this project makes: its DuckDB type as ``duckdb_columns()`` names it."""
+
+    name: str
+    type: str
+    description: str
+    nullable: bool = True
+    unique: bool = False  # the table's primary key
+
+
+@dataclass(frozen=True)
+class TableDescription:
+    """What one of our DuckDB tables holds, column by column (shown in the Dagster UI before any run)."""
+
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+
+
+def _key(name: str, description: str) -> Column:
+    return Column(name, "VARCHAR", description, nullable=False, unique=True)
+
+
+def _tables(*tables: TableDescription) -> dict[str, TableDescription]:
+    return {table.name: table for table in tables}
+
+
+_TIME = "TIMESTAMP WITH TIME ZONE"
+_PARTITION = "The image's partition (shard key, e.g. shard-03)."
+_URI = "How the source reopens the image: a local path, s3://bucket/key, or a database row reference."
+_WRITTEN_AT = "When the row was written to the partition's result file (UTC)."
+
+# The tables refresh_warehouse makes; a test checks them against the real tables (duckdb_columns()).
+WAREHOUSE_TABLES: dict[str, TableDescription] = _tables(
+    TableDescription("images", "The image manifest: one row per image of the source.", (
+        _key("image_id", "Stable id from the image's key (path under the root, object key, or table/database id)."),
+        Column("relative_path", "VARCHAR", "The image's key as text (a folder that could not be listed ends with /).",
+               nullable=False),
+        Column("uri", "VARCHAR", _URI, nullable=False),
+        Column("size_bytes", "BIGINT", "File size in bytes; null when the image cannot be read."),
+        Column("modified_at", _TIME, "Last modification time; null when the image cannot be read."),
+        Column("content_hash", "VARCHAR", "sha256:<hex> of the image's bytes; null when it cannot be read."),
+        Column("label", "VARCHAR", "The image's own label: its parent folder's name or the table's label column."),
+        Column("partition", "VARCHAR", _PARTITION, nullable=False),
+        Column("error", "VARCHAR", "Why the image cannot be read (missing, no permission, folder not listable...); "
+               "null when it can."),
+    )),
+    TableDescription(
+        "predictions", "One row per predicted image whose result matches the manifest (same id and content hash).", (
+            _key("image_id", "The image (images.image_id)."),
+            Column("uri", "VARCHAR", _URI, nullable=False),
+            Column("partition", "VARCHAR", _PARTITION, nullable=False),
+            Column("label", "VARCHAR", "The image's own label from the manifest; null when it has none."),
+            Column("class_index", "INTEGER", "Index of the top-1 class in the model's output (model_classes).",
+                   nullable=False),
+            Column("class_label", "VARCHAR", "Name of the top-1 class.", nullable=False),
+            Column("confidence", "FLOAT", "Probability of the top-1 class (0 to 1).", nullable=False),
+            Column("topk_indices", "INTEGER[]", "Indices of the top-k classes, most probable first.",
+                   nullable=False),
+            Column("topk_labels", "VARCHAR[]", "Names of the top-k classes, most probable first.", nullable=False),
+            Column("topk_probs", "FLOAT[]", "Probabilities of the top-k classes.", nullable=False),
+            Column("positive_labels", "VARCHAR[]", "Multi-label models: every class at or above the threshold, "
+                   "most probable first; null for single-label models."),
+            Column("model", "VARCHAR", "The model's name (architecture or model file).", nullable=False),
+            Column("weights", "VARCHAR", "What exactly was loaded: kind, file name and sha256 prefix.",
+                   nullable=False),
+            Column("model_id", "VARCHAR", "The model's identity: weights, class names, preprocessing, activation."),
+            Column("device", "VARCHAR", "The device that ran the forward pass (cpu, cuda:0...)."),
+            Column("precision", "VARCHAR", "fp32, bf16 or fp16."),
+            Column("content_hash", "VARCHAR", "Hash of the image bytes the prediction was made from.",
+                   nullable=False),
+            Column("predicted_at", _TIME, _WRITTEN_AT + " A reused prediction keeps the time it was made."),
+        ),
+    ),
+    TableDescription("failures", "One row per image that could not be predicted: its stage and a one-line reason.", (
+        _key("image_id", "The image (images.image_id)."),
+        Column("uri", "VARCHAR", _URI, nullable=False),
+        Column("partition", "VARCHAR", _PARTITION, nullable=False),
+        Column("stage", "VARCHAR", "Where it failed: list (folder not listable), read or decode.", nullable=False),
+        Column("error", "VARCHAR", "One-line reason.", nullable=False),
+        Column("model", "VARCHAR", "The model whose partition run recorded the failure.", nullable=False),
+        Column("content_hash", "VARCHAR", "Hash of the image bytes; null when they could not be read."),
+        Column("failed_at", _TIME, _WRITTEN_AT),
+    )),
+    TableDescription("model_classes", "The model's classes in output order (empty until a partition has results).", (
+        Column("class_index", "INTEGER", "Index in the model's output.", nullable=False, unique=True),
+        Column("class_label", "VARCHAR", "The class name.", nullable=False),
+    )),
+)
+
+
+def catalog_name(database: str) -> str:
+    """The name DuckDB gives the database of file ``database`` (what ``current_database()`` says):
+    its file name up to the first dot; ``memory`` for ``:memory:``. At run time ask the connection."""
+    if database == ":memory:":
+        return "memory"
+    return Path(database).name.split(".")[0]
+
+
+def current_catalog(conn: duckdb.DuckDBPyConnection) -> str:
+    """The name of the connection's database (``<catalog>.main.<table>``)."""
+    return conn.execute("SELECT current_database()").fetchone()[0]
+
+
+def qualified_name(catalog: str, table: str) -> str:
+    """``<database>.main.<table>``: a table's fully qualified name, as ``dagster/table_name`` expects."""
+    return f"{catalog}.main.{table}"
+
+
+def table_columns(conn: duckdb.DuckDBPyConnection, table: str) -> list[Column]:
+    """The columns of ``table`` in the current database's ``main`` schema as DuckDB has them (name,
+    type, nullable, primary key or unique), in order, with no description; empty when there is no
+    such table."""
+    unique = {
+        names[0]
+        for (names,) in conn.execute(
+            "SELECT constraint_column_names FROM duckdb_constraints() WHERE database_name = current_database() "
+            "AND schema_name = 'main' AND table_name = ? AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')",
+            [table],
+        ).fetchall()
+        if len(names) == 1
+    }
+    rows = conn.execute(
+        "SELECT column_name, data_type, is_nullable FROM duckdb_columns() "
+        "WHERE database_name = current_database() AND schema_name = 'main' AND table_name = ? ORDER BY column_index",
+        [table],
+    ).fetchall()
+    return [Column(name, kind, "", nullable=nullable, unique=name in unique) for name, kind, nullable in rows]
+
+
+def table_rows(conn: duckdb.DuckDBPyConnection, tables) -> dict[str, int]:
+    """Rows in each of ``tables`` (names of tables that exist)."""
+    return {name: conn.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in tables}
+
+
 _CREATE_TABLES = """
 CREATE OR REPLACE TABLE images (
     image_id VARCHAR PRIMARY KEY,
@@ -180,7 +317,7 @@ class WarehouseSummary:
 def refresh_warehouse(
     conn: duckdb.DuckDBPyConnection, manifest_path: Path, result_files: list[Path]
 ) -> WarehouseSummary:
-    """Replace the ``images``, ``predictions`` and ``failures`` tables in one transaction."""
+    """Replace the ``images``, ``predictions``, ``failures`` and ``model_classes`` tables in one transaction."""
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute(_CREATE_TABLES)

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from inference_assets.core.inference import InferenceSettings, StageSeconds, predict_shard
+from inference_assets.core.inference import InferenceSettings, StageSeconds, batch_size_used, predict_shard
 from inference_assets.core.pixel_store import read_pixel_shard
 from inference_assets.core.progress import Progress
 from inference_assets.core.results import read_results
@@ -57,7 +57,7 @@ def prediction_files(
     shard_dir = layout.pixel_dir(device.pixels(model.preprocessing).fingerprint)
     start = time.perf_counter()
     predicted = reused = failed = 0
-    batch_size = settings.effective_batch_size
+    summaries = []
     forward_seconds = 0.0
     stages = StageSeconds()
     per_partition: list[tuple] = []
@@ -86,7 +86,7 @@ def prediction_files(
                 progress=progress.advance,
             )
             shared.publish(output)
-            batch_size = min(batch_size, summary.batch_size)
+            summaries.append(summary)
             predicted += summary.predicted
             reused += summary.reused
             failed += summary.failed
@@ -106,6 +106,7 @@ def prediction_files(
                 f"{settings.precision})"
             )
     seconds = time.perf_counter() - start
+    batch_size = batch_size_used(summaries)
     source = storage.open_source()
     sample_rows = [
         (markdown_image(thumbnail_uri(source.open, row["uri"], 64), "image"), row["uri"].rpartition("/")[2],
@@ -133,7 +134,7 @@ def prediction_files(
             "channels_last": settings.channels_last,
             "compiled": settings.compile,
             "jpeg_draft": device.jpeg_draft,
-            "batch_size": batch_size,
+            "batch_size": MetadataValue.null() if batch_size is None else batch_size,  # null: all reused
             "top_k": settings.top_k,
             "top_labels": markdown_table(("label", "images"), labels.most_common(10)),
             "sample_predictions": markdown_table(("", "image", "class", "confidence"), sample_rows),

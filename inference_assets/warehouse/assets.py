@@ -4,17 +4,28 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from inference_assets.core.evaluation import evaluate
+from inference_assets.core.evaluation import EVALUATION_TABLES, evaluate
 from inference_assets.core.manifest import read_manifest
 from inference_assets.core.results import intact_result_files
-from inference_assets.core.warehouse import refresh_warehouse, top_labels
+from inference_assets.core.warehouse import (
+    WAREHOUSE_TABLES,
+    catalog_name,
+    current_catalog,
+    refresh_warehouse,
+    top_labels,
+)
 from inference_assets.images.assets import image_manifest
 from inference_assets.images.resources import StorageResource
-from inference_assets.metadata import markdown_table, results_pictures
+from inference_assets.metadata import markdown_table, results_pictures, tables_metadata
 from inference_assets.partitions import IMAGE_SHARDS
 from inference_assets.pools import DUCKDB_POOL
 from inference_assets.predictions.assets import prediction_files
 from inference_assets.predictions.resources import ModelResource
+from inference_assets.settings import duckdb_path
+
+# Each asset's tables, named as DuckDB names them in the configured database file (the UI shows
+# this before any run; each materialization then reports the real tables of the database it used).
+_CATALOG = catalog_name(duckdb_path())
 
 
 def loaded_result_files(storage: StorageResource, model: ModelResource):
@@ -33,8 +44,9 @@ def loaded_result_files(storage: StorageResource, model: ModelResource):
     deps=[image_manifest, prediction_files],
     pool=DUCKDB_POOL,
     kinds={"duckdb"},
-    description="DuckDB tables images, predictions and failures, replaced in one transaction from the "
-    "manifest and the per-partition result files of the configured model (single writer).",
+    description="DuckDB tables images, predictions, failures and model_classes, replaced in one transaction "
+    "from the manifest and the per-partition result files of the configured model (single writer).",
+    metadata=tables_metadata(WAREHOUSE_TABLES, "predictions", _CATALOG),
 )
 def prediction_results(
     context: AssetExecutionContext, storage: StorageResource, model: ModelResource, duckdb: DuckDBResource
@@ -45,6 +57,7 @@ def prediction_results(
         summary = refresh_warehouse(conn, storage.layout.manifest_path, files)
         labels = top_labels(conn, limit=10)
         pictures = results_pictures(conn)
+        tables = tables_metadata(WAREHOUSE_TABLES, "predictions", current_catalog(conn), conn)
     context.log.info(
         f"{duckdb.database}: {summary.predictions} predictions, {summary.failures} failures "
         f"from {summary.partitions_loaded} partition files; {summary.images} images in the manifest"
@@ -58,6 +71,7 @@ def prediction_results(
             "model": model.spec.name,
             "top_labels": markdown_table(("label", "images"), labels),
             **pictures,
+            **tables,
             "database": MetadataValue.path(duckdb.database),
             "sample_query": MetadataValue.md(
                 f"```\nduckdb {duckdb.database} \"select class_label, count(*) from predictions "
@@ -73,7 +87,9 @@ def prediction_results(
     pool=DUCKDB_POOL,
     kinds={"duckdb"},
     description="Accuracy against the images' own labels (folder names, ImageNet WordNet ids or a table's "
-    "label column): top-1/top-5, per class, and the most confused pairs, as DuckDB tables evaluation_*.",
+    "label column): top-1/top-5, per class, and the most confused pairs, as DuckDB tables evaluation_classes, "
+    "evaluation_images, evaluation_confusions and evaluation_summary.",
+    metadata=tables_metadata(EVALUATION_TABLES, "evaluation_classes", _CATALOG),
 )
 def evaluation(context: AssetExecutionContext, duckdb: DuckDBResource) -> MaterializeResult:
     with duckdb.get_connection() as conn:
@@ -83,6 +99,7 @@ def evaluation(context: AssetExecutionContext, duckdb: DuckDBResource) -> Materi
             "ORDER BY top1_accuracy, images DESC LIMIT 20"
         ).fetchall()
         confusions = conn.execute("SELECT label, predicted, images FROM evaluation_confusions LIMIT 10").fetchall()
+        tables = tables_metadata(EVALUATION_TABLES, "evaluation_classes", current_catalog(conn), conn)
     if summary.evaluated:
         context.log.info(
             f"evaluation: {summary.evaluated} labelled images, top-1 {summary.top1_accuracy:.3f}, "
@@ -101,5 +118,6 @@ def evaluation(context: AssetExecutionContext, duckdb: DuckDBResource) -> Materi
             "per_class": markdown_table(("label", "images", "top-1", "top-5"), classes),
             "most_confused": markdown_table(("label", "predicted as", "images"), confusions),
             "labels_not_in_the_model": markdown_table(("label", "images"), unknown),
+            **tables,
         }
     )

@@ -1,0 +1,60 @@
+"""What the project's own comments and settings files say about the code is what the code does:
+which assets take each concurrency pool's slots, how steps share GPUs, the automatic batch size
+on CUDA, and the files pyproject.toml points to."""
+
+import re
+
+import pytest
+
+from inference_assets import pools
+from inference_assets.core.devices import default_batch_size
+from inference_assets.definitions import ASSETS
+
+from .environment import INSTANCE_YAML, PROJECT_ROOT
+
+
+def _pool_users() -> dict[str, list[str]]:
+    users: dict[str, list[str]] = {}
+    for asset in ASSETS:
+        if asset.op.pool:
+            users.setdefault(asset.op.pool, []).append(asset.key.to_user_string())
+    return users
+
+
+@pytest.mark.fast
+def test_each_pool_is_described_with_every_asset_that_takes_its_slots():
+    users = _pool_users()
+    assert set(users) == {pools.GPU_POOL, pools.DUCKDB_POOL} and len(users[pools.DUCKDB_POOL]) >= 2
+    instance_yaml = INSTANCE_YAML.read_text()
+    for pool, assets in users.items():
+        # pools.py's docstring: "- ``<pool>``: ..." up to the next item or paragraph
+        item = re.search(rf"^- ``{pool}``:(.*?)(?=^- ``|\n\n)", pools.__doc__, re.MULTILINE | re.DOTALL)
+        # deploy/dagster.yaml's comment: "#   <pool>  ..." and its indented continuation lines
+        comment = re.search(rf"^\s*#\s{{3}}{pool}\s+(.*(?:\n\s*#\s{{5,}}.*)*)", instance_yaml, re.MULTILINE)
+        assert item and comment, pool
+        for asset in assets:
+            assert f"``{asset}``" in item[1], f"inference_assets/pools.py: pool {pool} does not name {asset}"
+            assert f"`{asset}`" in comment[1], f"deploy/dagster.yaml: pool {pool} does not name {asset}"
+
+
+@pytest.mark.fast
+def test_the_instance_settings_say_that_each_step_gets_a_gpu_of_its_own():
+    text = INSTANCE_YAML.read_text()
+    assert "gpu_assignment.py" in text and "INFERENCE_GPU_LOCK_DIR" in text
+    assert "same cuda:0" not in text  # steps on one machine lock different GPUs (core/gpu_assignment.py)
+
+
+@pytest.mark.fast
+def test_the_automatic_cuda_batch_size_is_described_as_probed():
+    doc = " ".join(default_batch_size.__doc__.split())
+    assert "starting point" not in doc  # the probe starts at 32 (core/batch_size.py), not at 256
+    assert "probed" in doc and "ONNX" in doc  # 256 only where no probe runs
+
+
+@pytest.mark.fast
+def test_the_files_pyproject_refers_to_exist():
+    text = (PROJECT_ROOT / "pyproject.toml").read_text()
+    named = set(re.findall(r"[\w./-]+\.(?:md|yaml)\b", text))
+    assert "README.md" in named
+    missing = sorted(name for name in named if not (PROJECT_ROOT / name).exists())
+    assert not missing, f"pyproject.toml refers to files that do not exist: {missing}"
