@@ -82,7 +82,7 @@ def test_the_asset_graph_checks_and_partitions_in_a_browser_then_one_partition_f
         for asset in PARTITIONED:
             page = _load(f"{base}/assets/{asset}?view=partitions&partition={key}").text
             assert " | Materialized (1) | " in page and f" | Missing ({len(KEYS) - 1}) | " in page, asset
-        details = _load(f"{base}/assets/predictions?view=partitions&partition={key}").text
+        details = _load(f"{base}/assets/prediction_files?view=partitions&partition={key}").text
         for label, value in [("predicted", counts[key]), ("failed", 0), ("device", "cpu"), ("precision", "fp32")]:
             assert f" | {label} | {value} | " in details, f"{label} is not {value} in the partition's metadata"
         assert " | images_per_second | " in details and " | sample_predictions | " in details
