@@ -85,6 +85,12 @@ def test_the_automatic_batch_size_is_described_as_the_code_picks_it():
     assert "probe" in description and "256 on CUDA" not in description  # CUDA's size is probed (core/batch_size.py)
 
 
+def _documentation() -> str:
+    """The README and the pages of docs/ it links to."""
+    pages = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+    return "\n".join(page.read_text() for page in pages)
+
+
 def _environment_variables_read() -> set[str]:
     """Every INFERENCE_* name in the package's source: each is read somewhere, or named in a message."""
     names = set()
@@ -94,7 +100,7 @@ def _environment_variables_read() -> set[str]:
 
 
 @pytest.mark.fast
-def test_env_example_and_readme_list_every_environment_variable_the_code_reads():
+def test_env_example_and_the_docs_list_every_environment_variable_the_code_reads():
     names = _environment_variables_read()
     assert len(names) >= 20 and "INFERENCE_MODEL" in names and "INFERENCE_SLOT_WAIT_SECONDS" in names
     example = (PROJECT_ROOT / ".env.example").read_text()
@@ -102,9 +108,13 @@ def test_env_example_and_readme_list_every_environment_variable_the_code_reads()
     assert not names - listed, f"not in .env.example (as '# NAME=default'): {sorted(names - listed)}"
     assert not listed - names, f".env.example lists settings the code does not read: {sorted(listed - names)}"
     assert not re.findall(r"^INFERENCE_", example, re.MULTILINE), ".env.example sets nothing: every line commented"
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    assert not [name for name in names if name not in readme], "README.md does not name them all"
-    assert ".env.example" in readme
+    documentation = _documentation()
+    missing = sorted(name for name in names if name not in documentation)
+    assert not missing, f"README.md and docs/*.md do not name {missing}"
+    configuration = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
+    unlisted = sorted(name for name in names if f"| `{name}` |" not in configuration)
+    assert not unlisted, f"docs/configuration.md's table has no row for {unlisted}"
+    assert ".env.example" in (PROJECT_ROOT / "README.md").read_text()
     assert re.search(r"^\.env$", (PROJECT_ROOT / ".gitignore").read_text(), re.MULTILINE), "a user's .env is ignored"
 
 
@@ -133,5 +143,4 @@ def test_make_test_fast_selects_a_marked_subset_of_the_suite():
     assert summary, collected.stdout[-2000:]
     selected, total = int(summary[1]), int(summary[2])
     assert 100 <= selected < total, f"-m {marker}: {selected} of {total} tests"
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    assert "make test-fast" in readme
+    assert "make test-fast" in (PROJECT_ROOT / "README.md").read_text()
