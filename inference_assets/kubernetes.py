@@ -3,7 +3,7 @@
 Each step runs in its own pod, sized by its entry in that file's ``per_step_k8s_config`` (a step's key is
 its asset's name; asset checks use ``step_k8s_config``). ``deploy/k8s/values.yaml`` has the Helm values
 for the rest of the deployment. dagster-k8s is the optional extra ``k8s``, so it is imported only
-when the executor is asked for. See the README's "Scaling out".
+when the executor is asked for. See docs/scaling.md.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
   ``evaluation`` and ``report`` (one process at a time may open it for writing: one slot).
 
 Limits are set on the instance (``dagster.yaml``'s ``concurrency.pools.default_limit``, or per
-pool with ``dagster instance concurrency set gpu 4``); see the README's "Scaling out".
+pool with ``dagster instance concurrency set gpu 4``); see docs/scaling.md.
 
 ``make run`` frees the slots of its own killed runs before each step, and a step of it that waits
 for a slot says so, gives up after ``INFERENCE_SLOT_WAIT_SECONDS`` and stops on Ctrl-C/SIGTERM

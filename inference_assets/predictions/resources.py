@@ -122,7 +122,7 @@ class DeviceResource(ConfigurableResource):
     jpeg_draft: bool = Field(
         default=False,
         description="Decode large JPEGs in Pillow's draft mode (DCT-domain downscaling): faster, not the exact "
-        "reference pixels; see the README's Performance section for its measured top-1 agreement.",
+        "reference pixels; see docs/performance.md for its measured top-1 agreement.",
     )
     compile: bool = Field(default=False, description="torch.compile the model (compiles once per run, then faster).")
     gpu_wait_seconds: float = Field(
