@@ -42,7 +42,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m fast $(PYTEST_ARGS)
 
-## dev: the Dagster UI on http://127.0.0.1:3000
+## dev: the Dagster UI on http://127.0.0.1:3000 and its daemon (run queue, backfills, and the refresh_results
+## automation sensor: prediction_results, evaluation and report follow new prediction files by themselves)
 dev: $(STAMP) instance
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
@@ -57,9 +58,10 @@ instance:
 		|| DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/python -m inference_assets.instance_guard
 
 ## backfill: with `make dev` running, queue one run per partition of preprocessed_images +
-## predictions (PARTITIONS=shard-00,shard-03 for some; default all), after refreshing the manifest.
+## prediction_files (PARTITIONS=shard-00,shard-03 for some; default all), after refreshing the manifest.
 ## `make dev`'s daemon launches them as the run queue allows (deploy/dagster.yaml), with make dev's
-## INFERENCE_* settings; watch them in the UI, then materialize prediction_results there.
+## INFERENCE_* settings; once the last of them is done, its refresh_results automation sensor runs
+## prediction_results, evaluation and report once (within about 30 s). Watch both in the UI.
 backfill: $(STAMP) instance
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster asset materialize -m inference_assets.definitions --select image_manifest
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster job backfill -w workspace.yaml -j partitioned_inference \

@@ -11,6 +11,7 @@ from dagster import (
     load_assets_from_modules,
 )
 
+from inference_assets.automation.conditions import refresh_results
 from inference_assets.automation.schedules import nightly_pending_work
 from inference_assets.automation.sensors import new_images
 from inference_assets.core.errors import ConfigError
@@ -128,7 +129,7 @@ defs = Definitions(
     assets=ASSETS,
     asset_checks=ASSET_CHECKS,
     jobs=[partitioned_inference_job],
-    sensors=[new_images],
+    sensors=[new_images, refresh_results],
     schedules=[nightly_pending_work],
     resources=RESOURCES,
     executor=default_executor(),

@@ -5,16 +5,30 @@ import pytest
 import shutil
 
 import duckdb
-from dagster import AssetSelection, RunRequest, SkipReason, build_schedule_context, build_sensor_context, materialize
+from dagster import (
+    AssetKey,
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+    evaluate_automation_conditions,
+    materialize,
+)
 
 from inference_assets.automation import sensors
+from inference_assets.automation.conditions import REFRESHED_ASSETS
 from inference_assets.automation.schedules import nightly_pending_work
 from inference_assets.automation.sensors import new_images
 from inference_assets.core.partitioning import image_id_for, partition_for
 from inference_assets.core.pending import ListingScan, scan_listing
 from inference_assets.core.sources.folder import FolderSource
 from inference_assets.core.sources.config import IMAGE_EXTENSIONS
-from inference_assets.definitions import ASSET_CHECKS, ASSETS
+from inference_assets.core.manifest import read_manifest
+from inference_assets.definitions import ASSET_CHECKS, ASSETS, defs
 from inference_assets.partitions import NUM_PARTITIONS
 from inference_assets.run import materialize_step, pipeline_steps
 
@@ -51,6 +65,7 @@ def _make_run(resources, instance):
 
 def test_the_sensor_requests_a_manifest_run_then_only_the_partitions_with_new_images(resources, instance, image_root):
     _make_run(resources, instance)
+    automation = _tick(instance)
     first = _sensor_tick(instance, resources)
     assert first.run_requests == [] and "no new images" in first.skip_reason.skip_message
 
@@ -66,8 +81,10 @@ def test_the_sensor_requests_a_manifest_run_then_only_the_partitions_with_new_im
     expected_partition = partition_for(image_id_for("more/coffee-again.jpg"), NUM_PARTITIONS)
     assert [r.partition_key for r in tick.run_requests] == [expected_partition]
     request = tick.run_requests[0]
-    assert {k.to_user_string() for k in request.asset_selection} == {"preprocessed_images", "prediction_files", "prediction_results", "evaluation"}
+    assert {k.to_user_string() for k in request.asset_selection} == {"preprocessed_images", "prediction_files"}
     _execute(request, resources, instance)
+    assert _predicted(resources) == 6  # DuckDB is refreshed by automation, next
+    _refresh_by_automation(resources, instance, automation.cursor)
     assert _predicted(resources) == 7
 
     done = _sensor_tick(instance, resources, tick.cursor)
@@ -100,8 +117,9 @@ def test_a_resumed_scan_gives_the_same_digests_as_one_pass(image_root):
     assert scan.digests == whole.digests and steps == 6
 
 
-def test_the_schedule_backfills_changed_partitions_then_skips(resources, instance, image_root):
+def test_the_schedule_runs_changed_partitions_then_skips(resources, instance, image_root):
     _make_run(resources, instance)
+    automation = _tick(instance)
     context = build_schedule_context(instance=instance, resources={"storage": resources["storage"], "model": resources["model"]})
     assert isinstance(nightly_pending_work(context), SkipReason)
 
@@ -109,11 +127,14 @@ def test_the_schedule_backfills_changed_partitions_then_skips(resources, instanc
         (image_root / name).parent.mkdir()
         shutil.copy(image_root / "missile" / "rocket.jpg", image_root / name)
     request = nightly_pending_work(context)
-    assert isinstance(request, RunRequest)
+    # a run, not a backfill: Dagster 1.13's scheduler launches runs only (see schedules.py)
+    assert isinstance(request, RunRequest) and not request.requires_backfill_daemon()
+    assert {k.to_user_string() for k in request.asset_selection} == {"image_manifest", "preprocessed_images", "prediction_files"}
     changed = sorted(partition_for(image_id_for(n), NUM_PARTITIONS) for n in ("a/one.jpg", "b/two.jpg"))
     assert (request.tags["dagster/asset_partition_range_start"], request.tags["dagster/asset_partition_range_end"]) == (
         changed[0], changed[-1])
     _execute(request, resources, instance)
+    _refresh_by_automation(resources, instance, automation.cursor)
     assert _predicted(resources) == 8
     assert isinstance(nightly_pending_work(context), SkipReason)
 
@@ -123,3 +144,96 @@ def test_the_schedule_backfills_changed_partitions_then_skips(resources, instanc
     result_files[0].unlink()
     requests = nightly_pending_work(context)
     assert [r.partition_key for r in requests] == [result_files[0].stem]
+
+
+# --- declarative automation: the downstream refreshes itself, once ---------------------------
+
+REFRESHED = {AssetKey(name) for name in REFRESHED_ASSETS}
+
+
+def _materialize(resources, instance, names, partition=None):
+    result = materialize(
+        [*ASSETS, *ASSET_CHECKS], selection=AssetSelection.assets(*names), partition_key=partition,
+        resources=resources, instance=instance,
+    )
+    assert result.success
+
+
+def _tick(instance, cursor=None):
+    """One evaluation of the code location's automation conditions, as the refresh_results sensor does."""
+    return evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+
+
+def _requested(result) -> dict[str, int]:
+    return {key.to_user_string(): result.get_num_requested(key) for key in REFRESHED if result.get_num_requested(key)}
+
+
+def _queued_run(instance, partition: str):
+    """A run of preprocessed_images + prediction_files for ``partition``, created and not yet started
+    (as the sensor's or a backfill's runs are before the queue launches them): its planned
+    materializations make the partition in progress."""
+    job = defs.resolve_implicit_global_asset_job_def()
+    selection = {AssetKey("preprocessed_images"), AssetKey("prediction_files")}
+    return instance.create_run_for_job(
+        job.get_subset(asset_selection=selection), asset_selection=selection,
+        status=DagsterRunStatus.NOT_STARTED, tags={"dagster/partition": partition},
+    )
+
+
+def _refresh_by_automation(resources, instance, cursor):
+    """The next automation tick requests prediction_results, evaluation and report once; they are materialized."""
+    result = _tick(instance, cursor)
+    assert _requested(result) == {"prediction_results": 1, "evaluation": 1, "report": 1}
+    _materialize(resources, instance, REFRESHED_ASSETS)
+    return result.cursor
+
+
+@pytest.mark.fast
+def test_the_downstream_assets_are_requested_once_after_every_pending_partition_is_done(resources, instance):
+    result = _tick(instance)  # the sensor's first evaluation: nothing has happened yet
+    assert result.total_requested == 0
+
+    _materialize(resources, instance, ["image_manifest"])
+    result = _tick(instance, result.cursor)
+    assert result.total_requested == 0  # a manifest alone: its new images have no outcome yet
+
+    manifest = read_manifest(resources["storage"].layout.manifest_path)
+    first, second = sorted(set(manifest["partition"].to_pylist()))[:2]
+    waiting = _queued_run(instance, second)  # e.g. the sensor requested both partitions
+    _materialize(resources, instance, ["preprocessed_images", "prediction_files"], first)
+    result = _tick(instance, result.cursor)
+    assert result.total_requested == 0  # the second partition is still in progress
+
+    _materialize(resources, instance, ["preprocessed_images", "prediction_files"], second)
+    instance.report_run_canceled(waiting)  # ended (its work was done by the run above)
+    result = _tick(instance, result.cursor)
+    assert _requested(result) == {"prediction_results": 1, "evaluation": 1, "report": 1}
+
+    result = _tick(instance, result.cursor)
+    assert result.total_requested == 0  # requested once: not again while nothing changed
+    _materialize(resources, instance, REFRESHED_ASSETS)  # what the requested run does
+    for _ in range(2):
+        result = _tick(instance, result.cursor)
+        assert result.total_requested == 0  # its own materializations do not trigger it again
+
+    _materialize(resources, instance, ["preprocessed_images", "prediction_files"], first)
+    result = _tick(instance, result.cursor)
+    assert _requested(result) == {"prediction_results": 1, "evaluation": 1, "report": 1}  # new predictions: again
+
+
+@pytest.mark.fast
+def test_a_run_that_materializes_the_downstream_itself_triggers_nothing(resources, instance):
+    result = _tick(instance)
+    _make_run(resources, instance)  # make run: partitions, then prediction_results + evaluation + report
+    result = _tick(instance, result.cursor)
+    assert result.total_requested == 0
+
+
+@pytest.mark.fast
+def test_the_automation_sensor_runs_by_default_on_the_downstream_assets():
+    (sensor,) = [s for s in defs.get_repository_def().sensor_defs if isinstance(s, AutomationConditionSensorDefinition)]
+    assert sensor.name == "refresh_results" and sensor.default_status == DefaultSensorStatus.RUNNING
+    assert sensor.asset_selection.resolve(defs.resolve_asset_graph()) == REFRESHED
+    conditions = {spec.key: spec.automation_condition for spec in defs.resolve_all_asset_specs()}
+    # the downstream follows by itself; the partitioned work is requested (sensor, schedule, you)
+    assert {key for key, condition in conditions.items() if condition is not None} == REFRESHED

@@ -12,6 +12,11 @@ launches a backfill with the UI's own GraphQL mutation (``launchPartitionBackfil
   --partition-range`` (no daemon needed): one run each over the four partitions; both get past
   a ``gpu`` slot left taken by an ended run (the daemon's run monitoring frees it).
 
+In both, the automation sensor ``refresh_results`` is stopped first (``dagster sensor stop``, the
+way to turn it off), and prediction_results is materialized by hand. A third test leaves it
+running: after ``make backfill``'s job backfill, the daemon refreshes prediction_results,
+evaluation and report by itself, exactly once, after the last partition run.
+
 Four partitions and the six sample photos keep it affordable: each run is three processes (run
 worker, one per step) that import torch, and the daemon looks at backfills every 30 seconds.
 """
@@ -25,8 +30,11 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
+from inference_assets.automation.conditions import REFRESHED_ASSETS
+from inference_assets.core.layout import Layout
 from inference_assets.core.partitioning import partition_keys
 
 from .dagster_ui import DAGSTER, DagsterDev, dagster_dev
@@ -39,6 +47,9 @@ BACKFILL_TIMEOUT = 360  # seconds, from launch to every run finished
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
+AUTOMATION = "refresh_results"  # the automation condition sensor (inference_assets/automation/conditions.py)
+REFRESH_TIMEOUT = 240  # seconds, from the last partition run's end to the refresh run's end
+JOB_BACKFILL = [DAGSTER, "job", "backfill", "-w", "workspace.yaml", "-j", "partitioned_inference"]
 
 
 def _env(image_root: Path, work: Path, **extra: str) -> dict[str, str]:
@@ -87,10 +98,64 @@ def _step_intervals(instance, run_ids, step_key: str) -> list[tuple[float, float
     return intervals
 
 
+def _automation_ticks(instance) -> list:
+    """The refresh_results sensor's finished ticks (none before the daemon's first evaluation)."""
+    states = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR) if s.instigator_name == AUTOMATION]
+    ticks = instance.get_ticks(states[0].instigator_origin_id, states[0].selector_id) if states else []
+    return [tick for tick in ticks if tick.status != TickStatus.STARTED]
+
+
+def _wait_for_automation_tick(server: DagsterDev, instance, after: float = 0.0, timeout: float = 120) -> None:
+    """Until the automation sensor has evaluated once after ``after`` (a timestamp)."""
+    deadline = time.monotonic() + timeout
+    while not any(tick.timestamp > after for tick in _automation_ticks(instance)):
+        if time.monotonic() > deadline:
+            pytest.fail(f"the {AUTOMATION} sensor did not tick in {timeout}s:\n{server.log_tail()}")
+        time.sleep(2)
+
+
+def _refresh_runs(instance) -> list:
+    """The runs the automation sensor launched, oldest first."""
+    records = instance.get_run_records(filters=RunsFilter(tags={"dagster/sensor_name": AUTOMATION}))
+    return sorted(records, key=lambda r: r.create_timestamp)
+
+
+def _wait_for_refresh(server: DagsterDev, instance, after: float):
+    """The automation's refresh run (prediction_results + evaluation + report and their checks) that
+    started after ``after`` (the last partition run's end), once it succeeded."""
+    deadline = time.monotonic() + REFRESH_TIMEOUT
+    while True:
+        runs = [r.dagster_run for r in _refresh_runs(instance)]
+        if any(run.status == DagsterRunStatus.FAILURE for run in runs):
+            pytest.fail(f"a refresh run failed:\n{server.log_tail()}")
+        done = [r for r in _refresh_runs(instance) if r.start_time and r.start_time >= after and r.dagster_run.is_finished]
+        if done:
+            assert done[0].dagster_run.status == DagsterRunStatus.SUCCESS
+            assert done[0].dagster_run.asset_selection == {AssetKey(name) for name in REFRESHED_ASSETS}
+            return done[0]
+        if time.monotonic() > deadline:
+            seen = [(run.run_id[:8], run.status.value) for run in runs]
+            pytest.fail(f"no refresh of the downstream assets in {REFRESH_TIMEOUT}s: {seen}\n{server.log_tail()}")
+        time.sleep(2)
+
+
+def _check_refreshed_duckdb(env, instance, refresh) -> None:
+    """The refresh run passed its checks; all six photos are in DuckDB, each predicted or failed exactly once."""
+    checks = instance.all_logs(refresh.dagster_run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+    passed = {e.dagster_event.event_specific_data.check_name for e in checks if e.dagster_event.event_specific_data.passed}
+    assert "every_image_accounted_for" in passed and len(passed) == len(checks), [e.message for e in checks]
+    _check_duckdb(env)
+
+
 def _refresh_and_check_duckdb(env) -> None:
     """Materialize prediction_results; all six photos are in DuckDB, each predicted or failed exactly once."""
     log = _cli([*MATERIALIZE, "--select", "prediction_results"], env)
     assert "Asset check 'every_image_accounted_for' on 'prediction_results' passed" in log
+    _check_duckdb(env)
+
+
+def _check_duckdb(env) -> None:
+    """All six photos are in DuckDB, each predicted or failed exactly once."""
     with duckdb.connect(env["INFERENCE_DUCKDB_PATH"], read_only=True) as conn:
         images = conn.execute("SELECT count(*) FROM images").fetchone()[0]
         outcomes = conn.execute(
@@ -99,6 +164,11 @@ def _refresh_and_check_duckdb(env) -> None:
         ).fetchone()
         predicted = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
     assert images == 6 and outcomes == (6, 6) and predicted == 6
+
+
+def _stop_automation(env) -> None:
+    """``dagster sensor stop refresh_results``: the downstream assets are then refreshed by hand only."""
+    assert f"Stopped sensor {AUTOMATION}" in _cli([DAGSTER, "sensor", "stop", AUTOMATION, "-w", "workspace.yaml"], env)
 
 
 def test_checked_in_instance_config(tmp_path):
@@ -166,6 +236,8 @@ def _wait_for_backfill_status(server: DagsterDev, backfill_id: str, timeout: flo
 
 def test_multi_run_backfills_from_the_ui_and_the_cli_through_the_daemon(image_root, tmp_path):
     env = _env(image_root, tmp_path, INFERENCE_PARTITIONS_PER_RUN="1")
+    with _instance(env):  # its storage created first
+        _stop_automation(env)
     with _instance(env) as instance, dagster_dev(env, tmp_path / "dagster_dev.log") as server:
         _cli([*MATERIALIZE, "--select", "image_manifest"], env)  # while the server starts
         server.wait_until_loaded()
@@ -173,14 +245,14 @@ def test_multi_run_backfills_from_the_ui_and_the_cli_through_the_daemon(image_ro
         # as the UI: "Materialize" on the two partitioned assets, every partition, "Launch backfill"
         ui_backfill = server.launch_backfill(_ui_backfill_params())
         # as `make backfill`: a job backfill from the CLI, one run per partition, into the same queue
-        job_backfill = [DAGSTER, "job", "backfill", "-w", "workspace.yaml", "-j", "partitioned_inference"]
-        submitted = _cli([*job_backfill, "--all", "--noprompt"], env)
+        submitted = _cli([*JOB_BACKFILL, "--all", "--noprompt"], env)
         cli_backfill = re.search(r"Launched backfill job `(\w+)`", submitted).group(1)
 
         records = _wait_for_runs(server, instance, {ui_backfill: len(KEYS), cli_backfill: len(KEYS)})
         all_runs = records[ui_backfill] + records[cli_backfill]
         assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in all_runs)
         _refresh_and_check_duckdb(env)
+        assert not _refresh_runs(instance)  # the automation sensor is stopped
         assert _wait_for_backfill_status(server, ui_backfill) == "COMPLETED_SUCCESS"
 
         # one run per partition in each: one-partition ranges (asset backfill), partition tags (job backfill)
@@ -200,6 +272,8 @@ def test_multi_run_backfills_from_the_ui_and_the_cli_through_the_daemon(image_ro
 
 def test_single_run_backfills_from_the_ui_and_the_cli(image_root, tmp_path):
     env = _env(image_root, tmp_path)  # INFERENCE_PARTITIONS_PER_RUN unset: the single-run backfill policy
+    with _instance(env):  # its storage created first
+        _stop_automation(env)
     with _instance(env) as instance, dagster_dev(env, tmp_path / "dagster_dev.log") as server:
         _cli([*MATERIALIZE, "--select", "image_manifest"], env)
         # the gpu slot left taken by a run that ended (as one killed mid-step, then marked failed):
@@ -222,6 +296,7 @@ def test_single_run_backfills_from_the_ui_and_the_cli(image_root, tmp_path):
 
         (ui_run,) = _wait_for_runs(server, instance, {ui_backfill: 1})[ui_backfill]
         _refresh_and_check_duckdb(env)
+        assert not _refresh_runs(instance)  # the automation sensor is stopped
         assert _wait_for_backfill_status(server, ui_backfill) == "COMPLETED_SUCCESS"
 
         ranged = [r for r in instance.get_run_records() if RANGE_START in r.dagster_run.tags]
@@ -233,3 +308,32 @@ def test_single_run_backfills_from_the_ui_and_the_cli(image_root, tmp_path):
         predictions = _step_intervals(instance, [r.dagster_run.run_id for r in ranged], "prediction_files")
         assert _max_overlap(predictions) == 1
         assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots  # the stale one too
+
+
+def test_after_a_backfill_the_daemon_refreshes_the_downstream_assets_exactly_once(image_root, tmp_path):
+    """`make backfill` over two partitions, one run each: once both are done (not after the first),
+    the automation sensor launches one run of prediction_results + evaluation + report; nothing more
+    on its next ticks."""
+    env = _env(image_root, tmp_path, INFERENCE_PARTITIONS_PER_RUN="1")
+    env["INFERENCE_PARTITIONS"] = "2"
+    with _instance(env) as instance, dagster_dev(env, tmp_path / "dagster_dev.log") as server:
+        _cli([*MATERIALIZE, "--select", "image_manifest"], env)  # as make backfill, while the server starts
+        server.wait_until_loaded()
+        _wait_for_automation_tick(server, instance)  # its first evaluation: what came before it is not seen
+        assert not _refresh_runs(instance)  # a manifest alone refreshes nothing
+
+        submitted = _cli([*JOB_BACKFILL, "--all", "--noprompt"], env)
+        backfill = re.search(r"Launched backfill job `(\w+)`", submitted).group(1)
+        partition_runs = _wait_for_runs(server, instance, {backfill: 2})[backfill]
+        assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in partition_runs)
+        last_end = max(r.end_time for r in partition_runs)
+        refresh = _wait_for_refresh(server, instance, after=last_end)
+        _check_refreshed_duckdb(env, instance, refresh)
+        assert Layout(Path(env["INFERENCE_WORK_DIR"])).report_path.is_file()
+
+        _wait_for_automation_tick(server, instance, after=refresh.end_time)  # a tick that saw the refresh
+        assert [r.dagster_run.run_id for r in _refresh_runs(instance)] == [refresh.dagster_run.run_id]
+        for name in REFRESHED_ASSETS:  # each materialized exactly once, by that run
+            (event,) = instance.fetch_materializations(AssetKey(name), limit=10).records
+            assert event.run_id == refresh.dagster_run.run_id, name
+        assert not [r for r in instance.get_run_records() if not r.dagster_run.is_finished]

@@ -1,1 +1,2 @@
-"""Automation: the sensor that follows a growing collection, and the nightly schedule."""
+"""Automation: the sensor that follows a growing collection, the nightly schedule, and the
+declarative automation that refreshes the DuckDB tables, the evaluation and the report after them."""

@@ -7,12 +7,9 @@ from inference_assets.images.resources import StorageResource
 from inference_assets.predictions.resources import ModelResource
 
 MANIFEST = [AssetKey("image_manifest")]
-PARTITION_WORK = [
-    AssetKey("preprocessed_images"),
-    AssetKey("prediction_files"),
-    AssetKey("prediction_results"),
-    AssetKey("evaluation"),
-]
+# the downstream (prediction_results, evaluation, report) follows by declarative automation
+# (conditions.py): once, after every requested partition is done
+PARTITION_WORK = [AssetKey("preprocessed_images"), AssetKey("prediction_files")]
 EVERYTHING = [AssetKey("image_manifest"), *PARTITION_WORK]
 
 
@@ -22,8 +19,8 @@ def missing_results(storage: StorageResource, model: ModelResource) -> list[Miss
 
 
 def partition_run_requests(pending: list[MissingResults]) -> list[RunRequest]:
-    """One run per partition with pending work: its pixels, its predictions, then the DuckDB
-    refresh and the evaluation (the ``duckdb`` pool lets one of them write at a time)."""
+    """One run per partition with pending work: its pixels and its predictions. The DuckDB
+    refresh, the evaluation and the report follow once all of them are done (conditions.py)."""
     return [
         RunRequest(
             run_key=f"{item.partition}:{item.digest}",

@@ -5,9 +5,17 @@ Cron from ``INFERENCE_SCHEDULE_CRON`` (default ``0 2 * * *``, 02:00 every night)
 
 - when the listing differs from the manifest, one run refreshes the manifest and then works
   through the partitions that changed (a range run from the first to the last of them: the
-  others in between reuse everything, so they cost a check), ending with the DuckDB refresh;
+  others in between reuse everything, so they cost a check);
 - otherwise, one run per partition whose manifest images lack current results;
 - nothing pending: the tick is skipped with the reason.
+
+Then the ``refresh_results`` automation sensor (conditions.py) refreshes the DuckDB tables, the
+evaluation and the report once, when all of these runs are done.
+
+Not a backfill: in Dagster 1.13 a schedule can only launch runs (the scheduler has no path for a
+run request over an asset graph subset; only sensors turn those into backfills). Its runs carry
+the tag ``dagster/schedule_name=nightly_pending_work``: the UI lists them on the schedule's page
+(its ticks, each with the runs it launched) and under Runs, filtered by that tag.
 """
 
 
@@ -32,7 +40,8 @@ TIMEZONE = timezone_env("INFERENCE_SCHEDULE_TIMEZONE", "UTC")
     target=EVERYTHING,
     default_status=DefaultScheduleStatus.STOPPED,
     description="Every night: a manifest refresh and the partitions it changed, or a run per partition "
-    "with pending work; skipped when there is nothing to do.",
+    "with pending work (runs, not a backfill); skipped when there is nothing to do. The DuckDB tables, "
+    "evaluation and report follow once (refresh_results).",
 )
 def nightly_pending_work(context: ScheduleEvaluationContext, storage: StorageResource, model: ModelResource):
     scan = scan_listing(storage.open_source().entries(), NUM_PARTITIONS)

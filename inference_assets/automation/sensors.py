@@ -4,8 +4,9 @@ Each tick lists the source for at most ``INFERENCE_SENSOR_LISTING_SECONDS`` (def
 keeping its place in the cursor, so a huge collection is listed over several ticks. When a
 listing pass is complete and differs from the manifest, it requests one ``image_manifest``
 run. On every tick it also requests a run for each partition whose manifest images lack
-current results (pixels + predictions + DuckDB refresh). Run keys name the exact work, so a
-tick never requests the same work twice.
+current results (pixels + predictions). Run keys name the exact work, so a tick never requests
+the same work twice. The DuckDB tables, the evaluation and the report follow by themselves, once,
+when every requested partition is done (the ``refresh_results`` automation sensor, conditions.py).
 """
 
 import json

@@ -5,6 +5,7 @@ from functools import partial
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
+from inference_assets.automation.conditions import AFTER_UPSTREAM
 from inference_assets.core.report import build_report, write_report
 from inference_assets.core.thumbnails import thumbnail_uri
 from inference_assets.images.resources import StorageResource
@@ -16,6 +17,7 @@ from inference_assets.warehouse.assets import evaluation, prediction_results
     group_name="warehouse",
     deps=[prediction_results, evaluation],
     pool=DUCKDB_POOL,
+    automation_condition=AFTER_UPSTREAM,
     kinds={"html"},
     description="A self-contained HTML page (no network needed): summary numbers, charts, predictions "
     "grouped by class with thumbnails, the least confident predictions, failures, and the evaluation.",

@@ -4,6 +4,7 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
+from inference_assets.automation.conditions import AFTER_NEW_PREDICTIONS, AFTER_UPSTREAM
 from inference_assets.core.evaluation import EVALUATION_TABLES, evaluate
 from inference_assets.core.manifest import read_manifest
 from inference_assets.core.results import intact_result_files
@@ -43,6 +44,7 @@ def loaded_result_files(storage: StorageResource, model: ModelResource):
     group_name="warehouse",
     deps=[image_manifest, prediction_files],
     pool=DUCKDB_POOL,
+    automation_condition=AFTER_NEW_PREDICTIONS,
     kinds={"duckdb"},
     description="DuckDB tables images, predictions, failures and model_classes, replaced in one transaction "
     "from the manifest and the per-partition result files of the configured model (single writer).",
@@ -85,6 +87,7 @@ def prediction_results(
     group_name="warehouse",
     deps=[prediction_results],
     pool=DUCKDB_POOL,
+    automation_condition=AFTER_UPSTREAM,
     kinds={"duckdb"},
     description="Accuracy against the images' own labels (folder names, ImageNet WordNet ids or a table's "
     "label column): top-1/top-5, per class, and the most confused pairs, as DuckDB tables evaluation_classes, "
