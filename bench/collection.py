@@ -11,7 +11,10 @@ can be grown by 1 % for the incremental re-run measurement.
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,14 +86,14 @@ def make_image(index: int, seed: int, sources: list[Image.Image]) -> tuple[str, 
     return f"{stem}.jpg", out.getvalue(), kind
 
 
-_sources: list[Image.Image] = []
+_local = threading.local()
 
 
 def _write(job: tuple[Path, int, int]) -> str:
     root, index, seed = job
-    if not _sources:
-        _sources.extend(Image.open(p).convert("RGB") for p in SOURCES)
-    relative, data, kind = make_image(index, seed, _sources)
+    if not hasattr(_local, "sources"):  # each thread its own copies of the source photos
+        _local.sources = [Image.open(p).convert("RGB") for p in SOURCES]
+    relative, data, kind = make_image(index, seed, _local.sources)
     path = root / relative
     if not path.exists() or path.stat().st_size != len(data):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,13 +108,11 @@ def build_collection(root: Path, count: int, seed: int = 0, start: int = 0, work
 
     Returns how many images of each kind were written or kept.
     """
-    import multiprocessing
-    import os
-
+    # Threads, not processes: Pillow's resizing and encoding release the GIL, and a process pool
+    # (fork, then spawn) hung twice in CI after its workers had written every file.
     jobs = [(root, index, seed) for index in range(start, count)]
-    # spawn, not fork: a forked worker can inherit a lock some library thread held (a hang seen once)
-    with multiprocessing.get_context("spawn").Pool(workers or os.cpu_count()) as pool:
-        written = pool.map_async(_write, jobs, chunksize=16).get(timeout=60 + 2 * len(jobs))
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        written = list(pool.map(_write, jobs))
     return {kind.name: written.count(kind.name) for kind in KINDS}
 
 
