@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow as pa
 
-from .warehouse import Column, TableDescription
+from .warehouse import Column, TableDescription, tables_by_name
 
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -36,55 +36,52 @@ _TOP1 = "Top-1 accuracy: top1_correct / images."
 _TOP5 = "Top-5 accuracy: top5_correct / images."
 
 # The tables evaluate() makes; a test checks them against the real tables (duckdb_columns()).
-EVALUATION_TABLES: dict[str, TableDescription] = {
-    table.name: table
-    for table in (
-        TableDescription(
-            "evaluation_classes",
-            "Accuracy per label, over the images whose label is one of the model's classes.",
-            (
-                Column("label", "VARCHAR", _LABEL),
-                Column("images", "BIGINT", "Evaluated images with this label."),
-                Column("top1_correct", "BIGINT", "Of those, how many have the label as top-1 class."),
-                Column("top5_correct", "BIGINT", "Of those, how many have the label among the top-5 classes."),
-                Column("top1_accuracy", "DOUBLE", _TOP1),
-                Column("top5_accuracy", "DOUBLE", _TOP5),
-            ),
+EVALUATION_TABLES: dict[str, TableDescription] = tables_by_name(
+    TableDescription(
+        "evaluation_classes",
+        "Accuracy per label, over the images whose label is one of the model's classes.",
+        (
+            Column("label", "VARCHAR", _LABEL),
+            Column("images", "BIGINT", "Evaluated images with this label."),
+            Column("top1_correct", "BIGINT", "Of those, how many have the label as top-1 class."),
+            Column("top5_correct", "BIGINT", "Of those, how many have the label among the top-5 classes."),
+            Column("top1_accuracy", "DOUBLE", _TOP1),
+            Column("top5_accuracy", "DOUBLE", _TOP5),
         ),
-        TableDescription(
-            "evaluation_images",
-            "One row per evaluated image (its label is one of the model's classes).",
-            (
-                Column("image_id", "VARCHAR", "The image (images.image_id)."),
-                Column("label", "VARCHAR", _LABEL),
-                Column("class_label", "VARCHAR", "The predicted top-1 class."),
-                Column("top1_correct", "BOOLEAN", "The label is the top-1 class (or one of its synonyms)."),
-                Column("top5_correct", "BOOLEAN", "The label is among the top-5 classes."),
-            ),
+    ),
+    TableDescription(
+        "evaluation_images",
+        "One row per evaluated image (its label is one of the model's classes).",
+        (
+            Column("image_id", "VARCHAR", "The image (images.image_id)."),
+            Column("label", "VARCHAR", _LABEL),
+            Column("class_label", "VARCHAR", "The predicted top-1 class."),
+            Column("top1_correct", "BOOLEAN", "The label is the top-1 class (or one of its synonyms)."),
+            Column("top5_correct", "BOOLEAN", "The label is among the top-5 classes."),
         ),
-        TableDescription(
-            "evaluation_confusions",
-            f"Top-1 misses by (label, predicted class), most frequent first (at most {MAX_CONFUSIONS} pairs).",
-            (
-                Column("label", "VARCHAR", _LABEL),
-                Column("predicted", "VARCHAR", "The top-1 class predicted instead."),
-                Column("images", "BIGINT", "Images with this label predicted as this class."),
-            ),
+    ),
+    TableDescription(
+        "evaluation_confusions",
+        f"Top-1 misses by (label, predicted class), most frequent first (at most {MAX_CONFUSIONS} pairs).",
+        (
+            Column("label", "VARCHAR", _LABEL),
+            Column("predicted", "VARCHAR", "The top-1 class predicted instead."),
+            Column("images", "BIGINT", "Images with this label predicted as this class."),
         ),
-        TableDescription(
-            "evaluation_summary",
-            "One row: how many images were labelled and evaluated, and the overall accuracies.",
-            (
-                Column("labelled", "BIGINT", "Predicted images that carry a label."),
-                Column("evaluated", "BIGINT", "Of those, images whose label is one of the model's classes."),
-                Column("unknown_labels", "BIGINT", "Labelled images whose label matches none of the model's classes "
-                       "(left out of the accuracy)."),
-                Column("top1_accuracy", "DOUBLE", "Top-1 accuracy over the evaluated images; null when none."),
-                Column("top5_accuracy", "DOUBLE", "Top-5 accuracy over the evaluated images; null when none."),
-            ),
+    ),
+    TableDescription(
+        "evaluation_summary",
+        "One row: how many images were labelled and evaluated, and the overall accuracies.",
+        (
+            Column("labelled", "BIGINT", "Predicted images that carry a label."),
+            Column("evaluated", "BIGINT", "Of those, images whose label is one of the model's classes."),
+            Column("unknown_labels", "BIGINT", "Labelled images whose label matches none of the model's classes "
+                   "(left out of the accuracy)."),
+            Column("top1_accuracy", "DOUBLE", "Top-1 accuracy over the evaluated images; null when none."),
+            Column("top5_accuracy", "DOUBLE", "Top-5 accuracy over the evaluated images; null when none."),
         ),
-    )
-}
+    ),
+)
 
 
 def normalize(label: str) -> str:

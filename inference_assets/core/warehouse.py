@@ -120,7 +120,8 @@ def _key(name: str, description: str) -> Column:
     return Column(name, "VARCHAR", description, nullable=False, unique=True)
 
 
-def _tables(*tables: TableDescription) -> dict[str, TableDescription]:
+def tables_by_name(*tables: TableDescription) -> dict[str, TableDescription]:
+    """``tables`` keyed by their names, in order."""
     return {table.name: table for table in tables}
 
 
@@ -130,7 +131,7 @@ _URI = "How the source reopens the image: a local path, s3://bucket/key, or a da
 _WRITTEN_AT = "When the row was written to the partition's result file (UTC)."
 
 # The tables refresh_warehouse makes; a test checks them against the real tables (duckdb_columns()).
-WAREHOUSE_TABLES: dict[str, TableDescription] = _tables(
+WAREHOUSE_TABLES: dict[str, TableDescription] = tables_by_name(
     TableDescription("images", "The image manifest: one row per image of the source.", (
         _key("image_id", "Stable id from the image's key (path under the root, object key, or table/database id)."),
         Column("relative_path", "VARCHAR", "The image's key as text (a folder that could not be listed ends with /).",
