@@ -17,6 +17,7 @@ from inference_assets.automation.sensors import new_images
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.models import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from inference_assets.core.versions import asset_versions
+from inference_assets.executor import steps_executor
 from inference_assets.images import assets as image_assets
 from inference_assets.images import checks as image_checks
 from inference_assets.images.resources import StorageResource
@@ -96,13 +97,14 @@ def default_resources() -> dict:
 
 def default_executor():
     """``INFERENCE_EXECUTOR=k8s``: each step in its own Kubernetes Job (deploy/k8s/executor.yaml);
-    default: Dagster's own (steps in processes of the run's machine)."""
+    default: Dagster's own, its step processes forked from one that imported this code location
+    (``executor.py``)."""
     name = env("INFERENCE_EXECUTOR", "multiprocess")
     if name == "k8s":
         return kubernetes_executor()
     if name != "multiprocess":
         raise ConfigError(f"INFERENCE_EXECUTOR={name!r} is not known: use 'multiprocess' (default) or 'k8s'")
-    return None
+    return steps_executor
 
 
 def with_model_versions(assets: list, model: ModelResource, device: DeviceResource) -> list:
