@@ -4,6 +4,9 @@ The runs through it are the CLI, daemon and UI tests (test_end_to_end.py, test_b
 test_concurrency.py, ...); these check what it builds for each run config.
 """
 
+import subprocess
+import sys
+
 import pytest
 from dagster import DagsterInstance, reconstructable
 from dagster._core.executor.in_process import InProcessExecutor
@@ -13,6 +16,8 @@ from dagster._core.system_config.objects import ResolvedRunConfig
 
 from inference_assets.definitions import defs, partitioned_inference
 from inference_assets.executor import STORAGE_MODULES, steps_executor
+
+from .environment import PROJECT_ROOT
 
 
 def _executor(execution: dict | None):
@@ -54,3 +59,16 @@ def test_a_run_config_that_names_a_start_method_or_in_process_gets_it():
     executor = _executor({"multiprocess": {"start_method": {"forkserver": {"preload_modules": ["dagster"]}}}})
     assert executor._explicit_forkserver_preload == ["dagster"]
     assert isinstance(_executor({"in_process": {}}), InProcessExecutor)
+
+
+@pytest.mark.fast
+def test_importing_the_code_location_asks_nothing_of_cuda():
+    """The forkserver imports the code location and forks steps from it: had the import initialised
+    CUDA (even ``is_available()`` may start the driver), a step could not use the GPU."""
+    code = (
+        "import torch\n"
+        "def asked(*args, **kwargs): raise SystemExit('CUDA was asked at import')\n"
+        "torch.cuda.is_available = torch.cuda.device_count = torch.cuda.init = torch.cuda.current_device = asked\n"
+        "import inference_assets.definitions\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT_ROOT)
