@@ -9,8 +9,9 @@ Settings (environment):
 - ``BENCH_PEERS`` [all]: comma list of ``project, project_onnx, ray_data, dataloader, per_image, model_limit,
   decode_limit``. ``project_onnx`` is the project with the same model exported to ONNX (a model folder
   with a card, as a user brings one) and run in ONNX Runtime, fp32.
-- ``BENCH_VARIANTS`` [``bf16,jpeg_draft,compile,incremental``]: the project's options, each run once
-  and compared with the exact path; ``incremental`` re-runs after adding 1 % new images.
+- ``BENCH_VARIANTS`` [``openvino,onnxruntime,bf16,jpeg_draft,compile,incremental``]: the project's options,
+  each run once and compared with the exact path; ``openvino`` / ``onnxruntime`` are ``INFERENCE_RUNTIME``
+  (the network converted for that runtime); ``incremental`` re-runs after adding 1 % new images.
 - ``BENCH_SCALE`` [0]: also run the project alone on this many images (e.g. 20000) and compare
   its speed and peak memory with the ``BENCH_IMAGES`` run.
 - ``BENCH_WORK`` [bench/work], ``BENCH_RESULTS`` [bench/results]: where generated files and results go.
@@ -69,7 +70,7 @@ class Bench:
         self.seed = int(env("BENCH_SEED", "0"))
         self.repeats = int(env("BENCH_REPEATS", "3"))
         self.peers = [p.strip() for p in env("BENCH_PEERS", ",".join(PEERS)).split(",") if p.strip()]
-        self.variants = [v.strip() for v in env("BENCH_VARIANTS", "bf16,jpeg_draft,compile,incremental").split(",") if v.strip()]
+        self.variants = [v.strip() for v in env("BENCH_VARIANTS", "openvino,onnxruntime,bf16,jpeg_draft,compile,incremental").split(",") if v.strip()]
         self.scale = int(env("BENCH_SCALE", "0"))
         device = env("BENCH_DEVICE", "auto")
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -108,6 +109,7 @@ class Bench:
             extra = ["--work", str(options.pop("work")), "--batch-size", "0"]
             extra += ["--draft"] if options.pop("draft", False) else []
             extra += ["--compile"] if options.pop("compile", False) else []
+            extra += ["--runtime", options.pop("runtime", "torch")]
             return py + ["bench.peers.project", *common, *extra]
         if peer == "ray_data":
             return py + ["bench.peers.ray_data", *common, "--batch-size", str(self.batch_size), "--concurrency", "1"]
@@ -180,6 +182,11 @@ class Bench:
                     skipped[variant] = "this CPU has no native bf16 instructions (avx512_bf16 / amx_bf16)"
                     continue
                 variants[variant] = self.run("project", images, "project-bf16", precision="bf16")
+            elif variant in ("openvino", "onnxruntime"):
+                if self.device != "cpu":
+                    skipped[variant] = f"a CPU runtime; this benchmark runs on {self.device}"
+                    continue
+                variants[variant] = self.run("project", images, f"project-{variant}", runtime=variant)
             elif variant == "jpeg_draft":
                 variants[variant] = self.run("project", images, "project-jpeg-draft", draft=True)
             elif variant == "compile":

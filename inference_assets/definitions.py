@@ -47,7 +47,8 @@ _ENV_OF = {
     "image_root": "INFERENCE_IMAGE_ROOT", "image_table": "INFERENCE_IMAGE_TABLE", "image_query": "INFERENCE_IMAGE_QUERY",
     "work_dir": "INFERENCE_WORK_DIR", "shared_dir": "INFERENCE_SHARED_DIR", "name": "INFERENCE_MODEL",
     "weights": "INFERENCE_WEIGHTS", "class_names": "INFERENCE_CLASS_NAMES", "card": "INFERENCE_MODEL_CARD",
-    "device": "INFERENCE_DEVICE", "precision": "INFERENCE_PRECISION", "database": "INFERENCE_DUCKDB_PATH",
+    "device": "INFERENCE_DEVICE", "precision": "INFERENCE_PRECISION", "runtime": "INFERENCE_RUNTIME",
+    "database": "INFERENCE_DUCKDB_PATH",
 }
 
 
@@ -88,6 +89,7 @@ def default_resources() -> dict:
             DeviceResource,
             device=env("INFERENCE_DEVICE", "auto"),
             precision=env("INFERENCE_PRECISION", "fp32"),
+            runtime=env("INFERENCE_RUNTIME", "torch"),
             # in a container os.cpu_count() is the node's cores, not the pod's limit: set this there
             decode_workers=number_env("INFERENCE_DECODE_WORKERS", 0, minimum=0),
         ),

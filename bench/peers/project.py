@@ -21,6 +21,7 @@ def main() -> None:
     p.add_argument("--channels-last", choices=["on", "off"], default="off")
     p.add_argument("--draft", action="store_true", help="Pillow JPEG draft mode (DCT-domain downscaling)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--runtime", default="torch", help="INFERENCE_RUNTIME: torch, openvino, onnxruntime or auto")
     args = p.parse_args()
     os.environ.update(
         INFERENCE_IMAGE_ROOT=str(args.images),
@@ -44,6 +45,7 @@ def main() -> None:
         decode_workers=args.workers,
         jpeg_draft=args.draft,
         compile=args.compile,
+        runtime=args.runtime,
     )
     resources["model"] = ModelResource(name=args.model, weights=args.weights, batch_size=args.batch_size)
     stage_of = {"image_manifest": "manifest", "preprocessed_images": "preprocess", "prediction_files": "predict",
@@ -63,7 +65,7 @@ def main() -> None:
                 metadata[stage] = {k: values[k] for k in values
                                    if k in ("computed", "predicted", "reused", "images", "batch_size", "channels_last",
                                             "decode_workers", "images_per_second", "files_hashed", "hashes_reused",
-                                            "jpeg_draft", "compiled", "seconds")}
+                                            "jpeg_draft", "compiled", "seconds", "runtime", "runtime_parity")}
     # stages without their own `seconds` (manifest, warehouse) are timed by their whole run
     seconds = {**{k: v for k, v in stage_seconds.items() if v is not None},
                **{k: run_seconds[k] for k in ("manifest", "warehouse")}}

@@ -87,6 +87,31 @@ class ShardPredictionSummary:
         return self.predicted / self.seconds if self.seconds > 0 else 0.0
 
 
+def torch_only_reason(settings: InferenceSettings) -> str:
+    """Why the forward pass must stay in PyTorch with these settings ("" when it need not)."""
+    if settings.device.type != "cpu":
+        return f"the device is {settings.device}"
+    for name, asked in (("precision " + settings.precision, settings.precision != "fp32"),
+                        ("compile", settings.compile), ("channels_last", settings.channels_last)):
+        if asked:
+            return f"{name} applies to PyTorch only"
+    return ""
+
+
+def check_batch(shards: Iterable[PixelShard], classifier: Classifier, images: int = 8) -> torch.Tensor | None:
+    """Up to ``images`` stored images of the shards, normalized as the model takes them (None: no image
+    was decoded): what a converted network is compared with PyTorch on."""
+    picked = []
+    for shard in shards:
+        for row in shard.ok_rows[: images - len(picked)]:
+            picked.append(shard.read_rows(int(row), int(row) + 1))
+        if len(picked) == images:
+            break
+    if not picked:
+        return None
+    return classifier.preprocessing.normalize(torch.from_numpy(np.concatenate(picked)))
+
+
 def batch_size_used(summaries: Iterable[ShardPredictionSummary]) -> int | None:
     """The batch size a step's forward passes ran at: the smallest that any partition which predicted
     something ended with (the probed size on CUDA, smaller after an out-of-memory back-off); None

@@ -6,6 +6,7 @@
     <work_dir>/preprocessed/<preprocessing fingerprint>/<partition>.parquet + .npy
     <work_dir>/predictions/<model slug>/<partition>.parquet
     <work_dir>/report/index.html
+    <work_dir>/converted/<model slug>-<input size>-<runtime and versions>/  (OpenVINO / ONNX networks)
 
 Pixels are keyed by the preprocessing they were made with and results by model + weights,
 so changing either never mixes outputs.
@@ -47,6 +48,11 @@ class Layout:
     @property
     def report_path(self) -> Path:
         return self.work_dir / "report" / "index.html"
+
+    @property
+    def converted_dir(self) -> Path:
+        """Networks converted for another runtime (``converted_models.py``), one folder per model and runtime."""
+        return self.work_dir / "converted"
 
     def pixel_dir(self, preprocessing_fingerprint: str) -> Path:
         return self.work_dir / "preprocessed" / preprocessing_fingerprint

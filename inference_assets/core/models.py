@@ -151,7 +151,7 @@ class ModelInfo:
 class Classifier:
     """A loaded image classifier ready for inference: ``module`` maps a normalized NCHW batch to outputs."""
 
-    module: torch.nn.Module | OnnxModel
+    module: torch.nn.Module | OnnxModel  # or another runtime's network (converted_models.py), called alike
     info: ModelInfo
 
     @property
@@ -172,10 +172,10 @@ class Classifier:
 
     @property
     def runtime(self) -> str:
-        """What runs the network: PyTorch, or ONNX Runtime with its execution providers."""
-        if isinstance(self.module, OnnxModel):
-            return f"onnxruntime ({', '.join(self.module.providers)})"
-        return f"pytorch ({self.info.format})"
+        """What runs the network: PyTorch, or ONNX Runtime / OpenVINO with its execution providers."""
+        if isinstance(self.module, torch.nn.Module):
+            return f"pytorch ({self.info.format})"
+        return f"{self.module.runtime_name} ({', '.join(self.module.providers)})"
 
     @property
     def is_torch(self) -> bool:

@@ -94,7 +94,10 @@ def export_onnx(module: torch.nn.Module, path: Path, example: torch.Tensor, dyna
 class OnnxModel:
     """An ONNX Runtime session called like a module on normalized NCHW float32 batches."""
 
-    def __init__(self, path: Path, layout_hint: str | None = None, device: torch.device | str = "cpu"):
+    runtime_name = "onnxruntime"
+
+    def __init__(self, path: Path, layout_hint: str | None = None, device: torch.device | str = "cpu",
+                 threads: int = 0):
         import onnxruntime as ort
 
         where = f"ONNX model {str(path)!r}"
@@ -104,6 +107,8 @@ class OnnxModel:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = int(threads)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:

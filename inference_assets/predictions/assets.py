@@ -5,10 +5,19 @@ import time
 from collections import Counter
 
 import pyarrow.compute as pc
+import torch
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from inference_assets.core.inference import InferenceSettings, StageSeconds, batch_size_used, predict_shard
+from inference_assets.core.converted_models import choose_runtime, describe_choice
+from inference_assets.core.inference import (
+    InferenceSettings,
+    StageSeconds,
+    batch_size_used,
+    check_batch,
+    predict_shard,
+    torch_only_reason,
+)
 from inference_assets.core.pixel_store import read_pixel_shard
 from inference_assets.core.progress import Progress
 from inference_assets.core.results import read_results
@@ -68,6 +77,15 @@ def prediction_files(
         shared.fetch_pixel_shard(shard_dir, key)
     shards = [(key, read_pixel_shard(shard_dir, key)) for key in context.partition_keys]
     classifier = model.load(settings.device)
+    parity = None
+    if device.runtime != "torch":
+        examples = check_batch((shard for _, shard in shards), classifier)
+        if examples is not None:  # nothing decoded, nothing to predict: no conversion
+            choice = choose_runtime(classifier, device.runtime, layout.converted_dir, examples,
+                                    threads=torch.get_num_threads(), device=settings.device,
+                                    torch_only=torch_only_reason(settings))
+            classifier, parity = choice.classifier, choice.parity
+            context.log.info(describe_choice(choice))
     if settings.device.type == "cuda" and classifier.runtime.startswith("onnxruntime (CPU"):
         context.log.warning("this onnxruntime has no CUDA provider, so the ONNX model runs on the CPU: "
                             "pip install onnxruntime-gpu for the GPU")
@@ -126,6 +144,8 @@ def prediction_files(
             "model_format": model.info.format,
             "model_id": model.info.identity,
             "runtime": classifier.runtime,
+            "runtime_asked": device.runtime,
+            "runtime_parity": MetadataValue.null() if parity is None else parity.describe(),
             "classes": len(model.info.labels),
             "class_names": ", ".join(model.info.labels[:20]) + (" ..." if len(model.info.labels) > 20 else ""),
             "multi_label": model.info.multi_label,

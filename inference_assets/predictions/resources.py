@@ -125,6 +125,14 @@ class DeviceResource(ConfigurableResource):
         "reference pixels; see docs/performance.md for its measured top-1 agreement.",
     )
     compile: bool = Field(default=False, description="torch.compile the model (compiles once per run, then faster).")
+    runtime: Literal["torch", "auto", "openvino", "onnxruntime"] = Field(
+        default="torch",
+        description="What runs a PyTorch model's forward pass on the CPU: 'torch'; 'openvino' or 'onnxruntime' "
+        "(the network converted once per model, cached in the work folder, checked against PyTorch on the "
+        "first images); 'auto': the fastest of those whose top-1 equals PyTorch's and whose probabilities stay "
+        "within 1e-4 on those images, else PyTorch. On a GPU, or with precision, compile or channels_last, "
+        "PyTorch runs it.",
+    )
     gpu_wait_seconds: float = Field(
         default=3600.0,
         ge=0,

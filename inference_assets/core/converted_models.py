@@ -1,0 +1,221 @@
+"""A PyTorch classifier's network run by a faster CPU runtime: OpenVINO or ONNX Runtime.
+
+On a CPU, PyTorch eager is the ceiling of the forward pass; OpenVINO and ONNX Runtime fuse the
+network's layers and run the same fp32 arithmetic faster (docs/performance.md has the figures).
+The network is converted once per model and runtime: the model's identity (weights, class
+names, preprocessing, activation), its input size, the runtime's and torch's versions name a
+folder under ``<work_dir>/converted/``, written whole under a temporary name and renamed, so a
+killed conversion leaves nothing that looks complete, and later steps, partitions and runs load
+it instead of converting again. A changed model has another identity, so another folder.
+
+Every converted network is checked against PyTorch before it is used, on a check batch (the
+first images the step predicts): the same top-1 on each image, and probabilities within
+``PARITY_TOLERANCE``. ``auto`` uses the fastest runtime that passes and falls back to PyTorch
+(with a warning saying by how much the others differed); a runtime asked for by name is used
+either way, with its measured difference logged.
+
+OpenVINO is asked for fp32 inference (its inference-precision hint: on CPUs with bf16 or AMX it
+would otherwise compute in bf16) and its saved weights are not compressed to fp16.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .models import Classifier
+from .runtimes import OnnxModel, export_onnx
+
+RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
+AUTO_ORDER = ("openvino", "onnxruntime")  # fastest first, measured on CPU (docs/performance.md)
+PARITY_TOLERANCE = 1e-4  # largest difference of any probability from PyTorch's
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How a converted network's probabilities compare with PyTorch's on the check batch."""
+
+    images: int
+    top1_equal: int
+    max_difference: float
+
+    @property
+    def exact(self) -> bool:
+        return self.top1_equal == self.images and self.max_difference <= PARITY_TOLERANCE
+
+    def describe(self) -> str:
+        return (f"top-1 equal on {self.top1_equal}/{self.images} check images, "
+                f"largest probability difference {self.max_difference:.2e}")
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """The classifier to predict with, and what was decided on the way (for logs and metadata)."""
+
+    classifier: Classifier
+    runtime: str  # torch | openvino | onnxruntime
+    parity: Parity | None  # None for PyTorch itself
+    converted: Path | None  # the converted network's folder
+    reused: bool  # the folder was there already
+    notes: tuple[str, ...] = ()  # why a runtime was not used
+
+
+def runtime_version(runtime: str) -> str:
+    package = {"torch": "torch", "openvino": "openvino", "onnxruntime": "onnxruntime"}[runtime]
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def available(runtime: str) -> bool:
+    """Whether the runtime's package is installed (PyTorch always is)."""
+    return runtime == "torch" or bool(runtime_version(runtime))
+
+
+def conversion_folder(cache_root: Path, classifier: Classifier, runtime: str) -> Path:
+    """Where the network converted for ``runtime`` lives: one folder per model identity, input size and versions."""
+    size = "x".join(str(s) for s in classifier.preprocessing.input_size)
+    key = f"{classifier.info.slug}-{size}-{runtime}{runtime_version(runtime)}-torch{torch.__version__.split('+')[0]}"
+    return Path(cache_root) / key
+
+
+def choose_runtime(
+    classifier: Classifier,
+    runtime: str,
+    cache_root: Path,
+    check_batch: torch.Tensor,
+    threads: int,
+    device: torch.device,
+    torch_only: str = "",
+) -> RuntimeChoice:
+    """The classifier to predict with for ``runtime`` (one of ``RUNTIMES``).
+
+    ``check_batch``: normalized NCHW float images, compared between PyTorch and a converted
+    network. ``torch_only``: a reason the forward pass must stay in PyTorch (a GPU, autocast,
+    torch.compile, channels-last), or "".
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime {runtime!r} is not known: use one of {', '.join(RUNTIMES)}")
+    if runtime == "torch" or not classifier.is_torch:
+        if runtime not in ("auto", "torch"):
+            raise ConfigError(f"runtime {runtime} converts PyTorch models, but model {classifier.spec.name!r} "
+                              f"runs in {classifier.runtime}: set the runtime to auto")
+        return RuntimeChoice(classifier, "torch" if classifier.is_torch else "onnxruntime", None, None, False)
+    if torch_only or device.type != "cpu":
+        reason = torch_only or f"the device is {device}"
+        if runtime != "auto":
+            raise ConfigError(f"runtime {runtime} runs on the CPU in fp32, but {reason}: set the runtime to auto or torch")
+        return RuntimeChoice(classifier, "torch", None, None, False)
+    candidates = AUTO_ORDER if runtime == "auto" else (runtime,)
+    notes = []
+    with torch.inference_mode():
+        reference = classifier.probabilities(classifier.module(check_batch))
+    for name in candidates:
+        if not available(name):
+            if runtime != "auto":
+                raise ConfigError(f"runtime {name} is not installed: pip install {name}")
+            notes.append(f"{name} is not installed")
+            continue
+        folder = conversion_folder(cache_root, classifier, name)
+        reused = folder.is_dir()
+        try:
+            if not reused:
+                convert(classifier, name, folder, check_batch)
+            module = load_converted(folder, name, threads)
+            with torch.inference_mode():
+                probabilities = classifier.probabilities(module(check_batch))
+        except Exception as exc:
+            if runtime != "auto":
+                raise
+            notes.append(f"{name} could not run the model ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})")
+            continue
+        parity = compare(reference, probabilities)
+        if parity.exact or runtime != "auto":
+            return RuntimeChoice(Classifier(module=module, info=classifier.info), name, parity, folder, reused,
+                                 tuple(notes))
+        notes.append(f"{name} differs from PyTorch ({parity.describe()})")
+    return RuntimeChoice(classifier, "torch", None, None, False, tuple(notes))
+
+
+def compare(reference: torch.Tensor, probabilities: torch.Tensor) -> Parity:
+    top1_equal = int((reference.argmax(dim=-1) == probabilities.argmax(dim=-1)).sum())
+    difference = float((reference - probabilities).abs().max()) if reference.numel() else 0.0
+    return Parity(images=int(reference.shape[0]), top1_equal=top1_equal, max_difference=difference)
+
+
+def convert(classifier: Classifier, runtime: str, folder: Path, example: torch.Tensor) -> None:
+    """Convert the classifier's network for ``runtime`` into ``folder``, atomically (dynamic batch)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        sample = example[:1].contiguous()
+        if runtime == "openvino":
+            import openvino as ov
+
+            height, width = sample.shape[2], sample.shape[3]
+            network = ov.convert_model(classifier.module, example_input=sample,
+                                       input=[ov.PartialShape([-1, 3, height, width])])
+            ov.save_model(network, staging / "model.xml", compress_to_fp16=False)
+        elif runtime == "onnxruntime":
+            export_onnx(classifier.module, staging / "model.onnx", sample, dynamic_batch=True)
+        else:
+            raise ConfigError(f"runtime {runtime!r} does not convert models")
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another step converted the same model first: theirs is as good
+            if not folder.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_converted(folder: Path, runtime: str, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    if runtime == "openvino":
+        return OpenVinoModel(folder / "model.xml", threads)
+    if runtime == "onnxruntime":
+        return OnnxModel(folder / "model.onnx", threads=threads)
+    raise ConfigError(f"runtime {runtime!r} does not convert models")
+
+
+class OpenVinoModel:
+    """An OpenVINO network compiled for the CPU in fp32, called like a module on normalized NCHW batches."""
+
+    def __init__(self, path: Path, threads: int = 0):
+        import openvino as ov
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        # fp32 even where the CPU has bf16; the latency hint (one stream) suits synchronous batches
+        config = {hints.inference_precision: ov.Type.f32, hints.performance_mode: hints.PerformanceMode.LATENCY}
+        if threads:
+            config[props.inference_num_threads] = int(threads)
+        self.compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.runtime_name = "openvino"
+        self.providers = ["CPU", "f32"]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        output = self.request.infer([array])[self.compiled.output(0)]
+        return torch.from_numpy(np.array(output, dtype=np.float32, copy=True).reshape(len(array), -1))
+
+
+def describe_choice(choice: RuntimeChoice) -> str:
+    """One line for the step's log: the runtime, its conversion and its parity with PyTorch."""
+    if choice.parity is None:
+        line = f"forward pass in {choice.runtime}"
+    else:
+        origin = "reused" if choice.reused else "converted"
+        line = f"forward pass in {choice.runtime} ({origin} {choice.converted.name}); {choice.parity.describe()}"
+    return line + "".join(f"; {note}" for note in choice.notes)
+

@@ -1,0 +1,137 @@
+"""OpenVINO and ONNX Runtime running a PyTorch model's network (core/converted_models.py), against PyTorch.
+
+Real photos (the committed samples and scikit-image's, several crops of each), the bundled
+EfficientNet-Lite0, real conversions into a real work folder, and a real Dagster run.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from dagster import AssetSelection, materialize
+
+from inference_assets.core.converted_models import (
+    PARITY_TOLERANCE,
+    Parity,
+    choose_runtime,
+    compare,
+    conversion_folder,
+)
+from inference_assets.core.decoding import load_rgb
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.models import ModelSpec, load_classifier
+from inference_assets.definitions import ASSET_CHECKS, ASSETS
+from inference_assets.partitions import IMAGE_SHARDS, range_tags
+from inference_assets.predictions.resources import DeviceResource
+
+from .conftest import KNOWN_TOP1
+from .environment import SAMPLE_IMAGES
+
+CONVERTING = ("openvino", "onnxruntime")
+
+
+def _photos() -> list[Path]:
+    import skimage
+
+    scikit = Path(skimage.__file__).parent / "data"
+    photos = [p for p in sorted(SAMPLE_IMAGES.rglob("*")) if p.suffix.lower() in (".jpg", ".png")]
+    photos += [scikit / n for n in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
+               if (scikit / n).exists()]
+    return photos
+
+
+@pytest.fixture(scope="module")
+def photos_batch(classifier) -> torch.Tensor:
+    """Each photo whole and in four corner crops, preprocessed as the model takes them (normalized)."""
+    images = []
+    for path in _photos():
+        image = load_rgb(path)
+        w, h = image.size
+        crops = [image] + [image.crop(box) for box in ((0, 0, w * 3 // 4, h * 3 // 4), (w // 4, 0, w, h * 3 // 4),
+                                                       (0, h // 4, w * 3 // 4, h), (w // 4, h // 4, w, h))]
+        images += [classifier.preprocessing.resize_crop(crop) for crop in crops]
+    return classifier.preprocessing.normalize(torch.from_numpy(np.stack(images)))
+
+
+@pytest.mark.parametrize("runtime", CONVERTING)
+def test_each_runtime_gives_pytorchs_top1_and_probabilities_on_real_photos(runtime, classifier, photos_batch, tmp_path):
+    assert len(photos_batch) >= 30
+    choice = choose_runtime(classifier, runtime, tmp_path, photos_batch[:8], threads=2, device=torch.device("cpu"))
+    assert choice.runtime == runtime and choice.classifier.runtime.startswith(runtime)
+    assert choice.parity.exact and not choice.reused
+    with torch.inference_mode():
+        reference = classifier.probabilities(classifier.module(photos_batch))
+        converted = choice.classifier.probabilities(choice.classifier.module(photos_batch))
+    parity = compare(reference, converted)
+    assert parity.top1_equal == len(photos_batch), parity
+    assert parity.max_difference <= PARITY_TOLERANCE, parity
+    assert 0 < parity.max_difference or runtime == "torch"  # really another runtime's arithmetic
+    # any batch size: the converted network's batch is dynamic
+    with torch.inference_mode():
+        single = choice.classifier.probabilities(choice.classifier.module(photos_batch[3:4]))
+    assert int(single.argmax()) == int(reference[3].argmax())
+
+
+@pytest.mark.parametrize("runtime", CONVERTING)
+def test_a_conversion_is_made_once_per_model_and_whole(runtime, classifier, photos_batch, tmp_path):
+    cpu, cache = torch.device("cpu"), tmp_path / "converted"
+    first = choose_runtime(classifier, runtime, cache, photos_batch[:4], threads=1, device=cpu)
+    files = {p: p.stat().st_mtime_ns for p in first.converted.rglob("*")}
+    again = choose_runtime(classifier, runtime, cache, photos_batch[4:8], threads=1, device=cpu)
+    assert again.reused and again.converted == first.converted
+    assert {p: p.stat().st_mtime_ns for p in again.converted.rglob("*")} == files  # loaded, not converted again
+    assert [p.name for p in cache.iterdir()] == [first.converted.name]  # no temporary folder left
+    # another model identity (other class names) gets a folder of its own
+    names = tmp_path / "names.txt"
+    names.write_text("\n".join(f"class {i}" for i in range(1000)))
+    other = load_classifier(ModelSpec(class_names=str(names)), "cpu")
+    assert conversion_folder(cache, other, runtime) != first.converted
+
+
+def test_auto_takes_the_fastest_exact_runtime_and_stays_in_pytorch_where_it_must(classifier, photos_batch, tmp_path):
+    cpu = torch.device("cpu")
+    choice = choose_runtime(classifier, "auto", tmp_path, photos_batch[:8], threads=2, device=cpu)
+    assert choice.runtime == "openvino" and choice.parity.exact
+    for reason in ("precision bf16 applies to PyTorch only", "compile applies to PyTorch only"):
+        kept = choose_runtime(classifier, "auto", tmp_path, photos_batch[:8], threads=2, device=cpu, torch_only=reason)
+        assert kept.runtime == "torch" and kept.classifier is classifier
+        with pytest.raises(ConfigError, match=f"runtime openvino runs on the CPU in fp32, but {reason}"):
+            choose_runtime(classifier, "openvino", tmp_path, photos_batch[:8], threads=2, device=cpu, torch_only=reason)
+    on_gpu = choose_runtime(classifier, "auto", tmp_path, photos_batch[:8], threads=2, device=torch.device("cuda"))
+    assert on_gpu.runtime == "torch" and on_gpu.classifier is classifier
+    assert choose_runtime(classifier, "torch", tmp_path, photos_batch[:8], threads=2, device=cpu).classifier is classifier
+    with pytest.raises(ConfigError, match="runtime 'tensorrt' is not known"):
+        choose_runtime(classifier, "tensorrt", tmp_path, photos_batch[:8], threads=2, device=cpu)
+
+
+@pytest.mark.fast
+def test_parity_needs_every_top1_and_probabilities_within_the_tolerance():
+    reference = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.45, 0.45]])
+    assert compare(reference, reference + 5e-5).exact
+    assert not compare(reference, reference + 2e-4).exact  # within top-1, beyond the tolerance
+    flipped = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.44999, 0.45001]])
+    parity = compare(reference, flipped)
+    assert parity == Parity(images=2, top1_equal=1, max_difference=pytest.approx(1e-5, abs=1e-6)) and not parity.exact
+
+
+def test_prediction_files_through_dagster_with_openvino_match_pytorch(resources, instance):
+    selection = AssetSelection.assets("image_manifest", "preprocessed_images", "prediction_files")
+    keys = IMAGE_SHARDS.get_partition_keys()
+    assert materialize([*ASSETS, *ASSET_CHECKS], selection=AssetSelection.assets("image_manifest"),
+                       resources=resources, instance=instance).success
+    tags = range_tags(keys[0], keys[-1])
+    resources = {**resources, "device": DeviceResource(device="cpu", decode_workers=2, runtime="openvino")}
+    result = materialize([*ASSETS, *ASSET_CHECKS], selection=selection - AssetSelection.assets("image_manifest"),
+                         resources=resources, instance=instance, tags=tags)
+    assert result.success
+    metadata = {k: v.value for k, v in result.asset_materializations_for_node("prediction_files")[0].metadata.items()}
+    assert metadata["runtime"].startswith("openvino") and metadata["runtime_asked"] == "openvino"
+    assert "top-1 equal on 6/6 check images" in metadata["runtime_parity"]
+    work = Path(resources["storage"].work_dir)
+    assert len(list((work / "converted").iterdir())) == 1
+    rows = [r for f in sorted((work / "predictions").rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    labels = {r["uri"].split("/images/")[-1]: r["class_label"] for r in rows}
+    for relative, label in KNOWN_TOP1.items():
+        assert labels[relative] == label
