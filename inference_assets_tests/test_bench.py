@@ -19,7 +19,7 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
         "BENCH_IMAGES": "12",
         "BENCH_REPEATS": "1",
         "BENCH_PEERS": "project,project_onnx,dataloader,per_image,model_limit,decode_limit",
-        "BENCH_VARIANTS": "openvino,jpeg_draft,incremental",
+        "BENCH_VARIANTS": "jpeg_draft,incremental",
         "BENCH_DEVICE": "cpu",
         "BENCH_WORK": str(tmp_path / "work"),
         "BENCH_RESULTS": str(tmp_path / "results"),
@@ -43,9 +43,6 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
         summary["ratios"])
     assert summary["peers"]["project_onnx"]["top1_agreement_with_project"]["same"] == 12  # ONNX Runtime = PyTorch
     assert summary["peers"]["project_onnx"]["details"][0]["metadata"]["predict"]["predicted"] == 12
-    openvino = summary["variants"]["openvino"]
-    assert openvino["report"]["metadata"]["predict"]["runtime"].startswith("openvino")
-    assert openvino["top1_agreement_with_exact"]["same"] == 12  # OpenVINO = PyTorch
     incremental = summary["variants"]["incremental"]
     assert incremental["added_images"] == 1
     assert incremental["report"]["metadata"]["predict"]["predicted"] == 1  # only the new image is predicted

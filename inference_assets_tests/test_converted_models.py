@@ -55,12 +55,19 @@ def photos_batch(classifier) -> torch.Tensor:
     return classifier.preprocessing.normalize(torch.from_numpy(np.stack(images)))
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One conversion folder for the tests that do not look at the conversion itself (each converts once)."""
+    return tmp_path_factory.mktemp("converted")
+
+
 @pytest.mark.parametrize("runtime", CONVERTING)
-def test_each_runtime_gives_pytorchs_top1_and_probabilities_on_real_photos(runtime, classifier, photos_batch, tmp_path):
+def test_each_runtime_gives_pytorchs_top1_and_probabilities_on_real_photos(runtime, classifier, photos_batch,
+                                                                            shared_cache):
     assert len(photos_batch) >= 30
-    choice = choose_runtime(classifier, runtime, tmp_path, photos_batch[:8], threads=2, device=torch.device("cpu"))
+    choice = choose_runtime(classifier, runtime, shared_cache, photos_batch[:8], threads=2, device=torch.device("cpu"))
     assert choice.runtime == runtime and choice.classifier.runtime.startswith(runtime)
-    assert choice.parity.exact and not choice.reused
+    assert choice.parity.exact
     with torch.inference_mode():
         reference = classifier.probabilities(classifier.module(photos_batch))
         converted = choice.classifier.probabilities(choice.classifier.module(photos_batch))
@@ -90,9 +97,10 @@ def test_a_conversion_is_made_once_per_model_and_whole(runtime, classifier, phot
     assert conversion_folder(cache, other, runtime) != first.converted
 
 
-def test_auto_takes_the_fastest_exact_runtime_and_stays_in_pytorch_where_it_must(classifier, photos_batch, tmp_path):
+def test_auto_takes_the_fastest_exact_runtime_and_stays_in_pytorch_where_it_must(classifier, photos_batch,
+                                                                                 shared_cache, tmp_path):
     cpu = torch.device("cpu")
-    choice = choose_runtime(classifier, "auto", tmp_path, photos_batch[:8], threads=2, device=cpu)
+    choice = choose_runtime(classifier, "auto", shared_cache, photos_batch[:8], threads=2, device=cpu)
     assert choice.runtime == "openvino" and choice.parity.exact
     for reason in ("precision bf16 applies to PyTorch only", "compile applies to PyTorch only"):
         kept = choose_runtime(classifier, "auto", tmp_path, photos_batch[:8], threads=2, device=cpu, torch_only=reason)
