@@ -70,9 +70,9 @@ class RuntimeChoice:
 
 
 def runtime_version(runtime: str) -> str:
-    package = {"torch": "torch", "openvino": "openvino", "onnxruntime": "onnxruntime"}[runtime]
+    """The installed version of the runtime's package (each is named as its runtime), or ""."""
     try:
-        return metadata.version(package)
+        return metadata.version(runtime)
     except metadata.PackageNotFoundError:
         return ""
 

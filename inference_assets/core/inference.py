@@ -88,9 +88,8 @@ class ShardPredictionSummary:
 
 
 def torch_only_reason(settings: InferenceSettings) -> str:
-    """Why the forward pass must stay in PyTorch with these settings ("" when it need not)."""
-    if settings.device.type != "cpu":
-        return f"the device is {settings.device}"
+    """Which of these settings only PyTorch honours ("" when none is set; the device is
+    ``converted_models.choose_runtime``'s to judge)."""
     for name, asked in (("precision " + settings.precision, settings.precision != "fp32"),
                         ("compile", settings.compile), ("channels_last", settings.channels_last)):
         if asked:
@@ -101,15 +100,14 @@ def torch_only_reason(settings: InferenceSettings) -> str:
 def check_batch(shards: Iterable[PixelShard], classifier: Classifier, images: int = 8) -> torch.Tensor | None:
     """Up to ``images`` stored images of the shards, normalized as the model takes them (None: no image
     was decoded): what a converted network is compared with PyTorch on."""
-    picked = []
+    picked: list[torch.Tensor] = []
     for shard in shards:
-        for row in shard.ok_rows[: images - len(picked)]:
-            picked.append(shard.read_rows(int(row), int(row) + 1))
-        if len(picked) == images:
-            break
+        rows = shard.ok_rows[: images - sum(len(batch) for batch in picked)]
+        if len(rows):
+            picked.append(next(_batches(shard, rows, len(rows), pin=False))[1])  # one read per run of rows
     if not picked:
         return None
-    return classifier.preprocessing.normalize(torch.from_numpy(np.concatenate(picked)))
+    return classifier.preprocessing.normalize(torch.cat(picked))
 
 
 def batch_size_used(summaries: Iterable[ShardPredictionSummary]) -> int | None:
