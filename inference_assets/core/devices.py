@@ -81,3 +81,16 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
         return PRECISIONS[precision]
     except KeyError:
         raise ConfigError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}") from None
+
+
+def exact_fp32(device: torch.device, precision: str) -> None:
+    """fp32 on CUDA as fp32: TF32 off for convolutions and matrix products.
+
+    PyTorch lets cuDNN use TF32 (10-bit mantissa) for fp32 convolutions on Ampere and newer GPUs by
+    default, which changes probabilities at the 1e-3 level and can flip a near-tie top-1; the
+    default path must give the model's reference top-1. ``bf16``/``fp16`` are the opt-in fast paths.
+    Process-wide (torch's flags are), set by every CUDA run before its forward passes.
+    """
+    if device.type == "cuda" and precision == "fp32":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False

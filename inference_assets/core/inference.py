@@ -20,7 +20,7 @@ import torch
 
 from .allocator import keep_freed_memory
 from .batch_size import probe_cuda_batch_size
-from .devices import autocast_dtype, default_batch_size
+from .devices import autocast_dtype, default_batch_size, exact_fp32
 from .errors import ConfigError
 from .models import Classifier
 from .parallel import prefetch
@@ -153,6 +153,7 @@ def classify(
     dtype = autocast_dtype(settings.precision)
     module = classifier.module
     check_runtime(classifier, settings)
+    exact_fp32(device, settings.precision)
     if device.type == "cpu":
         keep_freed_memory()  # otherwise every batch's activations are page-faulted in afresh
     if settings.channels_last and classifier.is_torch:
