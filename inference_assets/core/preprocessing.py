@@ -37,6 +37,10 @@ class Preprocessing:
     channel_order: str = "rgb"  # "bgr": channels reversed before mean/std (Caffe-style models)
     # the resize's size as the transform gives it: (n,) = shorter side to n, (h, w) = exactly h x w
     resize_size: tuple[int, ...] | None = None
+    # the same resize and crop as tensor ops on a uint8 (3, H, W) tensor on any device (what
+    # ``device_decoding`` runs after decoding on a GPU); None when the transform has no tensor form.
+    # Close to ``resize_crop``, not equal: torchvision's tensor resize rounds differently from PIL's.
+    resize_crop_tensor: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of what the resize makes of a ``width x height`` image (the largest
@@ -118,6 +122,8 @@ def from_timm_config(pretrained_cfg: dict) -> Preprocessing:
         resize_crop=resize_crop,
         resize_to=resize_to,
         resize_size=resize_size,
+        # torchvision's Resize / CenterCrop take tensors too; timm's own stages (ResizeKeepRatio) may not
+        resize_crop_tensor=geometric if all(type(t).__module__.startswith("torchvision") for t in stages[:cut]) else None,
     )
 
 
@@ -132,6 +138,10 @@ def from_torchvision_transform(transform) -> Preprocessing:
         resized = F.resize(image, resize_size, interpolation=interpolation, antialias=antialias)
         return _pil_to_chw(F.center_crop(resized, crop_size))
 
+    def resize_crop_tensor(pixels: torch.Tensor) -> torch.Tensor:
+        resized = F.resize(pixels, resize_size, interpolation=interpolation, antialias=antialias)
+        return F.center_crop(resized, crop_size)
+
     height, width = (crop_size * 2)[:2] if len(crop_size) == 1 else crop_size
     return Preprocessing(
         input_size=(height, width),
@@ -141,4 +151,5 @@ def from_torchvision_transform(transform) -> Preprocessing:
         resize_crop=resize_crop,
         resize_to=min(resize_size),
         resize_size=tuple(resize_size),
+        resize_crop_tensor=resize_crop_tensor,
     )
