@@ -5,7 +5,7 @@ from collections.abc import Iterable
 
 from dagster import MetadataValue, TableColumn, TableColumnConstraints, TableRecord, TableSchema
 
-from inference_assets.core import markdown
+from inference_assets.core import charts, markdown
 from inference_assets.core.report import results_charts
 from inference_assets.core.thumbnails import png_data_uri
 from inference_assets.core.warehouse import (
@@ -83,9 +83,11 @@ def results_pictures(conn) -> dict:
                                         TableColumn("confidence", "float"), TableColumn("partition", "string")]),
         ),
     }
-    charts = results_charts(conn)
-    if charts is not None:
-        chart, histogram = (png_data_uri(png) for png in charts)
+    drawn = results_charts(conn)
+    if drawn is not None:
+        chart, histogram = (png_data_uri(png) for png in drawn)
         metadata["class_distribution"] = MetadataValue.md(f"![predicted classes]({chart})")
         metadata["confidence_histogram"] = MetadataValue.md(f"![confidence histogram]({histogram})")
+    elif not charts.available():
+        metadata["charts"] = charts.MISSING
     return metadata

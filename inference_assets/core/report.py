@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 
 from .atomic import atomic_output
+from . import charts
 from .charts import class_distribution_png, confidence_histogram_png
 from .thumbnails import png_data_uri
 from .evaluation import stored_summary
@@ -61,7 +62,10 @@ _KEY = "coalesce((SELECT relative_path FROM images i WHERE i.image_id = t.image_
 
 
 def results_charts(conn: duckdb.DuckDBPyConnection, classes: int = 15) -> tuple[bytes, bytes] | None:
-    """PNGs of the most frequent predicted classes and of the top-1 confidences (None: no predictions)."""
+    """PNGs of the most frequent predicted classes and of the top-1 confidences (None: no predictions, or
+    no matplotlib here: ``charts.available()``)."""
+    if not charts.available():
+        return None
     counts = conn.execute(
         "SELECT class_label, count(*) FROM predictions GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [classes]
     ).fetchall()
@@ -119,13 +123,17 @@ def build_report(
     parts.append("</div>")
 
     if counts:
-        class_chart, confidence_chart = results_charts(conn)
-        parts += [
-            '<h2>Charts</h2><div class="charts">',
-            f'<img id="class-chart" alt="predicted classes" src="{png_data_uri(class_chart)}">',
-            f'<img id="confidence-chart" alt="confidence histogram" src="{png_data_uri(confidence_chart)}">',
-            "</div>",
-        ]
+        drawn = results_charts(conn)
+        if drawn is None:
+            parts.append(f'<h2>Charts</h2><p id="no-charts">{html.escape(charts.MISSING)}</p>')
+        else:
+            class_chart, confidence_chart = drawn
+            parts += [
+                '<h2>Charts</h2><div class="charts">',
+                f'<img id="class-chart" alt="predicted classes" src="{png_data_uri(class_chart)}">',
+                f'<img id="confidence-chart" alt="confidence histogram" src="{png_data_uri(confidence_chart)}">',
+                "</div>",
+            ]
         positives = conn.execute(
             "SELECT label, count(*) FROM (SELECT unnest(positive_labels) AS label FROM predictions "
             "WHERE positive_labels IS NOT NULL) GROUP BY 1 ORDER BY 2 DESC, 1"
