@@ -1,13 +1,13 @@
 """Model config and device config."""
 
 
-import os
 from typing import Any, Literal
 
 import torch
 from dagster import ConfigurableResource, InitResourceContext, get_dagster_logger
 from pydantic import Field, PrivateAttr
 
+from inference_assets.core.cpus import available_cpus, limit_torch_threads
 from inference_assets.core.devices import assign_device, needs_assignment, resolve_device
 from inference_assets.core.gpu_assignment import DeviceLock, describe_holder
 from inference_assets.core.models import (
@@ -118,7 +118,7 @@ class DeviceResource(ConfigurableResource):
         default="fp32", description="fp32 is exact; bf16/fp16 run the forward pass under autocast."
     )
     channels_last: bool = Field(default=False, description="Run the model in channels-last memory format.")
-    decode_workers: int = Field(default=0, ge=0, description="Threads decoding images; 0 means one per CPU core.")
+    decode_workers: int = Field(default=0, ge=0, description="Threads decoding images; 0 means one per CPU this process may use (its affinity, at most the container's CPU limit).")
     jpeg_draft: bool = Field(
         default=False,
         description="Decode large JPEGs in Pillow's draft mode (DCT-domain downscaling): faster, not the exact "
@@ -147,6 +147,7 @@ class DeviceResource(ConfigurableResource):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._device = resolve_device(self.device)
+        limit_torch_threads()  # torch counts the host's cores, not the container's CPU limit
         self._lock = None
         self._run_id = context.run.run_id if context.run is not None else None
         self._log = context.log
@@ -174,7 +175,7 @@ class DeviceResource(ConfigurableResource):
 
     @property
     def workers(self) -> int:
-        return self.decode_workers or os.cpu_count() or 1
+        return self.decode_workers or available_cpus()
 
     def pixels(self, preprocessing: Preprocessing) -> Preprocessing:
         """How stored pixels are made for this model's preprocessing: exactly, or with JPEG draft mode."""
