@@ -13,6 +13,14 @@ def _agreement(a: dict | None) -> str:
     return f"{100 * a['rate']:.2f} % ({a['same']}/{a['images']})"
 
 
+def _dataloader_batch(c: dict) -> str:
+    sweep = c.get("dataloader_sweep")
+    if not sweep:
+        return f"{c.get('dataloader_batch_size', 64)} for the DataLoader loop"
+    tried = ", ".join(f"{size}: {rate:.1f} img/s" for size, rate in sweep.items())
+    return f"{c['dataloader_batch_size']} for the DataLoader loop, its fastest in round 1 ({tried})"
+
+
 def markdown(s: dict) -> str:
     m, c = s["machine"], s["config"]
     lines = [
@@ -24,8 +32,10 @@ def markdown(s: dict) -> str:
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v),
         f"- Collection: {c['images']} generated images (seed {c['seed']}): "
         + ", ".join(f"{v} {k}" for k, v in c["collection"].items()),
-        f"- Medians of {c['repeats']} interleaved rounds; batch size {c['batch_size']} (the project's automatic choice) "
-        "for the project, Ray Data and the model limit; 64 for the DataLoader loop.",
+        f"- Medians of {c['repeats']} interleaved rounds; batch size {c['batch_size']} (the project's automatic choice"
+        + ("; on CUDA probed, the model limit probes the same way" if c["device"].startswith("cuda") else "")
+        + ") for the project, Ray Data and the model limit; "
+        + _dataloader_batch(c) + ".",
         "",
         "| pipeline | images/s (median) | runs | peak memory (PSS, MiB) | top-1 = reference |",
         "|---|---:|---|---:|---:|",

@@ -1,4 +1,4 @@
-"""``make bench``: this project against the Ray Data tutorial, a DataLoader loop and a per-image loop,
+"""``make bench``: this project against the Ray Data tutorial, Daft, a DataLoader loop and a per-image loop,
 and against the machine's own limits, on one generated collection, in one run.
 
 Settings (environment):
@@ -6,12 +6,16 @@ Settings (environment):
 - ``BENCH_IMAGES`` [2000]: collection size; ``BENCH_SEED`` [0].
 - ``BENCH_REPEATS`` [3]: rounds; every peer runs once per round (interleaved, so a noisy
   spell hits all of them) and the medians are reported.
-- ``BENCH_PEERS`` [all]: comma list of ``project, project_onnx, ray_data, dataloader, per_image, model_limit,
-  decode_limit``. ``project_onnx`` is the project with the same model exported to ONNX (a model folder
+- ``BENCH_PEERS`` [all]: comma list of ``project, project_onnx, ray_data, daft, dataloader, per_image,
+  model_limit, decode_limit``. ``daft`` is Daft's documented image batch-inference pattern
+  (``bench/peers/daft_udf.py``; Daft's own resize to the input size, not the model's transform). ``project_onnx`` is the project with the same model exported to ONNX (a model folder
   with a card, as a user brings one) and run in ONNX Runtime, fp32.
-- ``BENCH_VARIANTS`` [``openvino,onnxruntime,bf16,jpeg_draft,compile,incremental``]: the project's options,
-  each run once and compared with the exact path; ``openvino`` / ``onnxruntime`` are ``INFERENCE_RUNTIME``
+- ``BENCH_VARIANTS`` [``openvino,onnxruntime,bf16,jpeg_draft,compile,incremental``; ``none`` for none]: the
+  project's options, each run once and compared with the exact path; ``openvino`` / ``onnxruntime`` are ``INFERENCE_RUNTIME``
   (the network converted for that runtime); ``incremental`` re-runs after adding 1 % new images.
+- ``BENCH_DATALOADER_BATCHES`` [``8,16,32,64`` on CPU, ``64,128,256,512`` on CUDA]: the DataLoader loop
+  runs at each of these batch sizes in the first round; the fastest is its batch size for the other
+  rounds, and its first-round run counts as its round-1 result (the loop at its best on this machine).
 - ``BENCH_SCALE`` [0]: also run the project alone on this many images (e.g. 20000) and compare
   its speed and peak memory with the ``BENCH_IMAGES`` run.
 - ``BENCH_WORK`` [bench/work], ``BENCH_RESULTS`` [bench/results]: where generated files and results go.
@@ -44,12 +48,13 @@ PROJECT_ROOT = BENCH_DIR.parent
 WORK = Path(os.environ.get("BENCH_WORK") or BENCH_DIR / "work")
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or BENCH_DIR / "results")
 
-PEERS = ("project", "project_onnx", "ray_data", "dataloader", "per_image", "model_limit", "decode_limit")
+PEERS = ("project", "project_onnx", "ray_data", "daft", "dataloader", "per_image", "model_limit", "decode_limit")
 TITLES = {
     "project": "this project, end to end (Dagster: manifest → pixels → predictions → DuckDB)",
     "project_onnx": "this project, end to end, the same model exported to ONNX (ONNX Runtime, fp32)",
     "ray_data": "Ray Data tutorial pipeline",
-    "dataloader": "PyTorch DataLoader loop (batch 64, workers = cores)",
+    "daft": "Daft: download → decode_image → resize → batched model UDF (its documented pattern)",
+    "dataloader": "PyTorch DataLoader loop (its fastest batch size here, workers = cores)",
     "per_image": "per-image loop (batch 1)",
     "model_limit": "limit: forward pass alone on ready tensors",
     "decode_limit": "limit: decode + resize + crop alone, all cores",
@@ -70,7 +75,8 @@ class Bench:
         self.seed = int(env("BENCH_SEED", "0"))
         self.repeats = int(env("BENCH_REPEATS", "3"))
         self.peers = [p.strip() for p in env("BENCH_PEERS", ",".join(PEERS)).split(",") if p.strip()]
-        self.variants = [v.strip() for v in env("BENCH_VARIANTS", "openvino,onnxruntime,bf16,jpeg_draft,compile,incremental").split(",") if v.strip()]
+        variants = env("BENCH_VARIANTS", "openvino,onnxruntime,bf16,jpeg_draft,compile,incremental")
+        self.variants = [v.strip() for v in variants.split(",") if v.strip() and v.strip() != "none"]
         self.scale = int(env("BENCH_SCALE", "0"))
         device = env("BENCH_DEVICE", "auto")
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -78,6 +84,10 @@ class Bench:
         self.weights = env("BENCH_WEIGHTS", "bundled")
         self.precision = env("BENCH_PRECISION", "fp32")
         self.batch_size = default_batch_size(torch.device(self.device))  # the project's automatic choice
+        sweep = "64,128,256,512" if self.device.startswith("cuda") else "8,16,32,64"
+        self.dataloader_batches = [int(b) for b in env("BENCH_DATALOADER_BATCHES", sweep).split(",") if b.strip()]
+        self.dataloader_batch = self.dataloader_batches[0]  # the fastest of them, once round 1 has measured them
+        self.dataloader_sweep: dict[int, float] = {}
         self.cores = os.cpu_count() or 1
         self.timeout = float(env("BENCH_TIMEOUT", "7200"))
         self.logs = WORK / "logs"
@@ -113,12 +123,17 @@ class Bench:
             return py + ["bench.peers.project", *common, *extra]
         if peer == "ray_data":
             return py + ["bench.peers.ray_data", *common, "--batch-size", str(self.batch_size), "--concurrency", "1"]
+        if peer == "daft":
+            return py + ["bench.peers.daft_udf", *common, "--batch-size", str(self.batch_size)]
         if peer == "dataloader":
-            return py + ["bench.peers.dataloader_loop", *common, "--batch-size", "64"]
+            return py + ["bench.peers.dataloader_loop", *common, "--batch-size",
+                         str(options.pop("batch_size", self.dataloader_batch))]
         if peer == "per_image":
             return py + ["bench.peers.per_image", *common]
         if peer == "model_limit":
-            return py + ["bench.peers.limits", "model", *common, "--batch-size", str(self.batch_size)]
+            # on CUDA at the batch size the project probes (0: the same probe), on CPU at its fixed one
+            size = 0 if self.device.startswith("cuda") else self.batch_size
+            return py + ["bench.peers.limits", "model", *common, "--batch-size", str(size)]
         if peer == "decode_limit":
             return py + ["bench.peers.limits", "decode", *common]
         raise ValueError(f"unknown peer {peer!r}: use {', '.join(PEERS)}")
@@ -172,7 +187,10 @@ class Bench:
         runs: dict[str, list[dict]] = {peer: [] for peer in self.peers}
         for round_ in range(1, self.repeats + 1):
             for peer in self.peers:
-                runs[peer].append(self.run(peer, images, f"{peer}-{round_}"))
+                if peer == "dataloader" and round_ == 1:
+                    runs[peer].append(self.dataloader_sweep_run(images))
+                else:
+                    runs[peer].append(self.run(peer, images, f"{peer}-{round_}"))
         variants, skipped = {}, {}
         exact = runs.get("project", [{}])[-1]
         for variant in self.variants:
@@ -198,6 +216,15 @@ class Bench:
         summary = self.summarize(images, runs, variants, scale)
         summary["skipped_variants"] = skipped
         return summary
+
+    def dataloader_sweep_run(self, images: Path) -> dict:
+        """The DataLoader loop at every ``BENCH_DATALOADER_BATCHES`` size; keeps the fastest for later rounds."""
+        results = {size: self.run("dataloader", images, f"dataloader-bs{size}-1", batch_size=size)
+                   for size in self.dataloader_batches}
+        self.dataloader_sweep = {size: r["images_per_second"] for size, r in results.items()}
+        self.dataloader_batch = max(results, key=lambda size: results[size]["images_per_second"])
+        print(f"    DataLoader loop: batch {self.dataloader_batch} is the fastest of {self.dataloader_batches}", flush=True)
+        return results[self.dataloader_batch]
 
     def incremental(self, images: Path, count: int, work: Path, label: str) -> dict:
         """Add 1 % new images to the collection and re-run the project over a full run's outputs in ``work``."""
@@ -236,6 +263,8 @@ class Bench:
                 "images": self.images, "seed": self.seed, "repeats": self.repeats, "device": self.device,
                 "model": self.model, "weights": self.weights, "precision": self.precision,
                 "batch_size": self.batch_size, "collection": json.loads((images / ".complete").read_text()),
+                "dataloader_batch_size": self.dataloader_batch,
+                "dataloader_sweep": {str(k): round(v, 2) for k, v in self.dataloader_sweep.items()},
             },
             "peers": {},
             "variants": {},
@@ -258,7 +287,7 @@ class Bench:
         if project:
             if rates.get("project_onnx"):  # the same pipeline, the model in ONNX Runtime instead of PyTorch
                 ratios["project_onnx / project"] = rates["project_onnx"] / project
-            for peer in ("ray_data", "dataloader", "per_image"):
+            for peer in ("ray_data", "daft", "dataloader", "per_image"):
                 if rates.get(peer):
                     ratios[f"project / {peer}"] = project / rates[peer]
             if rates.get("model_limit") and rates.get("decode_limit"):

@@ -1,5 +1,5 @@
 """``make bench`` keeps working: a tiny run of the real harness, every peer but Ray (a bench-only extra);
-the ONNX Runtime path included.
+the ONNX Runtime path and Daft included.
 
 It checks the plumbing, not speed: every peer classifies every image, all agree on top-1 with
 the reference loop, and the JSON and Markdown results are written with the machine's description.
@@ -18,8 +18,9 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
         **os.environ,
         "BENCH_IMAGES": "12",
         "BENCH_REPEATS": "1",
-        "BENCH_PEERS": "project,project_onnx,dataloader,per_image,model_limit,decode_limit",
+        "BENCH_PEERS": "project,project_onnx,daft,dataloader,per_image,model_limit,decode_limit",
         "BENCH_VARIANTS": "jpeg_draft,incremental",
+        "BENCH_DATALOADER_BATCHES": "4,8",  # the loop at each; the faster one counts
         "BENCH_DEVICE": "cpu",
         "BENCH_WORK": str(tmp_path / "work"),
         "BENCH_RESULTS": str(tmp_path / "results"),
@@ -42,6 +43,9 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
     assert {"project / dataloader", "project / limit", "predict stage / model limit", "project_onnx / project"} <= set(
         summary["ratios"])
     assert summary["peers"]["project_onnx"]["top1_agreement_with_project"]["same"] == 12  # ONNX Runtime = PyTorch
+    daft = summary["peers"]["daft"]  # Daft's own resize (no crop): its top-1 agreement is measured, not assumed
+    assert daft["images_per_second"] > 0 and daft["top1_agreement_with_reference"]["missing"] == 0
+    assert daft["details"][0]["images"] == 12 and "project / daft" in summary["ratios"]
     assert summary["peers"]["project_onnx"]["details"][0]["metadata"]["predict"]["predicted"] == 12
     incremental = summary["variants"]["incremental"]
     assert incremental["added_images"] == 1
@@ -49,4 +53,5 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
     assert incremental["report"]["metadata"]["predict"]["reused"] == 12
     markdown = result.with_suffix(".md").read_text()
     assert "| this project, end to end" in markdown and "top-1 = reference" in markdown
+    assert "for the DataLoader loop, its fastest in round 1 (4: " in markdown
     assert "| this project, end to end, the same model exported to ONNX (ONNX Runtime, fp32) |" in markdown

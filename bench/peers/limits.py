@@ -1,7 +1,8 @@
 """The two limits: the model's forward pass alone on ready tensors, and decode + resize + crop alone.
 
 ``model``: batches of already-normalized tensors (made before the clock starts) through the
-forward pass at the project's batch size, precision and memory format; images/s.
+forward pass at the project's batch size (``--batch-size 0``: probed on CUDA as the project
+probes it), precision and memory format; images/s.
 ``decode``: every image of the collection opened, converted to RGB and resized/cropped by the
 model's own geometric transform, on a pool of processes (one per core, started before the
 clock); images/s.
@@ -18,6 +19,8 @@ import torch
 from PIL import Image
 
 from inference_assets.core.allocator import keep_freed_memory
+from inference_assets.core.batch_size import probe_cuda_batch_size
+from inference_assets.core.devices import autocast_dtype, default_batch_size, exact_fp32
 
 from bench.common import Timer, autocast, image_paths, load_model, parser, report
 
@@ -60,6 +63,12 @@ def model_limit(args) -> None:
     device = torch.device(args.device)
     module = classifier.module
     h, w = classifier.preprocessing.input_size
+    exact_fp32(device, args.precision)  # as the project runs fp32 on CUDA (no TF32)
+    if args.batch_size == 0:  # the project's automatic size: probed on CUDA, fixed on CPU
+        args.batch_size = default_batch_size(device)
+        if device.type == "cuda":
+            args.batch_size = probe_cuda_batch_size(module, classifier.preprocessing.normalize, (h, w), device,
+                                                    autocast_dtype(args.precision))
     batch = classifier.preprocessing.normalize(torch.randint(0, 256, (args.batch_size, 3, h, w), dtype=torch.uint8))
     batch = batch.to(device)
     if args.channels_last:
