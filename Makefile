@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::UserWarning
 
-.PHONY: install instance run ci test test-fast dev backfill screenshots bench bench-scale clean
+.PHONY: install instance run ci test test-fast dev backfill screenshots bench bench-scale gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -85,6 +85,22 @@ $(VENV)/.bench-installed: pyproject.toml $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]' > $(VENV)/pip-bench.log 2>&1 \
 		|| (grep -v "^WARNING: Location" $(VENV)/pip-bench.log; exit 1)
 	touch $@
+
+GPU_WHEELS ?= dist/gpu-wheels
+GPU_OUT ?= bench/results/gpu-check-$(shell date -u +%Y-%m-%d)
+
+## gpu-wheels: the wheel folder make gpu-check installs from on a GPU machine without a package registry
+## ($(GPU_WHEELS), under 60 MiB: the project and what Python 3.12 with torch, torchvision, timm, pyarrow and
+## pandas lacks; see bench/gpu_wheels.py). Needs the registry; carry the folder to the GPU machine
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m bench.gpu_wheels --out $(GPU_WHEELS)
+
+## gpu-check: the GPU path on a real GPU in one command (CUDA tests, GPU benchmark, JPEG decoding on the GPU;
+## bench/gpu_check.py), results in GPU_OUT (default bench/results/gpu-check-<date>). Uses .venv where make install
+## made one; otherwise (a GPU machine) installs $(GPU_WHEELS) into .gpu-site with $(PYTHON), offline. On a machine
+## without CUDA it runs the CPU-possible parts (GPU_CHECK_ARGS: e.g. --images 1000 --repeats 3)
+gpu-check:
+	@if [ -e $(STAMP) ]; then py="$(BIN)/python"; else 		test -d $(GPU_WHEELS) || { echo "gpu-check: no $(VENV) (make install) and no $(GPU_WHEELS) (make gpu-wheels where a registry is reachable)"; exit 2; }; 		$(PYTHON) -m pip install --quiet --no-index --no-deps --upgrade --target .gpu-site $(GPU_WHEELS)/*.whl || exit 2; 		py="env PYTHONPATH=$(CURDIR):$(CURDIR)/.gpu-site $(PYTHON)"; fi; 	$$py -m bench.gpu_check --out $(GPU_OUT) $(GPU_CHECK_ARGS)
 
 ## clean: remove generated outputs (keeps .venv and the Dagster instance)
 clean:
