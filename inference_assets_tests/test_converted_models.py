@@ -143,3 +143,5 @@ def test_prediction_files_through_dagster_with_openvino_match_pytorch(resources,
     labels = {r["uri"].split("/images/")[-1]: r["class_label"] for r in rows}
     for relative, label in KNOWN_TOP1.items():
         assert labels[relative] == label
+    # every prediction row says what ran its forward pass, as the metadata does
+    assert {r["runtime"] for r in rows if r["status"] == "predicted"} == {metadata["runtime"]}

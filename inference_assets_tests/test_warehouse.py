@@ -55,6 +55,34 @@ def test_refresh_loads_predictions_and_failures_and_is_idempotent(layout, tmp_pa
     label, truth = conn.execute("SELECT class_label, label FROM predictions WHERE uri LIKE '%coffee.jpg'").fetchone()
     assert (label, truth) == ("espresso", "espresso")
     assert ("espresso", 1) in top_labels(conn)
+    assert conn.execute("SELECT DISTINCT runtime FROM predictions").fetchall() == [("pytorch (timm)",)]
+
+
+@pytest.mark.fast
+def test_result_files_from_before_the_runtime_column_are_reused_and_loaded(layout, classifier, tmp_path):
+    """An earlier version's result files (no ``runtime`` column) stay valid: read with it null,
+    their predictions reused by the next run and loaded into DuckDB alongside new ones."""
+    import pyarrow.parquet as pq
+
+    from inference_assets.core.results import read_results
+
+    old, new = layout.result_files("m", KEYS)
+    table = pq.read_table(old)
+    pq.write_table(table.drop_columns(["runtime"]).replace_schema_metadata(table.schema.metadata), old)
+    assert read_results(old).column("runtime").null_count == table.num_rows
+
+    conn = duckdb.connect(str(tmp_path / "wh.duckdb"))
+    refresh_warehouse(conn, layout.manifest_path, [old])  # no file has the column
+    assert {r for (r,) in conn.execute("SELECT DISTINCT runtime FROM predictions").fetchall()} == {None}
+    summary = refresh_warehouse(conn, layout.manifest_path, [old, new])  # one has it, one does not
+    assert summary.predictions == 6
+    runtimes = dict(conn.execute("SELECT partition, any_value(runtime) FROM predictions GROUP BY 1").fetchall())
+    assert runtimes[KEYS[0]] is None and runtimes[KEYS[1]] == "pytorch (timm)"
+
+    shard = read_pixel_shard(layout.pixel_dir(classifier.preprocessing.fingerprint), KEYS[0])
+    rerun = predict_shard(classifier, shard, InferenceSettings(torch.device("cpu")), old, KEYS[0])
+    predicted_before = table.column("status").to_pylist().count("predicted")
+    assert (rerun.predicted, rerun.reused) == (0, predicted_before)  # nothing is predicted again
 
 
 @pytest.mark.fast

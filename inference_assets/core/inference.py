@@ -326,6 +326,7 @@ def predict_shard(
         class_names=classifier.labels,
         device=str(settings.device),
         precision=settings.precision,
+        runtime=classifier.runtime,
         top_k=settings.top_k,
         pixels=pixels,
     )

@@ -47,6 +47,9 @@ RESULT_SCHEMA = pa.schema(
         ("model_id", pa.string()),  # ModelInfo.identity: weights, class names, preprocessing, activation
         ("device", pa.string()),
         ("precision", pa.string()),
+        # what ran the forward pass: "pytorch (timm)", "openvino (CPU)", "onnxruntime (CPUExecutionProvider)";
+        # null in files written before it was recorded
+        ("runtime", pa.string()),
         ("predicted_at", pa.timestamp("us", tz="UTC")),
     ]
 )
@@ -67,6 +70,7 @@ class ResultFileWriter:
         pixels: str,
         identity: str,
         class_names: list[str],
+        runtime: str | None = None,
     ):
         self.path = path
         self._schema = RESULT_SCHEMA.with_metadata(
@@ -79,6 +83,7 @@ class ResultFileWriter:
             "model_id": identity,
             "device": device,
             "precision": precision,
+            "runtime": runtime,
         }
         self._atomic = atomic_output(path)
         self.predicted = 0  # computed in this run
@@ -171,8 +176,17 @@ def read_class_names(path: Path) -> list[str] | None:
 
 
 def read_results(path: Path) -> pa.Table:
-    """The rows of a result file, page checksums verified (raises OSError/ArrowException if damaged)."""
-    return read_verified(path, schema=RESULT_SCHEMA)
+    """The rows of a result file, page checksums verified (raises OSError/ArrowException if damaged).
+
+    A file written by an earlier version, without a column added since (``runtime``), reads with
+    that column null: it stays valid, and its predictions are reused and loaded as they are.
+    """
+    present = set(pq.read_schema(path).names)
+    table = read_verified(path, schema=pa.schema([f for f in RESULT_SCHEMA if f.name in present]))
+    for field in RESULT_SCHEMA:
+        if field.name not in present:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(RESULT_SCHEMA.names)
 
 
 def intact_result_files(paths: list[Path], warn: Callable[[str], None] | None = None) -> list[Path]:

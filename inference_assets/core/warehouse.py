@@ -23,6 +23,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .errors import ConfigError
 from .results import read_class_names
@@ -167,6 +168,8 @@ WAREHOUSE_TABLES: dict[str, TableDescription] = tables_by_name(
             Column("model_id", "VARCHAR", "The model's identity: weights, class names, preprocessing, activation."),
             Column("device", "VARCHAR", "The device that ran the forward pass (cpu, cuda:0...)."),
             Column("precision", "VARCHAR", "fp32, bf16 or fp16."),
+            Column("runtime", "VARCHAR", "What ran the forward pass: pytorch (its format), openvino (CPU), "
+                   "onnxruntime (its providers); null for predictions made before it was recorded."),
             Column("content_hash", "VARCHAR", "Hash of the image bytes the prediction was made from.",
                    nullable=False),
             Column("predicted_at", _TIME, _WRITTEN_AT + " A reused prediction keeps the time it was made."),
@@ -262,6 +265,7 @@ CREATE OR REPLACE TABLE predictions (
     model_id VARCHAR,
     device VARCHAR,
     precision VARCHAR,
+    runtime VARCHAR,
     content_hash VARCHAR NOT NULL,
     predicted_at TIMESTAMPTZ
 );
@@ -291,9 +295,9 @@ _INSERT_PREDICTIONS = """
 INSERT INTO predictions
 SELECT r.image_id, r.uri, r.partition, m.label, r.class_index, r.class_label, r.confidence,
        r.topk_indices, r.topk_labels, r.topk_probs, r.positive_labels, r.model, r.weights, r.model_id,
-       r.device, r.precision,
+       r.device, r.precision, {runtime},
        r.content_hash, r.predicted_at
-FROM read_parquet($files) r
+FROM read_parquet($files, union_by_name = true) r
 JOIN images m ON m.image_id = r.image_id AND m.content_hash = r.content_hash
 WHERE r.status = 'predicted'
 """
@@ -301,7 +305,7 @@ WHERE r.status = 'predicted'
 _INSERT_FAILURES = """
 INSERT INTO failures
 SELECT r.image_id, r.uri, r.partition, r.stage, r.error, r.model, r.content_hash, r.predicted_at
-FROM read_parquet($files) r
+FROM read_parquet($files, union_by_name = true) r
 JOIN images m ON m.image_id = r.image_id AND m.content_hash IS NOT DISTINCT FROM r.content_hash
 WHERE r.status = 'failed'
 """
@@ -325,7 +329,9 @@ def refresh_warehouse(
         conn.execute(_INSERT_IMAGES, {"manifest": str(manifest_path)})
         if result_files:
             files = [str(p) for p in result_files]
-            conn.execute(_INSERT_PREDICTIONS, {"files": files})
+            # files written before `runtime` was recorded have no such column (null for their rows)
+            recorded = any("runtime" in pq.read_schema(p).names for p in result_files)
+            conn.execute(_INSERT_PREDICTIONS.format(runtime="r.runtime" if recorded else "NULL"), {"files": files})
             conn.execute(_INSERT_FAILURES, {"files": files})
             names = read_class_names(result_files[0]) or []
             classes = pa.table({"class_index": pa.array(range(len(names)), pa.int32()), "class_label": names})
