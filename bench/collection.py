@@ -11,9 +11,11 @@ can be grown by 1 % for the incremental re-run measurement.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +103,19 @@ def _write(job: tuple[Path, int, int]) -> str:
         tmp.write_bytes(data)
         tmp.replace(path)
     return kind
+
+
+def benchmark_collection(work: Path, count: int, seed: int = 0) -> Path:
+    """``work/collection-seed<seed>-<count>``, built once (a ``.complete`` marker holds its kinds) and reused."""
+    root = work / f"collection-seed{seed}-{count}"
+    marker = root / ".complete"
+    if not marker.exists():
+        print(f"building {count} images under {root} ...", flush=True)
+        start = time.perf_counter()
+        kinds = build_collection(root, count, seed)
+        marker.write_text(json.dumps(kinds))
+        print(f"  {kinds} in {time.perf_counter() - start:.0f}s", flush=True)
+    return root
 
 
 def build_collection(root: Path, count: int, seed: int = 0, start: int = 0, workers: int | None = None) -> dict[str, int]:

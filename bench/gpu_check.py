@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from bench.collection import build_collection
+from bench.collection import benchmark_collection
+from bench.common import image_paths
 from bench.machine import describe
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -75,16 +76,6 @@ def run_tests(out: Path) -> dict:
     ok = completed.returncode in (0, 5) and not counts["failed"] and not counts["error"] and bool(tests)
     return {"ok": ok, "returncode": completed.returncode, "seconds": time.perf_counter() - start,
             "counts": counts, "tests": tests}
-
-
-def collection(images: int) -> Path:
-    """The benchmark's collection (``bench/run.py`` finds and reuses it)."""
-    root = WORK / f"collection-seed0-{images}"
-    marker = root / ".complete"
-    if not marker.exists():
-        kinds = build_collection(root, images, 0)
-        marker.write_text(json.dumps(kinds))
-    return root
 
 
 def run_benchmark(out: Path, images: int, repeats: int, device: str) -> dict:
@@ -134,7 +125,7 @@ def measure_decoding(images: int, device: str, rounds: int = 3) -> dict:
     from inference_assets.core.device_decoding import compare_with_pillow, decode_batch, resize_crop_batch
     from inference_assets.core.models import ModelSpec, load_classifier
 
-    files = sorted(p for p in collection(images).rglob("*") if p.suffix in (".jpg", ".png"))
+    files = image_paths(benchmark_collection(WORK, images))  # the benchmark's, which bench/run.py reuses
     encoded = [p.read_bytes() for p in files]
     classifier = load_classifier(ModelSpec(), torch.device(device))
     preprocessing = classifier.preprocessing
@@ -169,7 +160,6 @@ def measure_decoding(images: int, device: str, rounds: int = 3) -> dict:
         normalize = preprocessing.normalize
         top1_device = classifier.module(normalize(device_pixels.to(target))).argmax(-1)
         top1_pillow = classifier.module(normalize(pillow_pixels.to(target))).argmax(-1)
-    decoded = decode_batch(sample, target)
     return {
         "device": device, "images": len(encoded),
         "device_images_per_second": statistics.median(rates["device"]),
@@ -177,7 +167,7 @@ def measure_decoding(images: int, device: str, rounds: int = 3) -> dict:
         "pillow_workers": os.cpu_count(),
         "speedup": statistics.median(rates["device"]) / statistics.median(rates["pillow"]),
         "agreement_sample": agreement.images,
-        "decoded_on_device": len(decoded.on_device), "decoded_by_pillow": len(decoded.by_pillow),
+        "decoded_on_device": agreement.decoded_on_device, "decoded_by_pillow": agreement.decoded_by_pillow,
         "mean_abs_pixel_difference": agreement.mean_abs_difference,
         "max_abs_pixel_difference": agreement.max_abs_difference,
         "share_within_2_levels": agreement.share_within_2_levels,

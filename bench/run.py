@@ -34,12 +34,11 @@ import os
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from bench.collection import build_collection
+from bench.collection import benchmark_collection, build_collection
 from bench.machine import cpu_flags, describe
 from bench.measure import Measured, run_measured
 
@@ -97,15 +96,7 @@ class Bench:
     # --- running peers ------------------------------------------------------------------
 
     def collection(self, count: int) -> Path:
-        root = WORK / f"collection-seed{self.seed}-{count}"
-        marker = root / ".complete"
-        if not marker.exists():
-            print(f"building {count} images under {root} ...", flush=True)
-            start = time.perf_counter()
-            kinds = build_collection(root, count, self.seed)
-            marker.write_text(json.dumps(kinds))
-            print(f"  {kinds} in {time.perf_counter() - start:.0f}s", flush=True)
-        return root
+        return benchmark_collection(WORK, count, self.seed)
 
     def command(self, peer: str, images: Path, out: Path, **options) -> list[str]:
         common = ["--images", str(images), "--out", str(out), "--model", self.model, "--weights", self.weights,
