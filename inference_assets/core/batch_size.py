@@ -49,27 +49,30 @@ def pick_batch_size(
     return 1
 
 
+def forward_peak_bytes(module, normalize, input_size: tuple[int, int], device, n: int, dtype=None) -> int | None:
+    """Peak CUDA memory of one forward pass of ``module`` on ``n`` zero images, or None when it ran out."""
+    import torch
+
+    height, width = input_size
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with torch.inference_mode():
+            x = normalize(torch.zeros((n, 3, height, width), dtype=torch.uint8, device=device))
+            with torch.autocast(device_type="cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+                module(x)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    except torch.cuda.OutOfMemoryError:
+        return None
+    finally:
+        torch.cuda.empty_cache()
+
+
 def probe_cuda_batch_size(module, normalize, input_size: tuple[int, int], device, dtype=None, cap: int = 1024) -> int:
     """``pick_batch_size`` with real forward passes of ``module`` on zeros on the CUDA ``device``."""
     import torch
 
-    height, width = input_size
     free, _ = torch.cuda.mem_get_info(device)
     total = free + torch.cuda.memory_reserved(device)  # what this process may use: free + what it holds
-
-    def peak_bytes(n: int) -> int | None:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        try:
-            with torch.inference_mode():
-                x = normalize(torch.zeros((n, 3, height, width), dtype=torch.uint8, device=device))
-                with torch.autocast(device_type="cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-                    module(x)
-            torch.cuda.synchronize(device)
-            return torch.cuda.max_memory_allocated(device)
-        except torch.cuda.OutOfMemoryError:
-            return None
-        finally:
-            torch.cuda.empty_cache()
-
-    return pick_batch_size(peak_bytes, total, cap=cap)
+    return pick_batch_size(lambda n: forward_peak_bytes(module, normalize, input_size, device, n, dtype), total, cap=cap)

@@ -102,6 +102,8 @@ class PixelAgreement:
     """The device path against Pillow's on the same images (after resize and crop)."""
 
     images: int
+    decoded_on_device: int  # the rest by the Pillow fallback
+    decoded_by_pillow: int
     mean_abs_difference: float  # in uint8 levels, over all pixels of all images
     max_abs_difference: int
     share_within_2_levels: float  # of all pixel values
@@ -121,6 +123,8 @@ def compare_with_pillow(encoded: Sequence[bytes], preprocessing: Preprocessing, 
     difference = (on_device.to(torch.int16) - pillow.to(torch.int16)).abs()
     agreement = PixelAgreement(
         images=len(keep),
+        decoded_on_device=len(decoded.on_device),
+        decoded_by_pillow=len(decoded.by_pillow),
         mean_abs_difference=float(difference.float().mean()) if len(keep) else 0.0,
         max_abs_difference=int(difference.max()) if len(keep) else 0,
         share_within_2_levels=float((difference <= 2).float().mean()) if len(keep) else 1.0,
