@@ -134,13 +134,13 @@ def from_torchvision_transform(transform) -> Preprocessing:
     resize_size, crop_size = list(transform.resize_size), list(transform.crop_size)
     interpolation, antialias = transform.interpolation, transform.antialias
 
-    def resize_crop(image: Image.Image) -> np.ndarray:
+    def geometric(image: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
+        """Resize and crop a PIL image, or a uint8 (3, H, W) tensor on any device (F takes both)."""
         resized = F.resize(image, resize_size, interpolation=interpolation, antialias=antialias)
-        return _pil_to_chw(F.center_crop(resized, crop_size))
-
-    def resize_crop_tensor(pixels: torch.Tensor) -> torch.Tensor:
-        resized = F.resize(pixels, resize_size, interpolation=interpolation, antialias=antialias)
         return F.center_crop(resized, crop_size)
+
+    def resize_crop(image: Image.Image) -> np.ndarray:
+        return _pil_to_chw(geometric(image))
 
     height, width = (crop_size * 2)[:2] if len(crop_size) == 1 else crop_size
     return Preprocessing(
@@ -151,5 +151,5 @@ def from_torchvision_transform(transform) -> Preprocessing:
         resize_crop=resize_crop,
         resize_to=min(resize_size),
         resize_size=tuple(resize_size),
-        resize_crop_tensor=resize_crop_tensor,
+        resize_crop_tensor=geometric,
     )
