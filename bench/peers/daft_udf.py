@@ -20,8 +20,11 @@ import torch  # noqa: E402
 from daft import col  # noqa: E402
 from daft.functions import decode_image, download, resize  # noqa: E402
 
-from bench.common import Timer, autocast, load_model, parser, relative, report, write_predictions  # noqa: E402
-from bench.common import image_paths  # noqa: E402
+from inference_assets.core.models import resolve_preprocessing  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    Timer, autocast, image_paths, load_model, model_spec, parser, relative, report, write_predictions,
+)
 
 
 def main() -> None:
@@ -44,7 +47,7 @@ def main() -> None:
             return logits.float().argmax(dim=1).cpu().numpy()
 
     with Timer() as timer:
-        height, width = load_model(args).preprocessing.input_size  # as the UDF's model expects
+        height, width = resolve_preprocessing(model_spec(args)).input_size  # as the UDF's model expects (no weights loaded)
         df = daft.from_glob_path([str(root / "**" / "*.jpg"), str(root / "**" / "*.png")])
         df = df.with_column("image", decode_image(download(col("path")), mode="RGB"))
         df = df.with_column("image", resize(col("image"), width, height))
