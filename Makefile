@@ -100,7 +100,12 @@ gpu-wheels: $(STAMP)
 ## made one; otherwise (a GPU machine) installs $(GPU_WHEELS) into .gpu-site with $(PYTHON), offline. On a machine
 ## without CUDA it runs the CPU-possible parts (GPU_CHECK_ARGS: e.g. --images 1000 --repeats 3)
 gpu-check:
-	@if [ -e $(STAMP) ]; then py="$(BIN)/python"; else 		test -d $(GPU_WHEELS) || { echo "gpu-check: no $(VENV) (make install) and no $(GPU_WHEELS) (make gpu-wheels where a registry is reachable)"; exit 2; }; 		$(PYTHON) -m pip install --quiet --no-index --no-deps --upgrade --target .gpu-site $(GPU_WHEELS)/*.whl || exit 2; 		py="env PYTHONPATH=$(CURDIR):$(CURDIR)/.gpu-site $(PYTHON)"; fi; 	$$py -m bench.gpu_check --out $(GPU_OUT) $(GPU_CHECK_ARGS)
+	@if [ -e $(STAMP) ]; then py="$(BIN)/python"; else \
+		test -d $(GPU_WHEELS) || { echo "gpu-check: no $(VENV) (make install) and no $(GPU_WHEELS) (make gpu-wheels where a registry is reachable)"; exit 2; }; \
+		$(PYTHON) -m pip install --quiet --no-index --no-deps --upgrade --target .gpu-site $(GPU_WHEELS)/*.whl || exit 2; \
+		py="env PYTHONPATH=$(CURDIR):$(CURDIR)/.gpu-site $(PYTHON)"; \
+	fi; \
+	$$py -m bench.gpu_check --out $(GPU_OUT) $(GPU_CHECK_ARGS)
 
 ## clean: remove generated outputs (keeps .venv and the Dagster instance)
 clean:
