@@ -34,8 +34,8 @@ def markdown(s: dict) -> str:
         + ", ".join(f"{v} {k}" for k, v in c["collection"].items()),
         f"- Medians of {c['repeats']} interleaved rounds; batch size {c['batch_size']} (the project's automatic choice"
         + ("; on CUDA probed, the model limit probes the same way" if c["device"].startswith("cuda") else "")
-        + ") for the project, Ray Data and the model limit; "
-        + _dataloader_batch(c) + ".",
+        + ") for the project, Ray Data and the model limit"
+        + ("; " + _dataloader_batch(c) if "dataloader" in s["peers"] else "") + ".",
         "",
         "| pipeline | images/s (median) | runs | peak memory (PSS, MiB) | top-1 = reference |",
         "|---|---:|---|---:|---:|",
