@@ -48,6 +48,7 @@ _ENV_OF = {
     "work_dir": "INFERENCE_WORK_DIR", "shared_dir": "INFERENCE_SHARED_DIR", "name": "INFERENCE_MODEL",
     "weights": "INFERENCE_WEIGHTS", "class_names": "INFERENCE_CLASS_NAMES", "card": "INFERENCE_MODEL_CARD",
     "device": "INFERENCE_DEVICE", "precision": "INFERENCE_PRECISION", "runtime": "INFERENCE_RUNTIME",
+    "converted_dir": "INFERENCE_CONVERTED_DIR",
     "database": "INFERENCE_DUCKDB_PATH",
 }
 
@@ -89,7 +90,8 @@ def default_resources() -> dict:
             DeviceResource,
             device=env("INFERENCE_DEVICE", "auto"),
             precision=env("INFERENCE_PRECISION", "fp32"),
-            runtime=env("INFERENCE_RUNTIME", "torch"),
+            runtime=env("INFERENCE_RUNTIME", "auto"),
+            converted_dir=optional_env("INFERENCE_CONVERTED_DIR") or "",
             # in a container os.cpu_count() is the node's cores, not the pod's limit: set this there
             decode_workers=number_env("INFERENCE_DECODE_WORKERS", 0, minimum=0),
         ),

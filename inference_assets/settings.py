@@ -15,8 +15,11 @@
   another run before giving up (default 600; see ``instance_guard.py``).
 - ``INFERENCE_DEVICE``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (default ``auto``).
 - ``INFERENCE_PRECISION``: ``fp32``, ``bf16`` or ``fp16`` (default ``fp32``).
-- ``INFERENCE_RUNTIME``: ``torch``, ``openvino``, ``onnxruntime`` or ``auto`` (default ``torch``): what runs a
-  PyTorch model's forward pass on the CPU (``core/converted_models.py``).
+- ``INFERENCE_RUNTIME``: ``auto`` (default), ``torch``, ``openvino`` or ``onnxruntime``: what runs a
+  PyTorch model's forward pass on the CPU (``core/converted_models.py``); ``auto`` takes the fastest
+  runtime that matches PyTorch, else PyTorch.
+- ``INFERENCE_CONVERTED_DIR``: where converted networks are cached (default ``<work dir>/converted``); one
+  folder shared by several work folders converts each model once for all of them.
 - ``INFERENCE_MODEL`` / ``INFERENCE_WEIGHTS``: architecture and weights (default the bundled
   EfficientNet-Lite0), or a model file or folder as ``INFERENCE_MODEL``;
   ``INFERENCE_CLASS_NAMES`` / ``INFERENCE_MODEL_CARD``: a class names file and a model card.

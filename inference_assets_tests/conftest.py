@@ -26,22 +26,32 @@ KNOWN_TOP1 = {
 }
 
 
+@pytest.fixture(scope="session")
+def converted_networks(tmp_path_factory) -> Path:
+    """One cache of converted networks for the session (INFERENCE_CONVERTED_DIR): the default runtime,
+    ``auto``, converts the bundled model once for every test and Dagster process instead of once per
+    work folder. Tests about the conversion itself use a folder of their own."""
+    return tmp_path_factory.mktemp("converted")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch, tmp_path):
+def _isolated_environment(monkeypatch, tmp_path, converted_networks):
     """Tests never read or write the project's data/ outputs or a user's Dagster instance."""
     for name in [name for name in os.environ if name.startswith("INFERENCE_")]:
         monkeypatch.delenv(name)
+    monkeypatch.setenv("INFERENCE_CONVERTED_DIR", str(converted_networks))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "dagster_home").mkdir()
 
 
 def cpu_resources(storage, database: Path) -> dict:
     """The resources of a pipeline run in the tests: ``storage`` as given, the bundled model at
-    batch 4, CPU with two decoding threads, and the DuckDB file ``database``."""
+    batch 4, CPU with two decoding threads, the default runtime (converted networks cached as
+    INFERENCE_CONVERTED_DIR says), and the DuckDB file ``database``."""
     return {
         "storage": storage,
         "model": ModelResource(batch_size=4),
-        "device": DeviceResource(device="cpu", decode_workers=2),
+        "device": DeviceResource(device="cpu", decode_workers=2, converted_dir=os.environ.get("INFERENCE_CONVERTED_DIR", "")),
         "duckdb": DuckDBResource(database=str(database)),
     }
 

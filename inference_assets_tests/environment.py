@@ -14,9 +14,11 @@ INSTANCE_YAML = PROJECT_ROOT / "deploy" / "dagster.yaml"
 
 def pipeline_env(image_root: Path, work: Path, database: Path | None = None) -> dict[str, str]:
     """Environment for a pipeline subprocess on CPU, with all outputs under ``work`` (its Dagster
-    instance in ``work/dagster_home``); the caller's other ``INFERENCE_*`` settings are left out."""
+    instance in ``work/dagster_home``); the caller's other ``INFERENCE_*`` settings are left out, except
+    INFERENCE_CONVERTED_DIR, a cache that changes no output (the tests share one)."""
     (work / "dagster_home").mkdir(parents=True, exist_ok=True)
-    inherited = {name: value for name, value in os.environ.items() if not name.startswith("INFERENCE_")}
+    inherited = {name: value for name, value in os.environ.items()
+                 if not name.startswith("INFERENCE_") or name == "INFERENCE_CONVERTED_DIR"}
     return {
         **inherited,
         "INFERENCE_IMAGE_ROOT": str(image_root),

@@ -4,6 +4,7 @@ Real photos (the committed samples and scikit-image's, several crops of each), t
 EfficientNet-Lite0, real conversions into a real work folder, and a real Dagster run.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,15 @@ from dagster import AssetSelection, materialize
 from inference_assets.core.converted_models import (
     PARITY_TOLERANCE,
     Parity,
+    SettledNetwork,
     choose_runtime,
     compare,
     conversion_folder,
+    settle_margin,
 )
 from inference_assets.core.decoding import load_rgb
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.models import ModelSpec, load_classifier
+from inference_assets.core.models import Classifier, ModelSpec, load_classifier
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.partitions import IMAGE_SHARDS, range_tags
 from inference_assets.predictions.resources import DeviceResource
@@ -145,3 +148,41 @@ def test_prediction_files_through_dagster_with_openvino_match_pytorch(resources,
         assert labels[relative] == label
     # every prediction row says what ran its forward pass, as the metadata does
     assert {r["runtime"] for r in rows if r["status"] == "predicted"} == {metadata["runtime"]}
+
+
+def test_images_near_a_tie_are_settled_by_pytorch(classifier, photos_batch):
+    """A converted network that flips a near-tie (as another runtime's rounding could) loses that image
+    to PyTorch; every other image keeps the converted network's outputs."""
+    x = photos_batch[:6]
+    with torch.inference_mode():
+        reference = classifier.module(x)
+
+    class Rounding:
+        """Like a converted network: the reference's logits, off by 1e-6, with image 2 flipped to its
+        runner-up by a hair (its two best classes set 1e-7 apart in the other order)."""
+        runtime_name, providers = "rounding", ["CPU"]
+
+        def __call__(self, batch):
+            out = classifier.module(batch) + 1e-6
+            for row in range(len(batch)):
+                if torch.equal(batch[row], x[2]):
+                    first, second = out[row].topk(2).indices.tolist()
+                    out[row, second] = out[row, first] + 1e-7
+            return out
+
+    settled = SettledNetwork(Rounding(), classifier, settle_margin(Parity(images=8, top1_equal=8, max_difference=1e-6)))
+    assert settled.margin == 2 * PARITY_TOLERANCE
+    with torch.inference_mode():
+        outputs = settled(x)
+    assert settled.settled == 1
+    # PyTorch's own outputs for the near-tie (run alone: PyTorch's batch-of-1 arithmetic differs in the last digits)
+    assert torch.allclose(outputs[2], reference[2], atol=1e-4) and outputs[2].argmax() == reference[2].argmax()
+    others = [0, 1, 3, 4, 5]
+    assert torch.allclose(outputs[others], reference[others] + 1e-6)  # the rest stay the converted network's
+    assert outputs.argmax(-1).tolist() == reference.argmax(-1).tolist()
+    assert settle_margin(Parity(images=8, top1_equal=8, max_difference=1e-4)) == pytest.approx(1e-3)
+    # a multi-label model: a probability within the margin of its threshold is a near-tie too
+    tagger = Classifier(module=classifier.module, info=replace(classifier.info, activation="sigmoid", threshold=0.5))
+    near = SettledNetwork(Rounding(), tagger, 1e-3).near_ties(
+        torch.tensor([[0.9, 0.2, 0.1], [0.9, 0.5004, 0.1], [0.9, 0.1, 0.8995], [0.6, 0.3, 0.1]]))
+    assert near.tolist() == [1, 2]

@@ -14,6 +14,13 @@ first images the step predicts): the same top-1 on each image, and probabilities
 (with a warning saying by how much the others differed); a runtime asked for by name is used
 either way, with its measured difference logged.
 
+Passing on the check batch does not prove every later image: an image whose two most probable
+classes (or, for a multi-label model, a class and the threshold) are closer than the runtimes'
+difference could rank differently. So a converted network is used through ``SettledNetwork``:
+each image whose margin is under ``settle_margin`` (ten times the difference measured on the
+check batch, at least ``2 * PARITY_TOLERANCE``) is run again in PyTorch and PyTorch's outputs are
+kept, which makes the top-1 PyTorch's on every image, not only on the checked ones.
+
 OpenVINO is asked for fp32 inference (its inference-precision hint: on CPUs with bf16 or AMX it
 would otherwise compute in bf16) and its saved weights are not compressed to fp16.
 """
@@ -38,6 +45,7 @@ from .runtimes import OnnxModel, export_onnx
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
 AUTO_ORDER = ("openvino", "onnxruntime")  # fastest first, measured on CPU (docs/performance.md)
 PARITY_TOLERANCE = 1e-4  # largest difference of any probability from PyTorch's
+SETTLE_FACTOR = 10  # images closer to a tie than this many times the measured difference are settled by PyTorch
 
 
 @dataclass(frozen=True)
@@ -141,10 +149,56 @@ def choose_runtime(
             continue
         parity = compare(reference, probabilities)
         if parity.exact or runtime != "auto":
-            return RuntimeChoice(Classifier(module=module, info=classifier.info), name, parity, folder, reused,
+            settled = SettledNetwork(module, classifier, settle_margin(parity))
+            return RuntimeChoice(Classifier(module=settled, info=classifier.info), name, parity, folder, reused,
                                  tuple(notes))
         notes.append(f"{name} differs from PyTorch ({parity.describe()})")
     return RuntimeChoice(classifier, "torch", None, None, False, tuple(notes))
+
+
+def settle_margin(parity: Parity) -> float:
+    """How close to a tie (in probability) an image must be for PyTorch to settle it."""
+    return max(2 * PARITY_TOLERANCE, SETTLE_FACTOR * parity.max_difference)
+
+
+class SettledNetwork:
+    """A converted network called like a module, whose near-ties PyTorch settles.
+
+    An image whose top two probabilities differ by less than ``margin`` (for a multi-label
+    model: also one with a probability within ``margin`` of the threshold) is run again through
+    ``reference``, the PyTorch module, and its outputs replace the converted network's.
+    ``settled`` counts those images.
+    """
+
+    def __init__(self, network: Callable[[torch.Tensor], torch.Tensor], reference: Classifier, margin: float):
+        self.network = network
+        self.reference = reference
+        self.margin = margin
+        self.settled = 0
+        self.runtime_name = network.runtime_name
+        self.providers = network.providers
+
+    def near_ties(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The rows of ``probabilities`` whose ranking a difference of ``margin`` could change."""
+        close = torch.zeros(probabilities.shape[0], dtype=torch.bool)
+        if probabilities.shape[-1] >= 2:
+            top = probabilities.topk(2, dim=-1).values
+            close |= (top[:, 0] - top[:, 1]) < self.margin
+        info = self.reference.info
+        if info.multi_label and info.threshold is not None:
+            close |= ((probabilities - info.threshold).abs() < self.margin).any(dim=-1)
+        return close.nonzero().flatten()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = self.network(x)
+        rows = self.near_ties(self.reference.probabilities(outputs))
+        if len(rows):
+            with torch.inference_mode():
+                exact = self.reference.module(x[rows])
+            outputs = outputs.clone()
+            outputs[rows] = exact.to(outputs.dtype)
+            self.settled += len(rows)
+        return outputs
 
 
 def compare(reference: torch.Tensor, probabilities: torch.Tensor) -> Parity:
@@ -216,6 +270,7 @@ def describe_choice(choice: RuntimeChoice) -> str:
         line = f"forward pass in {choice.runtime}"
     else:
         origin = "reused" if choice.reused else "converted"
-        line = f"forward pass in {choice.runtime} ({origin} {choice.converted.name}); {choice.parity.describe()}"
+        line = (f"forward pass in {choice.runtime} ({origin} {choice.converted.name}); {choice.parity.describe()}; "
+                f"images within {choice.classifier.module.margin:.1e} of a tie are settled by PyTorch")
     return line + "".join(f"; {note}" for note in choice.notes)
 

@@ -81,7 +81,7 @@ def prediction_files(
     if device.runtime != "torch":
         examples = check_batch((shard for _, shard in shards), classifier)
         if examples is not None:  # nothing decoded, nothing to predict: no conversion
-            choice = choose_runtime(classifier, device.runtime, layout.converted_dir, examples,
+            choice = choose_runtime(classifier, device.runtime, device.converted_dir or layout.converted_dir, examples,
                                     threads=torch.get_num_threads(), device=settings.device,
                                     torch_only=torch_only_reason(settings))
             classifier, parity = choice.classifier, choice.parity
@@ -146,6 +146,8 @@ def prediction_files(
             "runtime": classifier.runtime,
             "runtime_asked": device.runtime,
             "runtime_parity": MetadataValue.null() if parity is None else parity.describe(),
+            # images near a tie that PyTorch predicted instead of the converted network (null: PyTorch ran all)
+            "runtime_settled_by_pytorch": getattr(classifier.module, "settled", MetadataValue.null()),
             "classes": len(model.info.labels),
             "class_names": ", ".join(model.info.labels[:20]) + (" ..." if len(model.info.labels) > 20 else ""),
             "multi_label": model.info.multi_label,

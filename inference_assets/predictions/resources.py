@@ -125,13 +125,20 @@ class DeviceResource(ConfigurableResource):
         "reference pixels; see docs/performance.md for its measured top-1 agreement.",
     )
     compile: bool = Field(default=False, description="torch.compile the model (compiles once per run, then faster).")
-    runtime: Literal["torch", "auto", "openvino", "onnxruntime"] = Field(
-        default="torch",
-        description="What runs a PyTorch model's forward pass on the CPU: 'torch'; 'openvino' or 'onnxruntime' "
-        "(the network converted once per model, cached in the work folder, checked against PyTorch on the "
-        "first images); 'auto': the fastest of those whose top-1 equals PyTorch's and whose probabilities stay "
-        "within 1e-4 on those images, else PyTorch. On a GPU, or with precision, compile or channels_last, "
-        "PyTorch runs it.",
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        default="auto",
+        description="What runs a PyTorch model's forward pass on the CPU. 'auto' (the default): the fastest of "
+        "openvino and onnxruntime whose top-1 equals PyTorch's and whose probabilities stay within 1e-4 on the "
+        "step's first images, else PyTorch; 'openvino' or 'onnxruntime': that one, whatever its difference; "
+        "'torch': PyTorch eager. A converted network is made once per model and cached (converted_dir); images "
+        "near a tie are predicted by PyTorch, so top-1 stays PyTorch's. On a GPU, or with precision, compile or "
+        "channels_last, PyTorch runs it.",
+    )
+    converted_dir: str = Field(
+        default="",
+        description="Where networks converted for openvino/onnxruntime are cached, one folder per model, input size "
+        "and runtime version; '' means <work_dir>/converted. A folder shared by several work folders converts each "
+        "model once for all of them.",
     )
     gpu_wait_seconds: float = Field(
         default=3600.0,
