@@ -55,10 +55,17 @@ def markdown(s: dict) -> str:
     lines += ["", "The reference for top-1 is the per-image loop: the model's own transform and an fp32 forward pass, one image at a time.", ""]
     if s.get("ratios"):
         lines += ["| ratio | value |", "|---|---:|"]
-        lines += [f"| {k} | {v:.2f}× |" if "limit" not in k else f"| {k} | {100 * v:.1f} % |" for k, v in s["ratios"].items()]
+        lines += [f"| {k} | {v:.2f}× |" if "limit" not in k or "eager" in k else f"| {k} | {100 * v:.1f} % |"
+                  for k, v in s["ratios"].items()]
         lines.append("")
     project = s["peers"].get("project")
     if project and project["details"]:
+        predict = project["details"][-1].get("metadata", {}).get("predict", {})
+        if predict.get("runtime"):
+            lines += [f"Project forward pass (last round): {predict['runtime']}; {predict.get('runtime_parity') or ''}"
+                      + (f"; {predict['runtime_settled_by_pytorch']} images near a tie predicted by PyTorch"
+                         if predict.get("runtime_settled_by_pytorch") is not None else "")
+                      + ". Round 1 converted the network; later rounds reused it.", ""]
         stages = project["details"][-1].get("stages", {})
         if stages:
             lines.append(

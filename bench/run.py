@@ -7,12 +7,17 @@ Settings (environment):
 - ``BENCH_REPEATS`` [3]: rounds; every peer runs once per round (interleaved, so a noisy
   spell hits all of them) and the medians are reported.
 - ``BENCH_PEERS`` [all]: comma list of ``project, project_onnx, ray_data, daft, dataloader, per_image,
-  model_limit, decode_limit``. ``daft`` is Daft's documented image batch-inference pattern
+  model_limit, model_limit_torch, decode_limit``. ``model_limit`` is the forward pass in the runtime the
+  project's default (``auto``) picks; ``model_limit_torch`` in PyTorch eager. ``daft`` is Daft's documented image batch-inference pattern
   (``bench/peers/daft_udf.py``; Daft's own resize to the input size, not the model's transform). ``project_onnx`` is the project with the same model exported to ONNX (a model folder
   with a card, as a user brings one) and run in ONNX Runtime, fp32.
-- ``BENCH_VARIANTS`` [``openvino,onnxruntime,bf16,jpeg_draft,compile,incremental``; ``none`` for none]: the
-  project's options, each run once and compared with the exact path; ``openvino`` / ``onnxruntime`` are ``INFERENCE_RUNTIME``
-  (the network converted for that runtime); ``incremental`` re-runs after adding 1 % new images.
+- ``BENCH_VARIANTS`` [``torch,onnxruntime,openvino-int8,bf16,jpeg_draft,compile,incremental``; ``none`` for
+  none]: the project's options, each run once and compared with the exact path; ``torch`` / ``openvino`` /
+  ``onnxruntime`` / ``openvino-int8`` are ``INFERENCE_RUNTIME`` (a converted runtime converts in its own fresh work folder, so its run pays the
+  conversion); ``incremental`` re-runs after adding 1 % new images.
+- The project's own runs (default runtime ``auto``) share one converted-network cache,
+  ``<BENCH_WORK>/converted``, emptied when the benchmark starts: round 1 pays the conversion, later
+  rounds reuse it, as later runs of a real deployment do.
 - ``BENCH_DATALOADER_BATCHES`` [``8,16,32,64`` on CPU, ``64,128,256,512`` on CUDA]: the DataLoader loop
   runs at each of these batch sizes in the first round; the fastest is its batch size for the other
   rounds, and its first-round run counts as its round-1 result (the loop at its best on this machine).
@@ -47,7 +52,8 @@ PROJECT_ROOT = BENCH_DIR.parent
 WORK = Path(os.environ.get("BENCH_WORK") or BENCH_DIR / "work")
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or BENCH_DIR / "results")
 
-PEERS = ("project", "project_onnx", "ray_data", "daft", "dataloader", "per_image", "model_limit", "decode_limit")
+PEERS = ("project", "project_onnx", "ray_data", "daft", "dataloader", "per_image", "model_limit", "model_limit_torch",
+         "decode_limit")
 TITLES = {
     "project": "this project, end to end (Dagster: manifest → pixels → predictions → DuckDB)",
     "project_onnx": "this project, end to end, the same model exported to ONNX (ONNX Runtime, fp32)",
@@ -55,7 +61,8 @@ TITLES = {
     "daft": "Daft: download → decode_image → resize → batched model UDF (its documented pattern)",
     "dataloader": "PyTorch DataLoader loop (its fastest batch size here, workers = cores)",
     "per_image": "per-image loop (batch 1)",
-    "model_limit": "limit: forward pass alone on ready tensors",
+    "model_limit": "limit: forward pass alone on ready tensors (the project's default runtime)",
+    "model_limit_torch": "forward pass alone on ready tensors, PyTorch eager",
     "decode_limit": "limit: decode + resize + crop alone, all cores",
 }
 
@@ -74,7 +81,7 @@ class Bench:
         self.seed = int(env("BENCH_SEED", "0"))
         self.repeats = int(env("BENCH_REPEATS", "3"))
         self.peers = [p.strip() for p in env("BENCH_PEERS", ",".join(PEERS)).split(",") if p.strip()]
-        variants = env("BENCH_VARIANTS", "openvino,onnxruntime,bf16,jpeg_draft,compile,incremental")
+        variants = env("BENCH_VARIANTS", "torch,onnxruntime,openvino-int8,bf16,jpeg_draft,compile,incremental")
         self.variants = [v.strip() for v in variants.split(",") if v.strip() and v.strip() != "none"]
         self.scale = int(env("BENCH_SCALE", "0"))
         device = env("BENCH_DEVICE", "auto")
@@ -92,6 +99,7 @@ class Bench:
         self.logs = WORK / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self._onnx_exported = False
+        self.converted = WORK / "converted"  # the project's default runtime's converted networks, shared by its rounds
 
     # --- running peers ------------------------------------------------------------------
 
@@ -110,7 +118,8 @@ class Bench:
             extra = ["--work", str(options.pop("work")), "--batch-size", "0"]
             extra += ["--draft"] if options.pop("draft", False) else []
             extra += ["--compile"] if options.pop("compile", False) else []
-            extra += ["--runtime", options.pop("runtime", "torch")]
+            runtime = options.pop("runtime", "auto")
+            extra += ["--runtime", runtime] + (["--converted", str(self.converted)] if runtime == "auto" else [])
             return py + ["bench.peers.project", *common, *extra]
         if peer == "ray_data":
             return py + ["bench.peers.ray_data", *common, "--batch-size", str(self.batch_size), "--concurrency", "1"]
@@ -121,10 +130,12 @@ class Bench:
                          str(options.pop("batch_size", self.dataloader_batch))]
         if peer == "per_image":
             return py + ["bench.peers.per_image", *common]
-        if peer == "model_limit":
+        if peer in ("model_limit", "model_limit_torch"):
             # on CUDA at the batch size the project probes (0: the same probe), on CPU at its fixed one
             size = 0 if self.device.startswith("cuda") else self.batch_size
-            return py + ["bench.peers.limits", "model", *common, "--batch-size", str(size)]
+            runtime = "auto" if peer == "model_limit" else "torch"
+            return py + ["bench.peers.limits", "model", *common, "--batch-size", str(size), "--runtime", runtime,
+                         "--converted", str(self.converted)]
         if peer == "decode_limit":
             return py + ["bench.peers.limits", "decode", *common]
         raise ValueError(f"unknown peer {peer!r}: use {', '.join(PEERS)}")
@@ -175,6 +186,7 @@ class Bench:
 
     def main(self) -> dict:
         images = self.collection(self.images)
+        shutil.rmtree(self.converted, ignore_errors=True)  # round 1 pays the conversion
         runs: dict[str, list[dict]] = {peer: [] for peer in self.peers}
         for round_ in range(1, self.repeats + 1):
             for peer in self.peers:
@@ -191,9 +203,10 @@ class Bench:
                     skipped[variant] = "this CPU has no native bf16 instructions (avx512_bf16 / amx_bf16)"
                     continue
                 variants[variant] = self.run("project", images, "project-bf16", precision="bf16")
-            elif variant in ("openvino", "onnxruntime"):
+            elif variant in ("torch", "openvino", "onnxruntime", "openvino-int8"):
                 if self.device != "cpu":
-                    skipped[variant] = f"a CPU runtime; this benchmark runs on {self.device}"
+                    skipped[variant] = (f"PyTorch runs the project on {self.device} already" if variant == "torch"
+                                        else f"a CPU runtime; this benchmark runs on {self.device}")
                     continue
                 variants[variant] = self.run("project", images, f"project-{variant}", runtime=variant)
             elif variant == "jpeg_draft":
@@ -281,6 +294,8 @@ class Bench:
             for peer in ("ray_data", "daft", "dataloader", "per_image"):
                 if rates.get(peer):
                     ratios[f"project / {peer}"] = project / rates[peer]
+            if rates.get("model_limit") and rates.get("model_limit_torch"):
+                ratios["model limit / PyTorch eager forward"] = rates["model_limit"] / rates["model_limit_torch"]
             if rates.get("model_limit") and rates.get("decode_limit"):
                 limit = 1 / (1 / rates["model_limit"] + 1 / rates["decode_limit"])
                 summary["limit_images_per_second"] = limit

@@ -18,8 +18,8 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
         **os.environ,
         "BENCH_IMAGES": "12",
         "BENCH_REPEATS": "1",
-        "BENCH_PEERS": "project,project_onnx,daft,dataloader,per_image,model_limit,decode_limit",
-        "BENCH_VARIANTS": "jpeg_draft,incremental",
+        "BENCH_PEERS": "project,project_onnx,daft,dataloader,per_image,model_limit,model_limit_torch,decode_limit",
+        "BENCH_VARIANTS": "torch,jpeg_draft,incremental",
         "BENCH_DATALOADER_BATCHES": "4,8",  # the loop at each; the faster one counts
         "BENCH_DEVICE": "cpu",
         "BENCH_WORK": str(tmp_path / "work"),
@@ -43,6 +43,14 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
     assert {"project / dataloader", "project / limit", "predict stage / model limit", "project_onnx / project"} <= set(
         summary["ratios"])
     assert summary["peers"]["project_onnx"]["top1_agreement_with_project"]["same"] == 12  # ONNX Runtime = PyTorch
+    # the project's default runtime (auto) is OpenVINO here, and so is the model limit; PyTorch eager beside them
+    assert summary["peers"]["project"]["details"][0]["metadata"]["predict"]["runtime"].startswith("openvino")
+    assert summary["peers"]["model_limit"]["details"][0]["runtime"] == "openvino"
+    assert summary["peers"]["model_limit_torch"]["details"][0]["runtime"] == "torch"
+    assert "model limit / PyTorch eager forward" in summary["ratios"]
+    torch_variant = summary["variants"]["torch"]
+    assert torch_variant["report"]["metadata"]["predict"]["runtime"] == "pytorch (timm)"
+    assert torch_variant["top1_agreement_with_exact"]["same"] == 12
     daft = summary["peers"]["daft"]  # Daft's own resize (no crop): its top-1 agreement is measured, not assumed
     assert daft["images_per_second"] > 0 and daft["top1_agreement_with_reference"]["missing"] == 0
     assert daft["details"][0]["images"] == 12 and "project / daft" in summary["ratios"]
@@ -53,5 +61,6 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
     assert incremental["report"]["metadata"]["predict"]["reused"] == 12
     markdown = result.with_suffix(".md").read_text()
     assert "| this project, end to end" in markdown and "top-1 = reference" in markdown
+    assert "Project forward pass (last round): openvino" in markdown
     assert "for the DataLoader loop, its fastest in round 1 (4: " in markdown
     assert "| this project, end to end, the same model exported to ONNX (ONNX Runtime, fp32) |" in markdown

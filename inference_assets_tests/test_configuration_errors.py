@@ -165,7 +165,7 @@ BAD_SETTINGS = [
     ("INFERENCE_SLOT_WAIT_SECONDS", "ten", "INFERENCE_SLOT_WAIT_SECONDS='ten' is not valid: set it to a number of at least 0 (default 600)"),
     ("INFERENCE_PRECISION", "fp8", "INFERENCE_PRECISION='fp8' is not valid: Input should be 'fp32', 'bf16' or 'fp16'"),
     ("INFERENCE_RUNTIME", "tensorrt",
-     "INFERENCE_RUNTIME='tensorrt' is not valid: Input should be 'torch', 'auto', 'openvino' or 'onnxruntime'"),
+     "INFERENCE_RUNTIME='tensorrt' is not valid: Input should be 'auto', 'torch', 'openvino', 'onnxruntime' or 'openvino-int8'"),
     ("INFERENCE_WORK_DIR", "/etc/passwd", "work folder '/etc/passwd' is a file: set INFERENCE_WORK_DIR"),
     ("INFERENCE_DUCKDB_PATH", "/tmp", "DuckDB database '/tmp' is a folder: set INFERENCE_DUCKDB_PATH to a file path"),
 ]

@@ -4,6 +4,7 @@ Real photos (the committed samples and scikit-image's, several crops of each), t
 EfficientNet-Lite0, real conversions into a real work folder, and a real Dagster run.
 """
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from inference_assets.core.converted_models import (
     choose_runtime,
     compare,
     conversion_folder,
+    describe_choice,
     settle_margin,
 )
 from inference_assets.core.decoding import load_rgb
@@ -46,8 +48,8 @@ def _photos() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def photos_batch(classifier) -> torch.Tensor:
-    """Each photo whole and in four corner crops, preprocessed as the model takes them (normalized)."""
+def photos_pixels(classifier) -> torch.Tensor:
+    """Each photo whole and in four corner crops, resized and cropped as the model takes them (uint8)."""
     images = []
     for path in _photos():
         image = load_rgb(path)
@@ -55,7 +57,13 @@ def photos_batch(classifier) -> torch.Tensor:
         crops = [image] + [image.crop(box) for box in ((0, 0, w * 3 // 4, h * 3 // 4), (w // 4, 0, w, h * 3 // 4),
                                                        (0, h // 4, w * 3 // 4, h), (w // 4, h // 4, w, h))]
         images += [classifier.preprocessing.resize_crop(crop) for crop in crops]
-    return classifier.preprocessing.normalize(torch.from_numpy(np.stack(images)))
+    return torch.from_numpy(np.stack(images))
+
+
+@pytest.fixture(scope="module")
+def photos_batch(classifier, photos_pixels) -> torch.Tensor:
+    """The same, normalized."""
+    return classifier.preprocessing.normalize(photos_pixels)
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +194,35 @@ def test_images_near_a_tie_are_settled_by_pytorch(classifier, photos_batch):
     near = SettledNetwork(Rounding(), tagger, 1e-3).near_ties(
         torch.tensor([[0.9, 0.2, 0.1], [0.9, 0.5004, 0.1], [0.9, 0.1, 0.8995], [0.6, 0.3, 0.1]]))
     assert near.tolist() == [1, 2]
+
+
+def test_int8_is_quantized_on_the_collections_images_cached_and_its_agreement_measured(classifier, photos_pixels,
+                                                                                       photos_batch, tmp_path):
+    """openvino-int8: opt-in, approximate. Calibrated on the uint8 images it is given (normalized as the
+    model takes them), cached and reused like a conversion, its difference logged, never settled."""
+    cpu, cache = torch.device("cpu"), tmp_path / "converted"
+    calls = []
+
+    def calibration():
+        calls.append(1)
+        return photos_pixels[:32]
+
+    choice = choose_runtime(classifier, "openvino-int8", cache, photos_batch[:8], threads=2, device=cpu,
+                            calibration=calibration)
+    assert choice.runtime == "openvino-int8" and not choice.reused and calls == [1]
+    assert choice.classifier.runtime == "openvino-int8 (CPU, int8)"
+    assert not isinstance(choice.classifier.module, SettledNetwork)  # approximate: nothing is sent back to PyTorch
+    assert json.loads((choice.converted / "calibration.json").read_text())["images"] == 32
+    assert "openvino-int8-" in choice.converted.name and "nncf" in choice.converted.name
+    assert "approximate" in describe_choice(choice)
+    with torch.inference_mode():
+        reference = classifier.probabilities(classifier.module(photos_batch))
+        quantized = choice.classifier.probabilities(choice.classifier.module(photos_batch))
+    parity = compare(reference, quantized)
+    assert parity.max_difference > PARITY_TOLERANCE  # really int8 arithmetic, not the fp32 network
+    assert parity.top1_equal >= 0.8 * parity.images, parity.describe()  # close, measured: not exact
+    again = choose_runtime(classifier, "openvino-int8", cache, photos_batch[8:16], threads=2, device=cpu,
+                           calibration=calibration)
+    assert again.reused and calls == [1]  # cached: not calibrated again
+    # auto never takes it
+    assert choose_runtime(classifier, "auto", cache, photos_batch[:8], threads=2, device=cpu).runtime == "openvino"

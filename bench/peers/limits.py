@@ -2,7 +2,9 @@
 
 ``model``: batches of already-normalized tensors (made before the clock starts) through the
 forward pass at the project's batch size (``--batch-size 0``: probed on CUDA as the project
-probes it), precision and memory format; images/s.
+probes it), precision and memory format; images/s. ``--runtime`` as the project's: ``auto`` (on a
+CPU, the network converted for the fastest runtime that matches PyTorch, converted before the
+clock starts and without the project's near-tie settling), or ``torch`` (PyTorch eager).
 ``decode``: every image of the collection opened, converted to RGB and resized/cropped by the
 model's own geometric transform, on a pool of processes (one per core, started before the
 clock); images/s.
@@ -13,6 +15,7 @@ strawman.
 """
 
 import multiprocessing
+from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
@@ -63,6 +66,14 @@ def model_limit(args) -> None:
     device = torch.device(args.device)
     module = classifier.module
     h, w = classifier.preprocessing.input_size
+    runtime = "torch"
+    if args.runtime != "torch":
+        from inference_assets.core.converted_models import choose_runtime
+
+        check = classifier.preprocessing.normalize(torch.randint(0, 256, (8, 3, h, w), dtype=torch.uint8))
+        choice = choose_runtime(classifier, args.runtime, args.converted, check, threads=torch.get_num_threads(),
+                                device=device, torch_only="" if args.precision == "fp32" else "precision")
+        runtime, module = choice.runtime, getattr(choice.classifier.module, "network", choice.classifier.module)
     exact_fp32(device, args.precision)  # as the project runs fp32 on CUDA (no TF32)
     if args.batch_size == 0:  # the project's automatic size: probed on CUDA, fixed on CPU
         args.batch_size = default_batch_size(device)
@@ -86,7 +97,7 @@ def model_limit(args) -> None:
                     module(batch)
             _sync(device)
     report(images=batches * args.batch_size, seconds=timer.seconds, batch_size=args.batch_size,
-           channels_last=args.channels_last, threads=torch.get_num_threads())
+           channels_last=args.channels_last, threads=torch.get_num_threads(), runtime=runtime)
 
 
 def _sync(device: torch.device) -> None:
@@ -99,6 +110,8 @@ def main() -> None:
     p.add_argument("which", choices=["model", "decode"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--max-images", type=int, default=0, help="model: time at most this many images (0: all)")
+    p.add_argument("--runtime", default="torch", help="model: auto (the project's default), torch, openvino or onnxruntime")
+    p.add_argument("--converted", type=Path, default=Path("bench/work/converted"), help="model: converted networks' cache")
     args = p.parse_args()
     (model_limit if args.which == "model" else decode_limit)(args)
 

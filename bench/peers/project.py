@@ -21,7 +21,8 @@ def main() -> None:
     p.add_argument("--channels-last", choices=["on", "off"], default="off")
     p.add_argument("--draft", action="store_true", help="Pillow JPEG draft mode (DCT-domain downscaling)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--runtime", default="torch", help="INFERENCE_RUNTIME: torch, openvino, onnxruntime or auto")
+    p.add_argument("--runtime", default="auto", help="INFERENCE_RUNTIME: auto (the default), torch, openvino or onnxruntime")
+    p.add_argument("--converted", default="", help="INFERENCE_CONVERTED_DIR (default: <work>/work/converted)")
     args = p.parse_args()
     os.environ.update(
         INFERENCE_IMAGE_ROOT=str(args.images),
@@ -46,6 +47,7 @@ def main() -> None:
         jpeg_draft=args.draft,
         compile=args.compile,
         runtime=args.runtime,
+        converted_dir=args.converted,
     )
     resources["model"] = ModelResource(name=args.model, weights=args.weights, batch_size=args.batch_size)
     stage_of = {"image_manifest": "manifest", "preprocessed_images": "preprocess", "prediction_files": "predict",
@@ -65,7 +67,8 @@ def main() -> None:
                 metadata[stage] = {k: values[k] for k in values
                                    if k in ("computed", "predicted", "reused", "images", "batch_size", "channels_last",
                                             "decode_workers", "images_per_second", "files_hashed", "hashes_reused",
-                                            "jpeg_draft", "compiled", "seconds", "runtime", "runtime_parity")}
+                                            "jpeg_draft", "compiled", "seconds", "runtime", "runtime_parity",
+                                            "runtime_settled_by_pytorch")}
     # stages without their own `seconds` (manifest, warehouse) are timed by their whole run
     seconds = {**{k: v for k, v in stage_seconds.items() if v is not None},
                **{k: run_seconds[k] for k in ("manifest", "warehouse")}}

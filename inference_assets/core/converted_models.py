@@ -23,6 +23,13 @@ kept, which makes the top-1 PyTorch's on every image, not only on the checked on
 
 OpenVINO is asked for fp32 inference (its inference-precision hint: on CPUs with bf16 or AMX it
 would otherwise compute in bf16) and its saved weights are not compressed to fp16.
+
+``openvino-int8`` is the one approximate runtime, opt-in only (``auto`` never takes it): the
+OpenVINO network quantized to int8 by NNCF's post-training quantization, calibrated on the first
+``CALIBRATION_IMAGES`` preprocessed images of the step that converts it (the collection's own
+images), and cached like any conversion (the calibration's size is recorded beside it). Its
+agreement with PyTorch is measured and logged, not enforced, and no near-tie is settled: that
+would send most images back to PyTorch. Needs the ``int8`` extra (``nncf``).
 """
 
 from __future__ import annotations
@@ -42,8 +49,11 @@ from .errors import ConfigError
 from .models import Classifier
 from .runtimes import OnnxModel, export_onnx
 
-RUNTIMES = ("auto", "torch", "openvino", "onnxruntime")
+RUNTIMES = ("auto", "torch", "openvino", "onnxruntime", "openvino-int8")
 AUTO_ORDER = ("openvino", "onnxruntime")  # fastest first, measured on CPU (docs/performance.md)
+APPROXIMATE = ("openvino-int8",)  # never chosen by auto, never settled: agreement measured, not enforced
+CALIBRATION_IMAGES = 300  # int8: images the quantization is calibrated on
+PACKAGES = {"openvino": ("openvino",), "onnxruntime": ("onnxruntime",), "openvino-int8": ("openvino", "nncf")}
 PARITY_TOLERANCE = 1e-4  # largest difference of any probability from PyTorch's
 SETTLE_FACTOR = 10  # images closer to a tie than this many times the measured difference are settled by PyTorch
 
@@ -78,22 +88,31 @@ class RuntimeChoice:
 
 
 def runtime_version(runtime: str) -> str:
-    """The installed version of the runtime's package (each is named as its runtime), or ""."""
-    try:
-        return metadata.version(runtime)
-    except metadata.PackageNotFoundError:
-        return ""
+    """The installed versions of the runtime's packages (``2026.4.1`` or ``2026.4.1-nncf3.4.0``), or ""
+    when one is missing."""
+    versions = []
+    for package in PACKAGES.get(runtime, (runtime,)):
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return ""
+        versions.append(version if not versions else f"{package}{version}")
+    return "-".join(versions)
 
 
 def available(runtime: str) -> bool:
-    """Whether the runtime's package is installed (PyTorch always is)."""
+    """Whether the runtime's packages are installed (PyTorch always is)."""
     return runtime == "torch" or bool(runtime_version(runtime))
+
+
+def install_hint(runtime: str) -> str:
+    return "pip install 'inference_assets[int8]'" if runtime == "openvino-int8" else f"pip install {runtime}"
 
 
 def conversion_folder(cache_root: Path, classifier: Classifier, runtime: str) -> Path:
     """Where the network converted for ``runtime`` lives: one folder per model identity, input size and versions."""
     size = "x".join(str(s) for s in classifier.preprocessing.input_size)
-    key = f"{classifier.info.slug}-{size}-{runtime}{runtime_version(runtime)}-torch{torch.__version__.split('+')[0]}"
+    key = f"{classifier.info.slug}-{size}-{runtime}-{runtime_version(runtime)}-torch{torch.__version__.split('+')[0]}"
     return Path(cache_root) / key
 
 
@@ -105,12 +124,15 @@ def choose_runtime(
     threads: int,
     device: torch.device,
     torch_only: str = "",
+    calibration: Callable[[], torch.Tensor] | None = None,
 ) -> RuntimeChoice:
     """The classifier to predict with for ``runtime`` (one of ``RUNTIMES``).
 
     ``check_batch``: normalized NCHW float images, compared between PyTorch and a converted
     network. ``torch_only``: a reason the forward pass must stay in PyTorch (a GPU, autocast,
-    torch.compile, channels-last), or "".
+    torch.compile, channels-last), or "". ``calibration``: for ``openvino-int8``, returns the
+    uint8 NCHW images to calibrate on (called only when the network is converted; the check
+    batch when not given).
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r} is not known: use one of {', '.join(RUNTIMES)}")
@@ -122,7 +144,9 @@ def choose_runtime(
     if torch_only or device.type != "cpu":
         reason = torch_only or f"the device is {device}"
         if runtime != "auto":
-            raise ConfigError(f"runtime {runtime} runs on the CPU in fp32, but {reason}: set the runtime to auto or torch")
+            precision = "int8" if runtime in APPROXIMATE else "fp32"
+            raise ConfigError(f"runtime {runtime} runs on the CPU in {precision}, but {reason}: "
+                              "set the runtime to auto or torch")
         return RuntimeChoice(classifier, "torch", None, None, False)
     candidates = AUTO_ORDER if runtime == "auto" else (runtime,)
     notes = []
@@ -131,14 +155,14 @@ def choose_runtime(
     for name in candidates:
         if not available(name):
             if runtime != "auto":
-                raise ConfigError(f"runtime {name} is not installed: pip install {name}")
+                raise ConfigError(f"runtime {name} is not installed: {install_hint(name)}")
             notes.append(f"{name} is not installed")
             continue
         folder = conversion_folder(cache_root, classifier, name)
         reused = folder.is_dir()
         try:
             if not reused:
-                convert(classifier, name, folder, check_batch)
+                convert(classifier, name, folder, check_batch, calibration)
             module = load_converted(folder, name, threads)
             with torch.inference_mode():
                 probabilities = classifier.probabilities(module(check_batch))
@@ -149,8 +173,9 @@ def choose_runtime(
             continue
         parity = compare(reference, probabilities)
         if parity.exact or runtime != "auto":
-            settled = SettledNetwork(module, classifier, settle_margin(parity))
-            return RuntimeChoice(Classifier(module=settled, info=classifier.info), name, parity, folder, reused,
+            if name not in APPROXIMATE:
+                module = SettledNetwork(module, classifier, settle_margin(parity))
+            return RuntimeChoice(Classifier(module=module, info=classifier.info), name, parity, folder, reused,
                                  tuple(notes))
         notes.append(f"{name} differs from PyTorch ({parity.describe()})")
     return RuntimeChoice(classifier, "torch", None, None, False, tuple(notes))
@@ -207,18 +232,21 @@ def compare(reference: torch.Tensor, probabilities: torch.Tensor) -> Parity:
     return Parity(images=int(reference.shape[0]), top1_equal=top1_equal, max_difference=difference)
 
 
-def convert(classifier: Classifier, runtime: str, folder: Path, example: torch.Tensor) -> None:
+def convert(classifier: Classifier, runtime: str, folder: Path, example: torch.Tensor,
+            calibration: Callable[[], torch.Tensor] | None = None) -> None:
     """Convert the classifier's network for ``runtime`` into ``folder``, atomically (dynamic batch)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         sample = example[:1].contiguous()
-        if runtime == "openvino":
+        if runtime in ("openvino", "openvino-int8"):
             import openvino as ov
 
             height, width = sample.shape[2], sample.shape[3]
             network = ov.convert_model(classifier.module, example_input=sample,
                                        input=[ov.PartialShape([-1, 3, height, width])])
+            if runtime == "openvino-int8":
+                network = quantize(network, classifier, calibration, example, staging)
             ov.save_model(network, staging / "model.xml", compress_to_fp16=False)
         elif runtime == "onnxruntime":
             export_onnx(classifier.module, staging / "model.onnx", sample, dynamic_batch=True)
@@ -233,9 +261,31 @@ def convert(classifier: Classifier, runtime: str, folder: Path, example: torch.T
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def quantize(network, classifier: Classifier, calibration: Callable[[], torch.Tensor] | None,
+             example: torch.Tensor, staging: Path):
+    """The OpenVINO ``network`` quantized to int8 by NNCF, calibrated on ``calibration()`` (uint8 images,
+    normalized one at a time) or, without it, on the normalized ``example`` batch."""
+    import json
+
+    import nncf
+
+    if calibration is not None:
+        images = calibration()
+        normalize = classifier.preprocessing.normalize
+        items = [lambda i=i: normalize(images[i : i + 1]).numpy() for i in range(len(images))]
+    else:
+        items = [lambda i=i: example[i : i + 1].numpy() for i in range(len(example))]
+    dataset = nncf.Dataset(items, lambda item: item())
+    quantized = nncf.quantize(network, dataset, subset_size=len(items))
+    (staging / "calibration.json").write_text(json.dumps({"images": len(items), "nncf": metadata.version("nncf")}))
+    return quantized
+
+
 def load_converted(folder: Path, runtime: str, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     if runtime == "openvino":
         return OpenVinoModel(folder / "model.xml", threads)
+    if runtime == "openvino-int8":
+        return OpenVinoModel(folder / "model.xml", threads, runtime_name="openvino-int8")
     if runtime == "onnxruntime":
         return OnnxModel(folder / "model.onnx", threads=threads)
     raise ConfigError(f"runtime {runtime!r} does not convert models")
@@ -244,7 +294,7 @@ def load_converted(folder: Path, runtime: str, threads: int) -> Callable[[torch.
 class OpenVinoModel:
     """An OpenVINO network compiled for the CPU in fp32, called like a module on normalized NCHW batches."""
 
-    def __init__(self, path: Path, threads: int = 0):
+    def __init__(self, path: Path, threads: int = 0, runtime_name: str = "openvino"):
         import openvino as ov
         import openvino.properties as props
         import openvino.properties.hint as hints
@@ -255,8 +305,8 @@ class OpenVinoModel:
             config[props.inference_num_threads] = int(threads)
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
         self.request = self.compiled.create_infer_request()
-        self.runtime_name = "openvino"
-        self.providers = ["CPU", "f32"]
+        self.runtime_name = runtime_name
+        self.providers = ["CPU", "int8" if runtime_name.endswith("int8") else "f32"]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
@@ -270,7 +320,10 @@ def describe_choice(choice: RuntimeChoice) -> str:
         line = f"forward pass in {choice.runtime}"
     else:
         origin = "reused" if choice.reused else "converted"
-        line = (f"forward pass in {choice.runtime} ({origin} {choice.converted.name}); {choice.parity.describe()}; "
-                f"images within {choice.classifier.module.margin:.1e} of a tie are settled by PyTorch")
+        line = f"forward pass in {choice.runtime} ({origin} {choice.converted.name}); {choice.parity.describe()}"
+        if isinstance(choice.classifier.module, SettledNetwork):
+            line += f"; images within {choice.classifier.module.margin:.1e} of a tie are settled by PyTorch"
+        else:
+            line += "; approximate: its top-1 may differ from PyTorch's"
     return line + "".join(f"; {note}" for note in choice.notes)
 

@@ -97,9 +97,11 @@ def torch_only_reason(settings: InferenceSettings) -> str:
     return ""
 
 
-def check_batch(shards: Iterable[PixelShard], classifier: Classifier, images: int = 8) -> torch.Tensor | None:
+def check_batch(shards: Iterable[PixelShard], classifier: Classifier, images: int = 8,
+                normalize: bool = True) -> torch.Tensor | None:
     """Up to ``images`` stored images of the shards, normalized as the model takes them (None: no image
-    was decoded): what a converted network is compared with PyTorch on."""
+    was decoded): what a converted network is compared with PyTorch on. ``normalize=False``: the stored
+    uint8 pixels (int8 calibration, normalized one image at a time)."""
     picked: list[torch.Tensor] = []
     for shard in shards:
         rows = shard.ok_rows[: images - sum(len(batch) for batch in picked)]
@@ -107,7 +109,8 @@ def check_batch(shards: Iterable[PixelShard], classifier: Classifier, images: in
             picked.append(next(_batches(shard, rows, len(rows), pin=False))[1])  # one read per run of rows
     if not picked:
         return None
-    return classifier.preprocessing.normalize(torch.cat(picked))
+    pixels = torch.cat(picked)
+    return classifier.preprocessing.normalize(pixels) if normalize else pixels
 
 
 def batch_size_used(summaries: Iterable[ShardPredictionSummary]) -> int | None:

@@ -9,7 +9,7 @@ import torch
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from inference_assets.core.converted_models import choose_runtime, describe_choice
+from inference_assets.core.converted_models import CALIBRATION_IMAGES, choose_runtime, describe_choice
 from inference_assets.core.inference import (
     InferenceSettings,
     StageSeconds,
@@ -81,9 +81,12 @@ def prediction_files(
     if device.runtime != "torch":
         examples = check_batch((shard for _, shard in shards), classifier)
         if examples is not None:  # nothing decoded, nothing to predict: no conversion
+            def calibration() -> torch.Tensor:  # int8: the collection's own images, read only when quantizing
+                return check_batch((shard for _, shard in shards), classifier, CALIBRATION_IMAGES, normalize=False)
+
             choice = choose_runtime(classifier, device.runtime, device.converted_dir or layout.converted_dir, examples,
                                     threads=torch.get_num_threads(), device=settings.device,
-                                    torch_only=torch_only_reason(settings))
+                                    torch_only=torch_only_reason(settings), calibration=calibration)
             classifier, parity = choice.classifier, choice.parity
             context.log.info(describe_choice(choice))
     if settings.device.type == "cuda" and classifier.runtime.startswith("onnxruntime (CPU"):

@@ -125,14 +125,16 @@ class DeviceResource(ConfigurableResource):
         "reference pixels; see docs/performance.md for its measured top-1 agreement.",
     )
     compile: bool = Field(default=False, description="torch.compile the model (compiles once per run, then faster).")
-    runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime", "openvino-int8"] = Field(
         default="auto",
         description="What runs a PyTorch model's forward pass on the CPU. 'auto' (the default): the fastest of "
         "openvino and onnxruntime whose top-1 equals PyTorch's and whose probabilities stay within 1e-4 on the "
         "step's first images, else PyTorch; 'openvino' or 'onnxruntime': that one, whatever its difference; "
         "'torch': PyTorch eager. A converted network is made once per model and cached (converted_dir); images "
-        "near a tie are predicted by PyTorch, so top-1 stays PyTorch's. On a GPU, or with precision, compile or "
-        "channels_last, PyTorch runs it.",
+        "near a tie are predicted by PyTorch, so top-1 stays PyTorch's. 'openvino-int8' (opt-in, approximate, the "
+        "int8 extra): OpenVINO quantized to int8 by NNCF, calibrated on the collection's first 300 images; "
+        "docs/performance.md has its measured agreement. On a GPU, or with precision, compile or channels_last, "
+        "PyTorch runs it.",
     )
     converted_dir: str = Field(
         default="",
