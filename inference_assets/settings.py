@@ -15,7 +15,8 @@
   another run before giving up (default 600; see ``instance_guard.py``).
 - ``INFERENCE_DEVICE``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (default ``auto``).
 - ``INFERENCE_PRECISION``: ``fp32``, ``bf16`` or ``fp16`` (default ``fp32``).
-- ``INFERENCE_RUNTIME``: ``auto`` (default), ``torch``, ``openvino`` or ``onnxruntime``: what runs a
+- ``INFERENCE_RUNTIME``: ``auto`` (default), ``torch``, ``openvino``, ``onnxruntime`` or ``openvino-int8`` (opt-in,
+  approximate): what runs a
   PyTorch model's forward pass on the CPU (``core/converted_models.py``); ``auto`` takes the fastest
   runtime that matches PyTorch, else PyTorch.
 - ``INFERENCE_CONVERTED_DIR``: where converted networks are cached (default ``<work dir>/converted``); one
