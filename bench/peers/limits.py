@@ -69,10 +69,12 @@ def model_limit(args) -> None:
     runtime = "torch"
     if args.runtime != "torch":
         from inference_assets.core.converted_models import choose_runtime
+        from inference_assets.core.inference import InferenceSettings, torch_only_reason
 
         check = classifier.preprocessing.normalize(torch.randint(0, 256, (8, 3, h, w), dtype=torch.uint8))
+        settings = InferenceSettings(device, precision=args.precision, channels_last=args.channels_last)
         choice = choose_runtime(classifier, args.runtime, args.converted, check, threads=torch.get_num_threads(),
-                                device=device, torch_only="" if args.precision == "fp32" else "precision")
+                                device=device, torch_only=torch_only_reason(settings))
         runtime, module = choice.runtime, getattr(choice.classifier.module, "network", choice.classifier.module)
     exact_fp32(device, args.precision)  # as the project runs fp32 on CUDA (no TF32)
     if args.batch_size == 0:  # the project's automatic size: probed on CUDA, fixed on CPU
