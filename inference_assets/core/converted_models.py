@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -162,7 +163,9 @@ def choose_runtime(
         reused = folder.is_dir()
         try:
             if not reused:
-                convert(classifier, name, folder, check_batch, calibration)
+                with warnings.catch_warnings():  # both converters trace the module: torch 2.14 warns tracing is deprecated
+                    warnings.simplefilter("ignore", FutureWarning)
+                    convert(classifier, name, folder, check_batch, calibration)
             module = load_converted(folder, name, threads)
             with torch.inference_mode():
                 probabilities = classifier.probabilities(module(check_batch))
