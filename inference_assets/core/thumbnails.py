@@ -17,8 +17,12 @@ def png_data_uri(png: bytes) -> str:
 
 
 def thumbnail_png(image: object, size: int = 96) -> bytes:
-    """A PNG no larger than ``size`` x ``size`` of an image (a path or a binary file), upright."""
-    picture = load_rgb(image)
+    """A PNG no larger than ``size`` x ``size`` of an image (a path or a binary file), upright.
+
+    A JPEG is decoded in draft mode (DCT-domain downscaling) to no less than twice ``size`` on each
+    side, as Pillow's own ``Image.thumbnail`` does (``reducing_gap=2``): a large photo's thumbnail
+    costs a fraction of its full decode, and looks the same at this size."""
+    picture = load_rgb(image, draft=(2 * size, 2 * size))
     picture.thumbnail((size, size), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     picture.save(out, format="PNG", optimize=True)
