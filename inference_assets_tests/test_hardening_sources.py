@@ -313,14 +313,23 @@ def test_a_manifest_without_versions_is_read_and_hashes_once_more(image_root, tm
 # --- 3. damaged manifest and result files are rebuilt ----------------------------------------
 
 def _flip_middle(path: Path, at_end: bool = False) -> None:
-    """Damage 4 bytes inside the largest column chunk's pages, same size: at its middle, or at
-    its end (the last page's values, past the page header and its statistics)."""
+    """Damage 4 bytes of values inside the largest column chunk's pages, same size: in the middle of
+    its dictionary page (a short header, then the values), or at the chunk's end (the last page's
+    values, past the page header and its statistics).
+
+    Not the middle of the whole chunk: with few rows and long strings (a uri column under a deep
+    temporary folder) that lands in a data page header's min/max statistics, which lie outside the
+    page checksum and which no reader here uses, so the values read back intact."""
     meta = pq.ParquetFile(path).metadata
     column = max(
         (meta.row_group(0).column(i) for i in range(meta.num_columns)), key=lambda c: c.total_compressed_size
     )
-    start = column.dictionary_page_offset or column.data_page_offset
-    middle = start + (column.total_compressed_size - 6 if at_end else column.total_compressed_size // 2)
+    if at_end or not column.dictionary_page_offset:
+        start, length = column.data_page_offset, column.total_compressed_size
+        length -= column.data_page_offset - (column.dictionary_page_offset or column.data_page_offset)
+    else:
+        start, length = column.dictionary_page_offset, column.data_page_offset - column.dictionary_page_offset
+    middle = start + (length - 6 if at_end else length // 2)
     data = bytearray(path.read_bytes())
     size = len(data)
     for i in range(middle, middle + 4):
