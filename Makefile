@@ -33,9 +33,11 @@ ci: $(STAMP) instance
 	DAGSTER_HOME=$(DAGSTER_HOME) INFERENCE_MAX_FAILURE_RATE=$${INFERENCE_MAX_FAILURE_RATE:-0.5} \
 		$(BIN)/python -m inference_assets.run $(RUN_ARGS)
 
-## test: the whole test suite
+## test: the whole test suite, in TEST_WORKERS pytest-xdist processes (default 2; each test file stays in one
+## process): most of the suite waits on Dagster subprocesses, servers and the daemon, so two run side by side
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 ## test-fast: the everyday subset, under 3 minutes on 2 cores: the tests marked `fast` (core units, resources,
 ## checks, a few materialize() runs; no make run, server or browser; `make test` runs them too)
