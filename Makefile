@@ -34,10 +34,11 @@ ci: $(STAMP) instance
 		$(BIN)/python -m inference_assets.run $(RUN_ARGS)
 
 ## test: the whole test suite, in TEST_WORKERS pytest-xdist processes (default 2; each test file stays in one
-## process): most of the suite waits on Dagster subprocesses, servers and the daemon, so two run side by side
+## process, the longest files first: conftest.LONGEST_FIRST): most of the suite waits on Dagster subprocesses,
+## servers and the daemon, so two run side by side
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 ## test-fast: the everyday subset, under 3 minutes on 2 cores: the tests marked `fast` (core units, resources,
 ## checks, a few materialize() runs; no make run, server or browser; `make test` runs them too)
