@@ -102,7 +102,8 @@ class ResultFileWriter:
         remove_orphaned_temporaries(self.path.parent, self.path.name)
         tmp = self._atomic.__enter__()
         self._writer = pq.ParquetWriter(tmp, self._schema, **WRITE_OPTIONS)
-        self._pending: list[pa.Table] = []
+        self._pending: list[pa.Table] = []  # rows carried over, as read
+        self._columns: dict[str, list] = {name: [] for name in RESULT_SCHEMA.names}  # rows written since
         self._pending_rows = 0
         return self
 
@@ -115,23 +116,41 @@ class ResultFileWriter:
             self._atomic.__exit__(*exc_info)
 
     def _append(self, table: pa.Table) -> None:
+        self._table_pending_columns()
         self._pending.append(table)
         self._pending_rows += table.num_rows
         if self._pending_rows >= ROW_GROUP_ROWS:
             self._flush()
 
+    def _table_pending_columns(self) -> None:
+        if self._columns["image_id"]:
+            self._pending.append(pa.table(self._columns, schema=self._schema))
+            self._columns = {name: [] for name in RESULT_SCHEMA.names}
+
     def _flush(self) -> None:
+        self._table_pending_columns()
         if self._pending_rows:
             self._writer.write_table(pa.concat_tables(self._pending), row_group_size=ROW_GROUP_ROWS)
         self._pending, self._pending_rows = [], 0
 
     def _write(self, columns: dict, count: int) -> None:
+        # Rows wait as plain Python values, not as a small Arrow table per batch: during a CPU forward pass
+        # (allocator.keep_freed_memory) hundreds of small tables interleaved with each batch's activations
+        # kept the heap from reusing them: +420 MiB over a 1264-image shard, for 0.6 MiB of rows.
         now = datetime.now(timezone.utc)
-        full = {name: [None] * count if columns.get(name) is None else columns[name] for name in RESULT_SCHEMA.names}
-        for name, value in self._constants.items():
-            full[name] = [value] * count
-        full["predicted_at"] = [now] * count
-        self._append(pa.table(full, schema=self._schema))
+        for name, pending in self._columns.items():
+            value = columns.get(name)
+            if name in self._constants:
+                pending.extend([self._constants[name]] * count)
+            elif name == "predicted_at":
+                pending.extend([now] * count)
+            elif value is None:
+                pending.extend([None] * count)
+            else:
+                pending.extend(value.tolist() if isinstance(value, np.ndarray) else value)
+        self._pending_rows += count
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
 
     def write_rows(self, rows: pa.Table) -> None:
         """Carry rows over unchanged from an earlier result file (reused predictions)."""
