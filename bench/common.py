@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from inference_assets.core.devices import autocast_dtype
-from inference_assets.core.models import Classifier, ModelSpec, load_classifier
+from inference_assets.core.inference.devices import autocast_dtype
+from inference_assets.core.models.loading import Classifier, ModelSpec, load_classifier
 
 PREDICTION_SCHEMA = pa.schema([("path", pa.string()), ("class_index", pa.int32())])
 
@@ -57,7 +57,7 @@ def reference_transform(spec: ModelSpec):
     Built from the model's pretrained config (timm) or weights preset (torchvision), without
     loading any weights.
     """
-    from inference_assets.core.models import _timm_pretrained_cfg, _torchvision_weights
+    from inference_assets.core.models.loading import _timm_pretrained_cfg, _torchvision_weights
 
     if spec.library == "timm":
         import timm.data

@@ -7,7 +7,7 @@
 2. **Benchmark** (``bench/run.py`` on the device): the project end to end, its predictions stage
    against a bare forward pass at the same (probed) batch size, and the DataLoader loop at its
    fastest batch size; medians of interleaved rounds; the targets checked.
-3. **JPEG decoding on the device** (``core/device_decoding.py``): its speed against the Pillow path
+3. **JPEG decoding on the device** (``core/images/device_decoding.py``): its speed against the Pillow path
    on all cores, and its agreement with it (pixels and top-1).
 
 Without CUDA the same command runs what a CPU can: the tests are reported as skipped, the benchmark
@@ -121,9 +121,9 @@ def run_benchmark(out: Path, images: int, repeats: int, device: str) -> dict:
 
 def measure_decoding(images: int, device: str, rounds: int = 3) -> dict:
     """JPEG decoding + resize + crop on ``device`` (batches of 64) against Pillow on all cores."""
-    from inference_assets.core.decoding import load_rgb
-    from inference_assets.core.device_decoding import compare_with_pillow, decode_batch, resize_crop_batch
-    from inference_assets.core.models import ModelSpec, load_classifier
+    from inference_assets.core.images.decoding import load_rgb
+    from inference_assets.core.images.device_decoding import compare_with_pillow, decode_batch, resize_crop_batch
+    from inference_assets.core.models.loading import ModelSpec, load_classifier
 
     files = image_paths(benchmark_collection(WORK, images))  # the benchmark's, which bench/run.py reuses
     encoded = [p.read_bytes() for p in files]

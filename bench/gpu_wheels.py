@@ -33,7 +33,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BASE = ("torch", "torchvision", "timm", "pyarrow", "pandas")
 # the project's dependencies a GPU check does not use: CPU runtimes and converters (ONNX Runtime
 # is imported only for ONNX models and INFERENCE_RUNTIME), the UI, the dg CLI, the DuckDB CLI, and
-# matplotlib (charts are drawn only where it is installed: core/charts.py)
+# matplotlib (charts are drawn only where it is installed: core/reporting/charts.py)
 NOT_SHIPPED = ("openvino", "onnx", "onnxscript", "onnxruntime", "dagster-webserver", "dagster-dg-cli", "duckdb-cli",
                "matplotlib")
 EXTRA = ("pytest>=8",)  # runs the CUDA-marked tests there
@@ -43,7 +43,7 @@ PLATFORMS = ("manylinux2014_x86_64", *(f"manylinux_2_{minor}_x86_64" for minor i
 RESOLVE_PLATFORMS = (*PLATFORMS, *(f"manylinux_2_{minor}_x86_64" for minor in range(29, 40)))
 # what the check imports: the code location, the test fixtures, the benchmark's peers
 CHECK_IMPORTS = ("inference_assets.definitions", "inference_assets.run", "inference_assets_tests.conftest",
-                 "inference_assets.core.device_decoding", "bench.run", "bench.peers.project", "pytest")
+                 "inference_assets.core.images.device_decoding", "bench.run", "bench.peers.project", "pytest")
 
 
 def canonical(name: str) -> str:

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
-from inference_assets.core.models import ModelSpec, load_classifier
-from inference_assets.core.runtimes import export_onnx
+from inference_assets.core.models.loading import ModelSpec, load_classifier
+from inference_assets.core.models.runtimes import export_onnx
 
 
 def export_model_folder(spec: ModelSpec, folder: Path) -> Path:
     """Write ``folder/model.onnx`` (dynamic batch, fp32) and ``folder/model_card.json``; return ``folder``."""
     from timm.data import resolve_data_config
 
-    from inference_assets.core.models import _timm_pretrained_cfg
+    from inference_assets.core.models.loading import _timm_pretrained_cfg
 
     if spec.library != "timm":
         raise SystemExit(f"the ONNX peer exports timm models; {spec.arch!r} is not one")

@@ -75,7 +75,7 @@ class Bench:
     def __init__(self) -> None:
         import torch
 
-        from inference_assets.core.devices import default_batch_size
+        from inference_assets.core.inference.devices import default_batch_size
 
         self.images = int(env("BENCH_IMAGES", "2000"))
         self.seed = int(env("BENCH_SEED", "0"))
@@ -175,7 +175,7 @@ class Bench:
         folder = WORK / "onnx_model"
         if not self._onnx_exported:
             from bench.onnx_model import export_model_folder
-            from inference_assets.core.models import ModelSpec
+            from inference_assets.core.models.loading import ModelSpec
 
             shutil.rmtree(folder, ignore_errors=True)
             export_model_folder(ModelSpec(self.model, self.weights), folder)

@@ -15,8 +15,8 @@ from inference_assets.automation.conditions import refresh_results
 from inference_assets.automation.schedules import nightly_pending_work
 from inference_assets.automation.sensors import new_images
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.models import DEFAULT_MODEL, DEFAULT_WEIGHTS
-from inference_assets.core.versions import asset_versions
+from inference_assets.core.models.loading import DEFAULT_MODEL, DEFAULT_WEIGHTS
+from inference_assets.core.models.versions import asset_versions
 from inference_assets.executor import steps_executor
 from inference_assets.images import assets as image_assets
 from inference_assets.images import checks as image_checks
@@ -112,7 +112,7 @@ def default_executor():
 
 
 def with_model_versions(assets: list, model: ModelResource, device: DeviceResource) -> list:
-    """``assets`` with the code versions of the configured model (``core/versions.py``) on
+    """``assets`` with the code versions of the configured model (``core/models/versions.py``) on
     preprocessed_images and prediction_files: a partition made with another model, weights, class
     names or preprocessing shows in the UI as stale ("has a new code version"), before any run."""
     versions = asset_versions(model.spec, jpeg_draft=device.jpeg_draft)

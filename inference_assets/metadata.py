@@ -5,10 +5,10 @@ from collections.abc import Iterable
 
 from dagster import MetadataValue, TableColumn, TableColumnConstraints, TableRecord, TableSchema
 
-from inference_assets.core import charts, markdown
-from inference_assets.core.report import results_charts
-from inference_assets.core.thumbnails import png_data_uri
-from inference_assets.core.warehouse import (
+from inference_assets.core.reporting import charts, markdown
+from inference_assets.core.reporting.report import results_charts
+from inference_assets.core.reporting.thumbnails import png_data_uri
+from inference_assets.core.warehouse.database import (
     Column,
     TableDescription,
     failure_reasons,
@@ -29,7 +29,7 @@ def rate(count: int, seconds: float) -> float:
 
 def table_schema(table: TableDescription, columns: list[Column] | None = None) -> TableSchema:
     """The Dagster column schema of ``table``: its described columns, or the real table's ``columns``
-    (``core.warehouse.table_columns``) with the descriptions of the described ones."""
+    (``core.warehouse.database.table_columns``) with the descriptions of the described ones."""
     described = {column.name: column.description for column in table.columns}
     return TableSchema(
         columns=[

@@ -14,7 +14,7 @@ import warnings
 
 from dagster import BackfillPolicy, BetaWarning, StaticPartitionsDefinition
 
-from inference_assets.core.partitioning import DEFAULT_NUM_PARTITIONS, partition_keys
+from inference_assets.core.collection.partitioning import DEFAULT_NUM_PARTITIONS, partition_keys
 from inference_assets.settings import number_env
 
 # backfill_policy is marked beta in Dagster 1.x; we rely on it knowingly.

@@ -32,13 +32,13 @@ from pathlib import Path
 import duckdb
 from dagster import AssetSelection, DagsterInstance, materialize
 
-from inference_assets.core.devices import resolve_device
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.layout import check_work_dir
-from inference_assets.core.models import check_weights_available
-from inference_assets.core.progress import DisplayFactory, progress_display
-from inference_assets.core.evaluation import stored_summary
-from inference_assets.core.warehouse import (
+from inference_assets.core.inference.devices import resolve_device
+from inference_assets.core.models.loading import check_weights_available
+from inference_assets.core.reporting.evaluation import stored_summary
+from inference_assets.core.storage.layout import check_work_dir
+from inference_assets.core.system.progress import DisplayFactory, progress_display
+from inference_assets.core.warehouse.database import (
     WarehouseLockedError,
     WarehouseWriteError,
     check_database_path,

@@ -17,7 +17,7 @@
 - ``INFERENCE_PRECISION``: ``fp32``, ``bf16`` or ``fp16`` (default ``fp32``).
 - ``INFERENCE_RUNTIME``: ``auto`` (default), ``torch``, ``openvino``, ``onnxruntime`` or ``openvino-int8`` (opt-in,
   approximate): what runs a
-  PyTorch model's forward pass on the CPU (``core/converted_models.py``); ``auto`` takes the fastest
+  PyTorch model's forward pass on the CPU (``core/models/converted_models.py``); ``auto`` takes the fastest
   runtime that matches PyTorch, else PyTorch.
 - ``INFERENCE_CONVERTED_DIR``: where converted networks are cached (default ``<work dir>/converted``); one
   folder shared by several work folders converts each model once for all of them.
@@ -30,7 +30,7 @@
   for steps on different machines.
 - ``INFERENCE_DECODE_WORKERS``: decoding threads (default one per core; set it in containers).
 - ``INFERENCE_EXECUTOR``: ``multiprocess`` (default) or ``k8s`` (a Kubernetes Job per step).
-- ``INFERENCE_GPU_LOCK_DIR``: where concurrent steps lock GPUs (see ``core/gpu_assignment.py``).
+- ``INFERENCE_GPU_LOCK_DIR``: where concurrent steps lock GPUs (see ``core/inference/gpu_assignment.py``).
 - ``INFERENCE_MAX_FAILURE_RATE`` / ``INFERENCE_MIN_TOP1`` / ``INFERENCE_MAX_CLASS_SHARE``: the
   quality gates, numbers from 0 to 1 (defaults 1, 0, 1: off): the blocking checks that fail a run
   when more images failed, top-1 on labelled images is lower, or one class takes a larger share of

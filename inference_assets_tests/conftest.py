@@ -10,7 +10,7 @@ import torch
 from dagster import DagsterInstance
 from dagster_duckdb import DuckDBResource
 
-from inference_assets.core.models import ModelSpec, load_classifier
+from inference_assets.core.models.loading import ModelSpec, load_classifier
 from inference_assets.images.resources import StorageResource
 from inference_assets.predictions.resources import DeviceResource, ModelResource
 

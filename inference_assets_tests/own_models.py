@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inference_assets.core.models import ModelSpec, load_classifier
-from inference_assets.core.runtimes import export_onnx
+from inference_assets.core.models.loading import ModelSpec, load_classifier
+from inference_assets.core.models.runtimes import export_onnx
 
 CLASS_NAMES = ["espresso", "tripod", "missile", "tabby"]
 IMAGENET_ROWS = [967, 872, 657, 281]

@@ -7,9 +7,9 @@ import duckdb
 import torch
 from dagster import AssetKey, AssetSelection, BackfillPolicy, materialize
 
-from inference_assets.core.hashing import file_sha256
-from inference_assets.core.manifest import read_manifest
-from inference_assets.core.partitioning import image_id_for, partition_for
+from inference_assets.core.storage.hashing import file_sha256
+from inference_assets.core.collection.manifest import read_manifest
+from inference_assets.core.collection.partitioning import image_id_for, partition_for
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, defs
 from inference_assets.partitions import IMAGE_SHARDS
 from inference_assets.predictions.resources import ModelResource

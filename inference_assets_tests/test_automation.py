@@ -23,11 +23,11 @@ from inference_assets.automation import sensors
 from inference_assets.automation.conditions import REFRESHED_ASSETS
 from inference_assets.automation.schedules import nightly_pending_work
 from inference_assets.automation.sensors import new_images
-from inference_assets.core.partitioning import image_id_for, partition_for
-from inference_assets.core.pending import ListingScan, scan_listing
+from inference_assets.core.collection.partitioning import image_id_for, partition_for
+from inference_assets.core.collection.pending import ListingScan, scan_listing
 from inference_assets.core.sources.folder import FolderSource
 from inference_assets.core.sources.config import IMAGE_EXTENSIONS
-from inference_assets.core.manifest import read_manifest
+from inference_assets.core.collection.manifest import read_manifest
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, defs
 from inference_assets.partitions import NUM_PARTITIONS
 from inference_assets.run import materialize_step, pipeline_steps

@@ -13,10 +13,10 @@ import torch
 from dagster import AssetSelection, DagsterInstance, materialize
 from dagster_duckdb import DuckDBResource
 
-from inference_assets.core.inference import InferenceSettings, predict_shard
-from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.pixel_store import read_pixel_shard, write_pixel_shard
-from inference_assets.core.results import read_results
+from inference_assets.core.inference.batches import InferenceSettings, predict_shard
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
+from inference_assets.core.images.pixel_store import read_pixel_shard, write_pixel_shard
+from inference_assets.core.storage.results import read_results
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import IMAGE_SHARDS
@@ -109,9 +109,9 @@ def test_every_awkward_file_gets_a_prediction_or_exactly_one_failure(image_root,
 UNREADABLE_SCRIPT = """
 import sys
 from pathlib import Path
-from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.models import ModelSpec, resolve_preprocessing
-from inference_assets.core.pixel_store import read_pixel_shard, write_pixel_shard
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
+from inference_assets.core.models.loading import ModelSpec, resolve_preprocessing
+from inference_assets.core.images.pixel_store import read_pixel_shard, write_pixel_shard
 work = Path(sys.argv[1])
 build_manifest(work / "images", work / "m.parquet", 1)
 write_pixel_shard(read_manifest(work / "m.parquet"), resolve_preprocessing(ModelSpec()), work / "px", "s", 2)

@@ -3,8 +3,8 @@
 import duckdb
 import pytest
 
-from inference_assets.core import charts
-from inference_assets.core.report import results_charts
+from inference_assets.core.reporting import charts
+from inference_assets.core.reporting.report import results_charts
 
 pytestmark = pytest.mark.fast
 

@@ -9,7 +9,7 @@ import duckdb
 import pytest
 from dagster import DagsterInstance, execute_job, reconstructable
 
-from inference_assets.core.manifest import read_manifest
+from inference_assets.core.collection.manifest import read_manifest
 
 from .environment import PROJECT_ROOT, pipeline_env
 

@@ -1,4 +1,4 @@
-"""OpenVINO and ONNX Runtime running a PyTorch model's network (core/converted_models.py), against PyTorch.
+"""OpenVINO and ONNX Runtime running a PyTorch model's network (core/models/converted_models.py), against PyTorch.
 
 Real photos (the committed samples and scikit-image's, several crops of each), the bundled
 EfficientNet-Lite0, real conversions into a real work folder, and a real Dagster run.
@@ -14,7 +14,9 @@ import pytest
 import torch
 from dagster import AssetSelection, materialize
 
-from inference_assets.core.converted_models import (
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.images.decoding import load_rgb
+from inference_assets.core.models.converted_models import (
     PARITY_TOLERANCE,
     Parity,
     SettledNetwork,
@@ -24,9 +26,7 @@ from inference_assets.core.converted_models import (
     describe_choice,
     settle_margin,
 )
-from inference_assets.core.decoding import load_rgb
-from inference_assets.core.errors import ConfigError
-from inference_assets.core.models import Classifier, ModelSpec, load_classifier
+from inference_assets.core.models.loading import Classifier, ModelSpec, load_classifier
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.partitions import IMAGE_SHARDS, range_tags
 from inference_assets.predictions.resources import DeviceResource

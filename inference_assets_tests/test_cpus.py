@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from inference_assets.core.cpus import available_cpus, cgroup_cpu_limit, limit_torch_threads
+from inference_assets.core.system.cpus import available_cpus, cgroup_cpu_limit, limit_torch_threads
 
 pytestmark = pytest.mark.fast
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from inference_assets.core.pixel_store import read_pixel_shard
+from inference_assets.core.images.pixel_store import read_pixel_shard
 
 from .environment import PROJECT_ROOT, SAMPLE_IMAGES, pipeline_env
 

@@ -16,14 +16,14 @@ import pytest
 import torch
 
 from bench.collection import build_collection
-from inference_assets.core.batch_size import forward_peak_bytes, probe_cuda_batch_size
-from inference_assets.core.devices import assign_device
-from inference_assets.core.gpu_assignment import NoFreeDeviceError
-from inference_assets.core.inference import InferenceSettings, predict_shard
-from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.models import ModelSpec, load_classifier
-from inference_assets.core.pixel_store import read_pixel_shard, write_pixel_shard
-from inference_assets.core.results import read_results
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
+from inference_assets.core.images.pixel_store import read_pixel_shard, write_pixel_shard
+from inference_assets.core.inference.batch_size import forward_peak_bytes, probe_cuda_batch_size
+from inference_assets.core.inference.batches import InferenceSettings, predict_shard
+from inference_assets.core.inference.devices import assign_device
+from inference_assets.core.inference.gpu_assignment import NoFreeDeviceError
+from inference_assets.core.models.loading import ModelSpec, load_classifier
+from inference_assets.core.storage.results import read_results
 
 pytestmark = [
     pytest.mark.cuda,
@@ -189,7 +189,7 @@ def test_a_whole_dagster_run_on_the_gpu(image_root, tmp_path, record_property):
 
 
 def test_jpeg_decoding_on_the_gpu_against_pillow(collection, gpu_classifier, record_property):
-    from inference_assets.core.device_decoding import compare_with_pillow, decode_batch
+    from inference_assets.core.images.device_decoding import compare_with_pillow, decode_batch
 
     files = sorted(p for p in collection.rglob("*") if p.suffix in (".jpg", ".png"))
     encoded = [p.read_bytes() for p in files]

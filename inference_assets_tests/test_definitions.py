@@ -77,12 +77,12 @@ def test_every_resource_field_has_a_description():
 def test_the_automatic_batch_size_is_described_as_the_code_picks_it():
     import torch
 
-    from inference_assets.core.devices import default_batch_size
+    from inference_assets.core.inference.devices import default_batch_size
     from inference_assets.predictions.resources import ModelResource
 
     description = ModelResource.model_fields["batch_size"].description
     assert f"{default_batch_size(torch.device('cpu'))} on CPU" in description
-    assert "probe" in description and "256 on CUDA" not in description  # CUDA's size is probed (core/batch_size.py)
+    assert "probe" in description and "256 on CUDA" not in description  # probed: core/inference/batch_size.py
 
 
 def _documentation() -> str:

@@ -1,4 +1,4 @@
-"""JPEG decoding on the inference device (``core/device_decoding.py``), here on CPU with torchvision's
+"""JPEG decoding on the inference device (``core/images/device_decoding.py``), here on CPU with torchvision's
 decoder: the same code a GPU runs with nvJPEG (``test_cuda.py`` checks it there)."""
 
 import io
@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from inference_assets.core.decoding import load_rgb
-from inference_assets.core.device_decoding import compare_with_pillow, decode_batch, resize_crop_batch
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.models import ModelSpec, resolve_preprocessing
+from inference_assets.core.images.decoding import load_rgb
+from inference_assets.core.images.device_decoding import compare_with_pillow, decode_batch, resize_crop_batch
+from inference_assets.core.models.loading import ModelSpec, resolve_preprocessing
 
 from .environment import SAMPLE_IMAGES
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from inference_assets.core.devices import autocast_dtype, resolve_device
+from inference_assets.core.inference.devices import autocast_dtype, resolve_device
 from inference_assets.core.errors import ConfigError
 
 

@@ -6,7 +6,7 @@ import subprocess
 
 from dagster import AssetKey, DagsterInstance
 
-from inference_assets.core.layout import Layout
+from inference_assets.core.storage.layout import Layout
 from inference_assets.definitions import ASSETS
 
 from .dagster_ui import DG, dagster_dev

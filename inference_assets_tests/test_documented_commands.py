@@ -140,7 +140,7 @@ def test_the_documentation_names_what_the_code_does():
         row = next(line for line in texts[Path("docs/scaling.md")].splitlines() if f"the `{pool}` pool" in line)
         assert all(f"`{name}`" in row for name in members), f"docs/scaling.md: pool {pool} holds {sorted(members)}: {row}"
     for path, text in texts.items():
-        assert "256 on CUDA" not in text, f"{path}: the batch size on CUDA is probed (core/batch_size.py)"
+        assert "256 on CUDA" not in text, f"{path}: the batch size on CUDA is probed (core/inference/batch_size.py)"
         assert "reused vs computed" not in text, f"{path}: prediction_files counts `predicted` and `reused`"
 
 

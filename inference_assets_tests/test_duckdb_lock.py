@@ -8,7 +8,7 @@ import duckdb
 import pytest
 from dagster import AssetSelection, DagsterInstance, materialize
 
-from inference_assets.core.warehouse import WarehouseLockedError, connect_waiting_for_lock
+from inference_assets.core.warehouse.database import WarehouseLockedError, connect_waiting_for_lock
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import IMAGE_SHARDS

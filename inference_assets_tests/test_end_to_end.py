@@ -91,10 +91,15 @@ def test_make_run_stops_early_with_one_line_naming_the_bad_weights(env, tmp_path
 def test_core_imports_no_dagster():
     code = (
         "import sys, pkgutil, importlib, inference_assets.core as core\n"
-        "for m in pkgutil.iter_modules(core.__path__): importlib.import_module(f'inference_assets.core.{m.name}')\n"
+        "names = [m.name for m in pkgutil.walk_packages(core.__path__, 'inference_assets.core.')]\n"
+        "for name in names: importlib.import_module(name)\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_duckdb')], 'core imported dagster'\n"
+        "print(len(names))\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT_ROOT)
+    done = subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    core_dir = PROJECT_ROOT / "inference_assets" / "core"
+    on_disk = [p for p in core_dir.rglob("*.py") if p != core_dir / "__init__.py"]  # modules and subfolders
+    assert int(done.stdout.split()[-1]) == len(on_disk)  # every one was imported
 
 
 def test_workspace_yaml_loads_the_code_location(env):

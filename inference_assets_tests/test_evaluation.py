@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from inference_assets.core.evaluation import evaluate, normalize, synonyms, truth_names
+from inference_assets.core.reporting.evaluation import evaluate, normalize, synonyms, truth_names
 from inference_assets.images.resources import StorageResource
 
 from .conftest import cpu_resources, run_all_steps

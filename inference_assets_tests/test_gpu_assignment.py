@@ -13,9 +13,9 @@ import pytest
 import torch
 from dagster import build_init_resource_context
 
-from inference_assets.core.devices import assign_device
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.gpu_assignment import (
+from inference_assets.core.inference.devices import assign_device
+from inference_assets.core.inference.gpu_assignment import (
     LOCK_DIR_ENV,
     NoFreeDeviceError,
     acquire_device,
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
 # Takes a device and says which; releases it when told, then stays alive until stdin closes.
 HOLDER = """
 import sys
-from inference_assets.core.gpu_assignment import acquire_device, describe_holder
+from inference_assets.core.inference.gpu_assignment import acquire_device, describe_holder
 lock_dir, count, timeout, run_id = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 lock = acquire_device(count, lock_dir, timeout=timeout, holder=describe_holder(run_id), poll=0.02,
                       on_wait=lambda line: print("waiting", line, flush=True))

@@ -20,10 +20,10 @@ import pytest
 from dagster import DagsterInstance, materialize
 from PIL import Image
 
-from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.models import ModelSpec, resolve_preprocessing
-from inference_assets.core.pixel_store import INDEX_SCHEMA, read_pixel_shard, write_pixel_shard
-from inference_assets.core.results import read_results
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
+from inference_assets.core.images.pixel_store import INDEX_SCHEMA, read_pixel_shard, write_pixel_shard
+from inference_assets.core.models.loading import ModelSpec, resolve_preprocessing
+from inference_assets.core.storage.results import read_results
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.images.resources import StorageResource
 from inference_assets.run import materialize_step, pipeline_steps
@@ -86,9 +86,9 @@ def status(field):
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
 
-from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.models import ModelSpec, resolve_preprocessing
-from inference_assets.core.pixel_store import read_pixel_shard, write_pixel_shard
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
+from inference_assets.core.models.loading import ModelSpec, resolve_preprocessing
+from inference_assets.core.images.pixel_store import read_pixel_shard, write_pixel_shard
 
 work = Path(sys.argv[1])
 max_pixels, workers = int(sys.argv[2]), int(sys.argv[3])
@@ -205,7 +205,7 @@ def test_reasons_for_bytes_and_open_files_name_no_file_object(tmp_path):
     _bad_files(root)
     build_manifest(root, tmp_path / "m.parquet", 1)
     entries = read_manifest(tmp_path / "m.parquet")
-    from inference_assets.core.local_files import local_path
+    from inference_assets.core.sources.local_files import local_path
 
     openers = {
         "bytes": lambda uri: io.BytesIO(Path(local_path(uri)).read_bytes()),
@@ -347,9 +347,9 @@ def test_damaged_pixels_fail_predictions_then_a_rerun_rebuilds_them(image_root, 
 WRITER_SCRIPT = """
 import json, sys, time
 from pathlib import Path
-from inference_assets.core.manifest import read_manifest
-from inference_assets.core.models import ModelSpec, resolve_preprocessing
-from inference_assets.core.pixel_store import read_pixel_shard, write_pixel_shard
+from inference_assets.core.collection.manifest import read_manifest
+from inference_assets.core.models.loading import ModelSpec, resolve_preprocessing
+from inference_assets.core.images.pixel_store import read_pixel_shard, write_pixel_shard
 
 work, start, rounds = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 entries = read_manifest(work / "m.parquet")

@@ -20,9 +20,9 @@ import pytest
 from dagster import DagsterInstance
 
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.hashing import file_sha256
-from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.results import read_reusable
+from inference_assets.core.storage.hashing import file_sha256
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
+from inference_assets.core.storage.results import read_reusable
 from inference_assets.images.resources import StorageResource
 
 from .conftest import KNOWN_TOP1, cpu_resources
@@ -185,7 +185,7 @@ def test_an_image_that_vanishes_without_its_folder_being_listed_fails_the_check(
     assert not check.passed and check.metadata["vanished_images"].value == 1
     assert _metadata(results[0], "image_manifest")["vanished_images"] == 1
     assert any("tabby/chelsea.png" in w for w in warnings)
-    from inference_assets.core.manifest import vanished_images
+    from inference_assets.core.collection.manifest import vanished_images
 
     assert vanished_images(Path(resources["storage"].layout.manifest_path)) == 1
 
@@ -194,7 +194,7 @@ LISTING_ERRORS = """
 import sys
 from pathlib import Path
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.manifest import build_manifest
+from inference_assets.core.collection.manifest import build_manifest
 from inference_assets.core.sources.object_store import ObjectStoreSource
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 sources = {"root": lambda: root / "locked", "bucket": lambda: ObjectStoreSource(f"file://{root}/tree", [".jpg"])}
@@ -411,13 +411,13 @@ def test_a_rerun_rebuilds_a_damaged_manifest_and_result_file_and_warns_naming_th
 # --- the sensor and the schedule: same checks on what is pending ----------------------------
 
 def test_pending_work_sees_a_same_size_same_mtime_rewrite_and_survives_damaged_files(image_root, tmp_path):
-    """The sensor's and the schedule's view (core.pending) over real files: a rewrite that keeps
+    """The sensor's and the schedule's view (core.collection.pending) over real files: a rewrite that keeps
     size and mtime changes the listing's digest; a damaged manifest means "a manifest run is
     needed", a damaged result file "this partition is pending", never a traceback."""
-    from inference_assets.core.pending import (
+    from inference_assets.core.collection.pending import (
         changed_partitions, manifest_digests, partitions_missing_results, scan_listing,
     )
-    from inference_assets.core.partitioning import image_id_for, partition_for
+    from inference_assets.core.collection.partitioning import image_id_for, partition_for
     from inference_assets.core.sources.folder import FolderSource
     from inference_assets.core.sources.config import IMAGE_EXTENSIONS
 

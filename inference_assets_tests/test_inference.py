@@ -8,10 +8,10 @@ import timm
 import torch
 from PIL import Image
 
-from inference_assets.core.inference import InferenceSettings, classify, predict_shard
-from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.pixel_store import read_pixel_shard, write_pixel_shard
-from inference_assets.core.results import read_results
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
+from inference_assets.core.images.pixel_store import read_pixel_shard, write_pixel_shard
+from inference_assets.core.inference.batches import InferenceSettings, classify, predict_shard
+from inference_assets.core.storage.results import read_results
 
 from .conftest import KNOWN_TOP1
 
@@ -222,7 +222,7 @@ def test_result_rows_written_a_batch_at_a_time_land_in_few_row_groups_in_order(t
     """A row group per batch of 8 made DuckDB's refresh hold about 25 KB a row (+480 MiB at 20,000 images)."""
     import pyarrow.parquet as pq
 
-    from inference_assets.core import results
+    from inference_assets.core.storage import results
 
     def write(path, batches, reused_first=None):
         with results.ResultFileWriter(path, "shard-00", "m", "w", "cpu", "fp32", 2, "px", "id", ["a", "b", "c"]) as writer:

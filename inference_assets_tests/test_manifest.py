@@ -4,9 +4,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.hashing import file_sha256
-from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.partitioning import image_id_for, partition_for
+from inference_assets.core.storage.hashing import file_sha256
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
+from inference_assets.core.collection.partitioning import image_id_for, partition_for
 
 
 pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`

@@ -5,7 +5,7 @@ import timm
 import torch
 
 from inference_assets.core.errors import ConfigError, WeightsUnavailableError
-from inference_assets.core.models import ModelSpec, describe_model, load_classifier
+from inference_assets.core.models.loading import ModelSpec, describe_model, load_classifier
 
 
 pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
@@ -120,7 +120,7 @@ def test_a_model_without_class_names_names_classes_by_index_and_warns(tmp_path):
 
 
 def test_class_names_files_in_every_format(tmp_path):
-    from inference_assets.core.class_names import read_class_names
+    from inference_assets.core.models.class_names import read_class_names
 
     files = {
         "a.txt": "cat\n\ndog\n",
@@ -138,8 +138,8 @@ def test_class_names_files_in_every_format(tmp_path):
 
 
 def test_card_scalings_normalize_as_their_frameworks_do(tmp_path):
-    from inference_assets.core.model_card import card_from_dict
-    from inference_assets.core.preprocessing import from_timm_config
+    from inference_assets.core.models.model_card import card_from_dict
+    from inference_assets.core.images.preprocessing import from_timm_config
 
     pixels = torch.tensor([[[[255]], [[0]], [[128]]]], dtype=torch.uint8)  # one RGB pixel
     expected = {

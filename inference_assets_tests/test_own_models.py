@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference_assets.core.evaluation import stored_summary
+from inference_assets.core.reporting.evaluation import stored_summary
 from inference_assets.images.resources import StorageResource
 from inference_assets.predictions.resources import ModelResource
 
@@ -119,7 +119,7 @@ class _FourChannels(torch.nn.Module):
 
 def _bad_inputs(root: Path, forms: dict) -> dict:
     """name -> (model resource config, the expected message's start)."""
-    from inference_assets.core.runtimes import export_onnx
+    from inference_assets.core.models.runtimes import export_onnx
 
     bare = forms["bare state_dict .pth + names.txt"].weights
     for name, content in (("garbage.onnx", b"not a model"), ("garbage.pth", b"\x80\x04garbage"),
@@ -388,7 +388,7 @@ class _TinyNhwc(torch.nn.Module):
 
 
 def test_an_nhwc_torch_export_program_with_a_fixed_batch_gets_nchw_batches_of_any_size(tmp_path):
-    from inference_assets.core.models import ModelSpec, load_classifier
+    from inference_assets.core.models.loading import ModelSpec, load_classifier
 
     net = _TinyNhwc().eval()
     path = tmp_path / "nhwc.pt2"
@@ -403,8 +403,8 @@ def test_an_nhwc_torch_export_program_with_a_fixed_batch_gets_nchw_batches_of_an
 
 def test_settings_only_pytorch_honours_stop_an_onnx_model_in_one_line(forms):
     from inference_assets.core.errors import ConfigError
-    from inference_assets.core.inference import InferenceSettings, check_runtime
-    from inference_assets.core.models import ModelSpec, load_classifier
+    from inference_assets.core.inference.batches import InferenceSettings, check_runtime
+    from inference_assets.core.models.loading import ModelSpec, load_classifier
 
     classifier = load_classifier(ModelSpec(forms["ONNX, NHWC, fixed batch 1, probabilities out"].model))
     assert classifier.runtime == "onnxruntime (CPUExecutionProvider)"

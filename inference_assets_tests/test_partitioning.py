@@ -2,8 +2,7 @@ from collections import Counter
 
 import pytest
 
-from inference_assets.core.partitioning import image_id_for, partition_for, partition_keys
-
+from inference_assets.core.collection.partitioning import image_id_for, partition_for, partition_keys
 
 pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
 

@@ -16,13 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from inference_assets.core.decoding import load_rgb
-from inference_assets.core.inference import InferenceSettings, classify, predict_shard
-from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.models import ModelSpec, resolve_preprocessing
-from inference_assets.core.pixel_store import read_pixel_shard, write_pixel_shard
-from inference_assets.core.progress import Progress
-from inference_assets.core.results import read_reusable
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
+from inference_assets.core.images.decoding import load_rgb
+from inference_assets.core.images.pixel_store import read_pixel_shard, write_pixel_shard
+from inference_assets.core.inference.batches import InferenceSettings, classify, predict_shard
+from inference_assets.core.models.loading import ModelSpec, resolve_preprocessing
+from inference_assets.core.storage.results import read_reusable
+from inference_assets.core.system.progress import Progress
 
 CPU = torch.device("cpu")
 
@@ -30,7 +30,7 @@ CPU = torch.device("cpu")
 
 MALLINFO_PROBE = """
 import ctypes, sys
-from inference_assets.core.allocator import keep_freed_memory
+from inference_assets.core.inference.allocator import keep_freed_memory
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -200,7 +200,7 @@ def test_compiled_model_gives_the_eager_results_and_pads_the_last_batch(image_ro
 
 @pytest.mark.fast
 def test_automatic_batch_size_is_the_largest_power_of_two_that_fits_with_headroom():
-    from inference_assets.core.batch_size import pick_batch_size
+    from inference_assets.core.inference.batch_size import pick_batch_size
 
     gib = 1 << 30
     # a model whose forward pass needs 1 GiB + 50 MiB per image, on a 40 GiB device: 80 % is 32 GiB

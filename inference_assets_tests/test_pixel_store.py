@@ -6,9 +6,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.models import ModelSpec, resolve_preprocessing
-from inference_assets.core.pixel_store import (
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
+from inference_assets.core.models.loading import ModelSpec, resolve_preprocessing
+from inference_assets.core.images.pixel_store import (
     INDEX_SCHEMA,
     STATUS_FAILED,
     STATUS_OK,
@@ -40,7 +40,7 @@ def test_shard_round_trip_keeps_order_pixels_and_failures(manifest, tmp_path):
     assert broken["status"] == STATUS_FAILED and broken["error"].startswith("OSError: Truncated")
     coffee = [r for r in rows if r["uri"].endswith("coffee.jpg")][0]
     assert coffee["status"] == STATUS_OK and coffee["error"] is None
-    from inference_assets.core.decoding import load_rgb
+    from inference_assets.core.images.decoding import load_rgb
 
     expected = preprocessing.resize_crop(load_rgb(coffee["uri"]))
     assert np.array_equal(shard.pixels[coffee["row"]], expected)

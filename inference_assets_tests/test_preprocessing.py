@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
-from inference_assets.core.decoding import load_rgb
-from inference_assets.core.models import ModelSpec, resolve_preprocessing
-from inference_assets.core.preprocessing import from_torchvision_transform
+from inference_assets.core.images.decoding import load_rgb
+from inference_assets.core.images.preprocessing import from_torchvision_transform
+from inference_assets.core.models.loading import ModelSpec, resolve_preprocessing
 
 from .environment import SAMPLE_IMAGES
 

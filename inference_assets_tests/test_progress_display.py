@@ -1,4 +1,4 @@
-"""`make run`'s live progress: the display hook in core.progress, and the bars in a real terminal."""
+"""`make run`'s live progress: the display hook in core.system.progress, and the bars in a real terminal."""
 
 import errno
 import fcntl
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from inference_assets.core.progress import Progress, progress_display
+from inference_assets.core.system.progress import Progress, progress_display
 
 from .environment import PROJECT_ROOT, pipeline_env
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from inference_assets import pools
-from inference_assets.core.devices import default_batch_size
+from inference_assets.core.inference.devices import default_batch_size
 from inference_assets.definitions import ASSETS
 
 from .environment import INSTANCE_YAML, PROJECT_ROOT
@@ -41,13 +41,13 @@ def test_each_pool_is_described_with_every_asset_that_takes_its_slots():
 def test_the_instance_settings_say_that_each_step_gets_a_gpu_of_its_own():
     text = INSTANCE_YAML.read_text()
     assert "gpu_assignment.py" in text and "INFERENCE_GPU_LOCK_DIR" in text
-    assert "same cuda:0" not in text  # steps on one machine lock different GPUs (core/gpu_assignment.py)
+    assert "same cuda:0" not in text  # steps on one machine lock different GPUs (core/inference/gpu_assignment.py)
 
 
 @pytest.mark.fast
 def test_the_automatic_cuda_batch_size_is_described_as_probed():
     doc = " ".join(default_batch_size.__doc__.split())
-    assert "starting point" not in doc  # the probe starts at 32 (core/batch_size.py), not at 256
+    assert "starting point" not in doc  # the probe starts at 32 (core/inference/batch_size.py), not at 256
     assert "probed" in doc and "ONNX" in doc  # 256 only where no probe runs
 
 
@@ -58,3 +58,18 @@ def test_the_files_pyproject_refers_to_exist():
     assert "README.md" in named
     missing = sorted(name for name in named if not (PROJECT_ROOT / name).exists())
     assert not missing, f"pyproject.toml refers to files that do not exist: {missing}"
+
+
+@pytest.mark.fast
+def test_the_layout_in_the_developer_docs_names_every_core_folder_and_module():
+    text = (PROJECT_ROOT / "docs" / "development.md").read_text()
+    start = text.index("```text\ninference_assets/")
+    block = text[start : text.index("```", start + 3)]
+    core = PROJECT_ROOT / "inference_assets" / "core"
+    folders = sorted(p.parent.name for p in core.glob("*/__init__.py"))
+    listed = re.findall(r"^    (\w+)/ ", block, re.MULTILINE)
+    assert listed == [f for f in listed if f in folders] and sorted(listed) == folders, (listed, folders)
+    words = set(re.findall(r"\w+", block))
+    modules = [p for p in core.rglob("*.py") if p.stem != "__init__"]
+    unnamed = sorted(str(p.relative_to(core)) for p in modules if p.stem not in words)
+    assert not unnamed, f"docs/development.md's layout does not name {unnamed}"

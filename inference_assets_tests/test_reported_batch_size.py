@@ -4,8 +4,8 @@ size (not the 256 used before probing), and nothing when every prediction was re
 import pytest
 from dagster import materialize
 
-from inference_assets.core.inference import ShardPredictionSummary, batch_size_used
-from inference_assets.core.manifest import read_manifest
+from inference_assets.core.collection.manifest import read_manifest
+from inference_assets.core.inference.batches import ShardPredictionSummary, batch_size_used
 from inference_assets.definitions import ASSETS
 
 

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 from PIL import Image
 
-from inference_assets.core.decoding import DEFAULT_MAX_PIXELS, ImageTooLargeError, load_rgb
+from inference_assets.core.images.decoding import DEFAULT_MAX_PIXELS, ImageTooLargeError, load_rgb
 from inference_assets.images.resources import StorageResource
 
 from .environment import PROJECT_ROOT

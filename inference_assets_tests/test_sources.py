@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetSelection, DagsterInstance
 
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.manifest import build_manifest, read_manifest
 from inference_assets.core.sources import SourceConfig, open_source
 from inference_assets.core.sources.filesystems import S3Options
 from inference_assets.images.resources import StorageResource

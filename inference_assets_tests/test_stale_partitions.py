@@ -16,9 +16,9 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
-from inference_assets.core.models import ModelSpec
-from inference_assets.core.partitioning import DEFAULT_NUM_PARTITIONS, partition_keys
-from inference_assets.core.versions import asset_versions
+from inference_assets.core.models.loading import ModelSpec
+from inference_assets.core.collection.partitioning import DEFAULT_NUM_PARTITIONS, partition_keys
+from inference_assets.core.models.versions import asset_versions
 
 from .environment import PROJECT_ROOT, SAMPLE_IMAGES, pipeline_env
 

@@ -6,10 +6,10 @@ import duckdb
 import pytest
 from dagster import AssetKey, materialize
 
-from inference_assets.core.evaluation import EVALUATION_TABLES, evaluate
-from inference_assets.core.layout import Layout
-from inference_assets.core.manifest import build_manifest
-from inference_assets.core.warehouse import WAREHOUSE_TABLES, catalog_name, refresh_warehouse, table_columns
+from inference_assets.core.collection.manifest import build_manifest
+from inference_assets.core.reporting.evaluation import EVALUATION_TABLES, evaluate
+from inference_assets.core.storage.layout import Layout
+from inference_assets.core.warehouse.database import WAREHOUSE_TABLES, catalog_name, refresh_warehouse, table_columns
 from inference_assets.definitions import ASSETS, defs
 from inference_assets.images.resources import StorageResource
 

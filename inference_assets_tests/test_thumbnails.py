@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from inference_assets.core.thumbnails import thumbnail_png
+from inference_assets.core.reporting.thumbnails import thumbnail_png
 
 from .environment import SAMPLE_IMAGES
 

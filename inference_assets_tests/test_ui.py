@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow.compute as pc
 from PIL import Image
 
-from inference_assets.core.layout import Layout
-from inference_assets.core.manifest import read_manifest
-from inference_assets.core.partitioning import partition_keys
+from inference_assets.core.collection.manifest import read_manifest
+from inference_assets.core.collection.partitioning import partition_keys
+from inference_assets.core.storage.layout import Layout
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 
 from . import browser, screenshots

@@ -1,4 +1,4 @@
-"""The code versions of preprocessed_images and prediction_files (core/versions.py): they change
+"""The code versions of preprocessed_images and prediction_files (core/models/versions.py): they change
 with each setting that changes the stored pixels or the predictions, and with nothing else, and
 are found without building a network or reading weights."""
 
@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from inference_assets.core.models import ModelSpec, describe_model
-from inference_assets.core.versions import asset_versions
+from inference_assets.core.models.loading import ModelSpec, describe_model
+from inference_assets.core.models.versions import asset_versions
 
 pytestmark = pytest.mark.fast
 

@@ -7,12 +7,12 @@ import duckdb
 import pytest
 import torch
 
-from inference_assets.core.inference import InferenceSettings, predict_shard
-from inference_assets.core.layout import Layout
-from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.partitioning import partition_keys
-from inference_assets.core.pixel_store import read_pixel_shard, write_pixel_shard
-from inference_assets.core.warehouse import refresh_warehouse, top_labels
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
+from inference_assets.core.collection.partitioning import partition_keys
+from inference_assets.core.images.pixel_store import read_pixel_shard, write_pixel_shard
+from inference_assets.core.inference.batches import InferenceSettings, predict_shard
+from inference_assets.core.storage.layout import Layout
+from inference_assets.core.warehouse.database import refresh_warehouse, top_labels
 
 from .environment import PROJECT_ROOT, pipeline_env
 
@@ -64,7 +64,7 @@ def test_result_files_from_before_the_runtime_column_are_reused_and_loaded(layou
     their predictions reused by the next run and loaded into DuckDB alongside new ones."""
     import pyarrow.parquet as pq
 
-    from inference_assets.core.results import read_results
+    from inference_assets.core.storage.results import read_results
 
     old, new = layout.result_files("m", KEYS)
     table = pq.read_table(old)

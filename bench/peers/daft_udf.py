@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from daft import col  # noqa: E402
 from daft.functions import decode_image, download, resize  # noqa: E402
 
-from inference_assets.core.models import resolve_preprocessing  # noqa: E402
+from inference_assets.core.models.loading import resolve_preprocessing  # noqa: E402
 
 from bench.common import (  # noqa: E402
     Timer, autocast, image_paths, load_model, model_spec, parser, relative, report, write_predictions,

@@ -2,7 +2,7 @@
 
 from dagster import AssetKey, RunRequest
 
-from inference_assets.core.pending import MissingResults, partitions_missing_results
+from inference_assets.core.collection.pending import MissingResults, partitions_missing_results
 from inference_assets.images.resources import StorageResource
 from inference_assets.predictions.resources import ModelResource
 

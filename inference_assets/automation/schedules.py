@@ -21,7 +21,7 @@ the tag ``dagster/schedule_name=nightly_pending_work``: the UI lists them on the
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
-from inference_assets.core.pending import changed_partitions, listing_digest, manifest_digests, scan_listing
+from inference_assets.core.collection.pending import changed_partitions, listing_digest, manifest_digests, scan_listing
 from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import NUM_PARTITIONS, range_tags
 from inference_assets.predictions.resources import ModelResource

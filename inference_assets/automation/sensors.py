@@ -13,7 +13,7 @@ import json
 
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
-from inference_assets.core.pending import ListingScan, changed_partitions, listing_digest, manifest_digests, scan_listing
+from inference_assets.core.collection.pending import ListingScan, changed_partitions, listing_digest, manifest_digests, scan_listing
 from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import NUM_PARTITIONS
 from inference_assets.predictions.resources import ModelResource

@@ -7,10 +7,10 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from inference_assets.core.manifest import build_manifest, read_manifest
-from inference_assets.core.pixel_store import write_pixel_shard
-from inference_assets.core.progress import Progress
-from inference_assets.core.thumbnails import markdown_image, thumbnail_uri
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
+from inference_assets.core.images.pixel_store import write_pixel_shard
+from inference_assets.core.reporting.thumbnails import markdown_image, thumbnail_uri
+from inference_assets.core.system.progress import Progress
 from inference_assets.metadata import markdown_table, rate
 from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS, NUM_PARTITIONS
 from inference_assets.predictions.resources import DeviceResource, ModelResource

@@ -4,7 +4,7 @@
 import pyarrow.compute as pc
 from dagster import AssetCheckResult, asset_check
 
-from inference_assets.core.manifest import read_manifest
+from inference_assets.core.collection.manifest import read_manifest
 from inference_assets.partitions import IMAGE_SHARDS
 
 from .assets import image_manifest

@@ -5,11 +5,11 @@ from pathlib import Path
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
-from inference_assets.core.decoding import DEFAULT_MAX_PIXELS
-from inference_assets.core.layout import Layout, check_work_dir
+from inference_assets.core.images.decoding import DEFAULT_MAX_PIXELS
+from inference_assets.core.storage.layout import Layout, check_work_dir
 from inference_assets.core.sources import ImageSource, SourceConfig, open_source
 from inference_assets.core.sources.config import IMAGE_EXTENSIONS
-from inference_assets.core.shared_storage import SharedStorage
+from inference_assets.core.storage.shared_storage import SharedStorage
 from inference_assets.core.sources.filesystems import FileSystems, S3Options
 
 

@@ -9,8 +9,8 @@ import torch
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from inference_assets.core.converted_models import CALIBRATION_IMAGES, choose_runtime, describe_choice
-from inference_assets.core.inference import (
+from inference_assets.core.images.pixel_store import read_pixel_shard
+from inference_assets.core.inference.batches import (
     InferenceSettings,
     StageSeconds,
     batch_size_used,
@@ -18,10 +18,10 @@ from inference_assets.core.inference import (
     predict_shard,
     torch_only_reason,
 )
-from inference_assets.core.pixel_store import read_pixel_shard
-from inference_assets.core.progress import Progress
-from inference_assets.core.results import read_results
-from inference_assets.core.thumbnails import markdown_image, thumbnail_uri
+from inference_assets.core.models.converted_models import CALIBRATION_IMAGES, choose_runtime, describe_choice
+from inference_assets.core.reporting.thumbnails import markdown_image, thumbnail_uri
+from inference_assets.core.storage.results import read_results
+from inference_assets.core.system.progress import Progress
 from inference_assets.images.assets import preprocessed_images
 from inference_assets.images.resources import StorageResource
 from inference_assets.metadata import markdown_table, rate

@@ -7,10 +7,10 @@ import torch
 from dagster import ConfigurableResource, InitResourceContext, get_dagster_logger
 from pydantic import Field, PrivateAttr
 
-from inference_assets.core.cpus import available_cpus, limit_torch_threads
-from inference_assets.core.devices import assign_device, needs_assignment, resolve_device
-from inference_assets.core.gpu_assignment import DeviceLock, describe_holder
-from inference_assets.core.models import (
+from inference_assets.core.images.preprocessing import Preprocessing
+from inference_assets.core.inference.devices import assign_device, needs_assignment, resolve_device
+from inference_assets.core.inference.gpu_assignment import DeviceLock, describe_holder
+from inference_assets.core.models.loading import (
     DEFAULT_MODEL,
     DEFAULT_WEIGHTS,
     Classifier,
@@ -19,7 +19,7 @@ from inference_assets.core.models import (
     describe_model,
     load_classifier,
 )
-from inference_assets.core.preprocessing import Preprocessing
+from inference_assets.core.system.cpus import available_cpus, limit_torch_threads
 
 
 class ModelResource(ConfigurableResource):
@@ -107,7 +107,7 @@ class DeviceResource(ConfigurableResource):
     """Where and how inference runs, and how many threads decode images.
 
     With ``auto`` (on a CUDA machine) or ``cuda``, the step that first asks for the torch device
-    gets a GPU no other step on this machine holds (a file lock, ``core/gpu_assignment.py``),
+    gets a GPU no other step on this machine holds (a file lock, ``core/inference/gpu_assignment.py``),
     waiting for one to be released if all are taken, and keeps it until the step ends. So
     concurrent ``prediction_files`` steps use different GPUs; ``preprocessed_images``, which never
     asks, takes none. ``cuda:N`` is used as given, without a lock.

@@ -6,8 +6,8 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from dagster_duckdb import DuckDBResource
 
 from inference_assets.automation.conditions import AFTER_UPSTREAM
-from inference_assets.core.report import build_report, write_report
-from inference_assets.core.thumbnails import thumbnail_uri
+from inference_assets.core.reporting.report import build_report, write_report
+from inference_assets.core.reporting.thumbnails import thumbnail_uri
 from inference_assets.images.resources import StorageResource
 from inference_assets.pools import DUCKDB_POOL
 from inference_assets.warehouse.assets import evaluation, prediction_results

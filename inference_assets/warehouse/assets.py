@@ -5,10 +5,10 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from dagster_duckdb import DuckDBResource
 
 from inference_assets.automation.conditions import AFTER_NEW_PREDICTIONS, AFTER_UPSTREAM
-from inference_assets.core.evaluation import EVALUATION_TABLES, evaluate
-from inference_assets.core.manifest import read_manifest
-from inference_assets.core.results import intact_result_files
-from inference_assets.core.warehouse import (
+from inference_assets.core.collection.manifest import read_manifest
+from inference_assets.core.reporting.evaluation import EVALUATION_TABLES, evaluate
+from inference_assets.core.storage.results import intact_result_files
+from inference_assets.core.warehouse.database import (
     WAREHOUSE_TABLES,
     catalog_name,
     current_catalog,

@@ -15,9 +15,9 @@ from dagster import AssetCheckResult, ConfigurableResource, asset_check
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from inference_assets.core.collection.manifest import vanished_images
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.evaluation import stored_summary
-from inference_assets.core.manifest import vanished_images
+from inference_assets.core.reporting.evaluation import stored_summary
 from inference_assets.images.resources import StorageResource
 from inference_assets.predictions.resources import ModelResource
 from inference_assets.settings import env, number_env

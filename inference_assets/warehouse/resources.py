@@ -6,7 +6,7 @@ from dagster import InitResourceContext, get_dagster_logger
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from inference_assets.core.warehouse import check_database_path, connect_waiting_for_lock
+from inference_assets.core.warehouse.database import check_database_path, connect_waiting_for_lock
 
 
 class WarehouseResource(DuckDBResource):

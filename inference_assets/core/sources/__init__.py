@@ -14,7 +14,7 @@ A row that cannot be read (a missing object, NULL bytes, a bad URI) is listed wi
 ``error``, so it becomes a failure row downstream instead of stopping the listing.
 """
 
-from .base import ImageSource, SourceEntry
-from .config import SourceConfig, open_source
+from inference_assets.core.sources.base import ImageSource, SourceEntry
+from inference_assets.core.sources.config import SourceConfig, open_source
 
 __all__ = ["ImageSource", "SourceConfig", "SourceEntry", "open_source"]

@@ -21,10 +21,10 @@ from urllib.parse import quote, unquote
 
 import sqlalchemy as sa
 
-from ..errors import ConfigError
-from .base import SourceEntry
-from .filesystems import FileSystems
-from .table import LocationTableSource
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.sources.base import SourceEntry
+from inference_assets.core.sources.filesystems import FileSystems
+from inference_assets.core.sources.table import LocationTableSource
 
 
 def make_engine(url: str) -> sa.Engine:

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
-from ..errors import ConfigError
-from ..hashing import stream_sha256
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.storage.hashing import stream_sha256
 
 
 @dataclass(frozen=True)

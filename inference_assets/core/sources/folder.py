@@ -7,10 +7,10 @@ import stat as stat_module
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..hashing import file_sha256
-from ..local_files import _reason, display, local_path, uri_for, walk_images
-from .base import SourceEntry, parent_label
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.sources.base import SourceEntry, parent_label
+from inference_assets.core.sources.local_files import _reason, display, local_path, uri_for, walk_images
+from inference_assets.core.storage.hashing import file_sha256
 
 
 def check_source_root(root: Path) -> Path:

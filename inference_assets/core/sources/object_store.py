@@ -11,9 +11,9 @@ from collections.abc import Iterable, Iterator
 
 import pyarrow.fs as pafs
 
-from ..errors import ConfigError
-from .base import SourceEntry, parent_label
-from .filesystems import FileSystems
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.sources.base import SourceEntry, parent_label
+from inference_assets.core.sources.filesystems import FileSystems
 
 
 class ObjectStoreSource:

@@ -16,9 +16,9 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..errors import ConfigError
-from .base import SourceEntry
-from .filesystems import FileSystems, is_uri
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.sources.base import SourceEntry
+from inference_assets.core.sources.filesystems import FileSystems, is_uri
 
 
 def read_location_file(location: str, filesystems: FileSystems) -> pa.Table:

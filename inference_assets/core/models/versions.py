@@ -30,11 +30,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import is_torchscript
-from .class_names import read_class_names
-from .errors import ConfigError
-from .model_card import ModelCard
-from .models import (
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.images.preprocessing import Preprocessing, from_timm_config
+from inference_assets.core.models.checkpoints import is_torchscript
+from inference_assets.core.models.class_names import read_class_names
+from inference_assets.core.models.loading import (
     DEFAULT_PREPROCESSING,
     DEFAULT_WEIGHTS,
     STATE_DICT_SUFFIXES,
@@ -47,7 +47,7 @@ from .models import (
     content_digest,
     named_weights_id,
 )
-from .preprocessing import Preprocessing, from_timm_config
+from inference_assets.core.models.model_card import ModelCard
 
 SCHEME = "1"  # change when what goes into a version changes
 

@@ -25,8 +25,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ConfigError
-from .results import read_class_names
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.storage.results import read_class_names
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .decoding import describe_error, load_rgb
-from .errors import ConfigError
-from .preprocessing import Preprocessing
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.images.decoding import describe_error, load_rgb
+from inference_assets.core.images.preprocessing import Preprocessing
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 

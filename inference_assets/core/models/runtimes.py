@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from inference_assets.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

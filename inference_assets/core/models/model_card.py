@@ -22,8 +22,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .class_names import names_from_value
-from .errors import ConfigError
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.models.class_names import names_from_value
 
 CARD_NAMES = ("model_card.json", "model_card.yaml", "model_card.yml")
 CARD_SUFFIXES = (".card.json", ".card.yaml", ".card.yml")

@@ -31,7 +31,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
-from .local_files import local_path
+from inference_assets.core.sources.local_files import local_path
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's default Image.MAX_IMAGE_PIXELS (about 0.25 GB of RGB)
 

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_output, remove_orphaned_temporaries
-from .verified_parquet import READ_ERRORS, WRITE_OPTIONS, damaged, read_verified
+from inference_assets.core.storage.atomic import atomic_output, remove_orphaned_temporaries
+from inference_assets.core.storage.verified_parquet import READ_ERRORS, WRITE_OPTIONS, damaged, read_verified
 
 STATUS_PREDICTED = "predicted"
 STATUS_FAILED = "failed"

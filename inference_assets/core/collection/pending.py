@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .verified_parquet import READ_ERRORS, read_verified
-from .partitioning import image_id_for_bytes, partition_for
-from .sources import SourceEntry
+from inference_assets.core.collection.partitioning import image_id_for_bytes, partition_for
+from inference_assets.core.sources import SourceEntry
+from inference_assets.core.storage.verified_parquet import READ_ERRORS, read_verified
 
 
 def _image_hash(image_id: str, uri: str, size, mtime_ns, listed_hash, version) -> int:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import duckdb
 
-from .atomic import atomic_output
-from . import charts
-from .charts import class_distribution_png, confidence_histogram_png
-from .thumbnails import png_data_uri
-from .evaluation import stored_summary
-from .warehouse import failure_reasons, outcome_counts
+from inference_assets.core.reporting import charts
+from inference_assets.core.reporting.charts import class_distribution_png, confidence_histogram_png
+from inference_assets.core.reporting.evaluation import stored_summary
+from inference_assets.core.reporting.thumbnails import png_data_uri
+from inference_assets.core.storage.atomic import atomic_output
+from inference_assets.core.warehouse.database import failure_reasons, outcome_counts
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow as pa
 
-from .warehouse import Column, TableDescription, tables_by_name
+from inference_assets.core.warehouse.database import Column, TableDescription, tables_by_name
 
 _WNID = re.compile(r"^n\d{8}$")
 

@@ -34,13 +34,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import Checkpoint, is_torchscript, read_checkpoint
-from .class_names import check_class_count, index_names, names_from_value, read_class_names
-from .errors import ConfigError, WeightsUnavailableError
-from .hashing import file_sha256
-from .model_card import ModelCard, find_card, read_card
-from .preprocessing import Preprocessing, from_timm_config, from_torchvision_transform
-from .runtimes import OnnxModel, load_exported, load_torchscript
+from inference_assets.core.errors import ConfigError, WeightsUnavailableError
+from inference_assets.core.images.preprocessing import Preprocessing, from_timm_config, from_torchvision_transform
+from inference_assets.core.models.checkpoints import Checkpoint, is_torchscript, read_checkpoint
+from inference_assets.core.models.class_names import check_class_count, index_names, names_from_value, read_class_names
+from inference_assets.core.models.model_card import ModelCard, find_card, read_card
+from inference_assets.core.models.runtimes import OnnxModel, load_exported, load_torchscript
+from inference_assets.core.storage.hashing import file_sha256
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 DEFAULT_WEIGHTS = "bundled"

@@ -26,13 +26,13 @@ are decoded. When nothing changed, the stored pair is kept as it is.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
 import time
 import uuid
 import zlib
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +41,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .allocator import keep_freed_memory
-from .atomic import atomic_output, remove_orphaned_temporaries, temporary_sibling
-from .decoding import DEFAULT_MAX_PIXELS, describe_error, load_rgb, without_locations
-from .local_files import LIST_ERROR_PREFIX
-from .parallel import bounded_map
-from .preprocessing import Preprocessing
+from inference_assets.core.images.decoding import DEFAULT_MAX_PIXELS, describe_error, load_rgb, without_locations
+from inference_assets.core.images.preprocessing import Preprocessing
+from inference_assets.core.inference.allocator import keep_freed_memory
+from inference_assets.core.sources.local_files import LIST_ERROR_PREFIX
+from inference_assets.core.storage.atomic import atomic_output, remove_orphaned_temporaries, temporary_sibling
+from inference_assets.core.system.parallel import bounded_map
 
 INDEX_SCHEMA = pa.schema(
     [

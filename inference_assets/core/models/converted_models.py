@@ -46,9 +46,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .models import Classifier
-from .runtimes import OnnxModel, export_onnx
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.models.loading import Classifier
+from inference_assets.core.models.runtimes import OnnxModel, export_onnx
 
 RUNTIMES = ("auto", "torch", "openvino", "onnxruntime", "openvino-int8")
 AUTO_ORDER = ("openvino", "onnxruntime")  # fastest first, measured on CPU (docs/performance.md)

@@ -34,14 +34,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .atomic import atomic_output, remove_orphaned_temporaries
-from .errors import ConfigError
-from .local_files import LIST_ERROR_PREFIX, display, local_path
-from .partitioning import image_id_for_bytes, partition_for
-from .sources import ImageSource, SourceEntry
-from .sources.config import IMAGE_EXTENSIONS
-from .sources.folder import FolderSource, check_source_root
-from .verified_parquet import READ_ERRORS, WRITE_OPTIONS, damaged, read_verified
+from inference_assets.core.collection.partitioning import image_id_for_bytes, partition_for
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.sources import ImageSource, SourceEntry
+from inference_assets.core.sources.config import IMAGE_EXTENSIONS
+from inference_assets.core.sources.folder import FolderSource, check_source_root
+from inference_assets.core.sources.local_files import LIST_ERROR_PREFIX, display, local_path
+from inference_assets.core.storage.atomic import atomic_output, remove_orphaned_temporaries
+from inference_assets.core.storage.verified_parquet import READ_ERRORS, WRITE_OPTIONS, damaged, read_verified
 
 __all__ = ["IMAGE_EXTENSIONS", "LIST_ERROR_PREFIX", "build_manifest", "check_source_root", "read_manifest"]
 

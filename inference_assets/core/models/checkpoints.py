@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .class_names import names_from_value
-from .errors import ConfigError
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.models.class_names import names_from_value
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 NAME_KEYS = ("class_names", "classes", "label_names", "labels")

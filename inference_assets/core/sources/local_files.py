@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
-from .errors import ConfigError
+from inference_assets.core.errors import ConfigError
 
 FILE_URI_PREFIX = "file://"
 LIST_ERROR_PREFIX = "cannot list folder"  # the error of a folder that could not be listed (stage "list")

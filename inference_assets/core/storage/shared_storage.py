@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .atomic import atomic_output
-from .sources.filesystems import FileSystems
+from inference_assets.core.sources.filesystems import FileSystems
+from inference_assets.core.storage.atomic import atomic_output
 
 _OBJECT_STORES = {"s3", "gcs"}
 

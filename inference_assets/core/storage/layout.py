@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from inference_assets.core.errors import ConfigError
 
 
 def check_work_dir(work_dir: Path) -> None:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import torch
 
-from .errors import ConfigError
-from .gpu_assignment import DeviceLock, acquire_device
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.inference.gpu_assignment import DeviceLock, acquire_device
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import ConfigError
+from inference_assets.core.errors import ConfigError
 
 LOCK_DIR_ENV = "INFERENCE_GPU_LOCK_DIR"
 DEFAULT_LOCK_DIR = "/tmp/inference_assets-gpu-locks"

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .errors import ConfigError
+from inference_assets.core.errors import ConfigError
 
 
 def read_class_names(path: str | Path, setting: str = "class_names") -> list[str]:

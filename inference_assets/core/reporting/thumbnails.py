@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from .decoding import load_rgb
-from .markdown import Markdown, image
+from inference_assets.core.images.decoding import load_rgb
+from inference_assets.core.reporting.markdown import Markdown, image
 
 
 def png_data_uri(png: bytes) -> str:
