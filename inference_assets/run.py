@@ -32,12 +32,12 @@ from pathlib import Path
 import duckdb
 from dagster import AssetSelection, DagsterInstance, materialize
 
-from inference_assets.core.errors import ConfigError
 from inference_assets.core.inference.devices import resolve_device
-from inference_assets.core.models.loading import check_weights_available
-from inference_assets.core.reporting.evaluation import stored_summary
+from inference_assets.core.errors import ConfigError
 from inference_assets.core.storage.layout import check_work_dir
+from inference_assets.core.models.loading import check_weights_available
 from inference_assets.core.system.progress import DisplayFactory, progress_display
+from inference_assets.core.reporting.evaluation import stored_summary
 from inference_assets.core.warehouse.database import (
     WarehouseLockedError,
     WarehouseWriteError,
@@ -216,11 +216,13 @@ def print_summary(
     print(f"images seen: {images}   predicted: {predicted}   failed: {failed}")
     if labels:
         print("top labels:  " + "; ".join(f"{label} ({n})" for label, n in labels))
-    if evaluation and evaluation[0] and "evaluation" in not_built:
+    if evaluation and evaluation.evaluated and "evaluation" in not_built:
         print("accuracy:    not evaluated in this run (a blocking check failed)")
-    elif evaluation and evaluation[0]:
-        print(f"accuracy:    top-1 {evaluation[1]:.1%}, top-5 {evaluation[2]:.1%} on {evaluation[0]} labelled images"
-              + (f" ({evaluation[3]} with labels the model does not know)" if evaluation[3] else ""))
+    elif evaluation and evaluation.evaluated:
+        print(f"accuracy:    top-1 {evaluation.top1_accuracy:.1%}, top-5 {evaluation.top5_accuracy:.1%} "
+              f"on {evaluation.evaluated} labelled images"
+              + (f" ({evaluation.unknown_labels} with labels the model does not know)"
+                 if evaluation.unknown_labels else ""))
     for stage, error, n in reasons:
         print(f"failures:    {n} at {stage}: {error}")
     print(f"time:        {sum(timings.values()):.1f}s (" + ", ".join(f"{k}: {v:.1f}s" for k, v in timings.items()) + ")")

@@ -69,7 +69,7 @@ def _stored(database: Path) -> dict:
             "SELECT uri, class_label, topk_indices, topk_probs, positive_labels, model_id FROM predictions"
         ).fetchall()
         classes = [r[0] for r in conn.execute("SELECT class_label FROM model_classes ORDER BY class_index").fetchall()]
-        evaluation = stored_summary(conn)  # (evaluated, top-1, top-5, unknown labels); None before an evaluation
+        evaluation = stored_summary(conn)  # None before an evaluation
     return {"rows": {Path(r[0]).name: r[1:] for r in rows}, "classes": classes, "evaluation": evaluation}
 
 
@@ -97,7 +97,8 @@ def test_every_form_of_your_model_gives_its_own_predictions_through_dagster(
             order = np.argsort(-expected)
             assert positives == [CLASS_NAMES[i] for i in order if expected[i] >= form.multi_label_threshold]
     # the folders espresso/, tripod/, missile/, tabby/ are the model's own classes: all four evaluated
-    evaluated, top1, _, unknown = stored["evaluation"]
+    evaluation = stored["evaluation"]
+    evaluated, top1, unknown = evaluation.evaluated, evaluation.top1_accuracy, evaluation.unknown_labels
     assert (evaluated, unknown, top1) == (4, 0, 1.0)
     report = (tmp_path / "work" / "report" / "index.html").read_text()
     assert all(f"<h3>{name} <small>" in report for name in CLASS_NAMES)  # a gallery section per class
@@ -251,7 +252,8 @@ def test_changing_the_class_names_or_card_recomputes_what_it_must_and_nothing_el
     stored = _stored(tmp_path / "warehouse.duckdb")
     assert stored["classes"] == renamed
     # folders match the model's names whatever their case; 'tabby' is not 'Tabby cat': unknown, not a miss
-    evaluated, top1, _, unknown = stored["evaluation"]
+    evaluation = stored["evaluation"]
+    evaluated, top1, unknown = evaluation.evaluated, evaluation.top1_accuracy, evaluation.unknown_labels
     assert (evaluated, top1, unknown) == (3, 1.0, 1)
     pixels, predictions = run(renamed, mean=[0.4, 0.5, 0.5])  # the normalization: the same pixels, new predictions
     assert (pixels["computed"], predictions["predicted"]) == (0, 6)
@@ -311,7 +313,7 @@ def test_a_keras_model_exported_to_onnx_by_keras_gives_model_predicts_top1(image
         label, indices, top_probs, _, _ = stored["rows"][name]
         assert label == names[int(np.argmax(probs))], name
         np.testing.assert_allclose(top_probs, np.asarray(probs)[indices], atol=1e-4, err_msg=name)
-    evaluated, _, _, unknown = stored["evaluation"]
+    evaluated, unknown = stored["evaluation"].evaluated, stored["evaluation"].unknown_labels
     assert (evaluated, unknown) == (0, 4)  # the folders are not its classes: reported, not counted
 
 

@@ -231,7 +231,7 @@ def top1_accuracy_at_least(quality_gate: QualityGateResource, duckdb: DuckDBReso
     limit = quality_gate.min_top1_accuracy
     with duckdb.get_connection() as conn:
         summary = stored_summary(conn)
-    evaluated, top1 = (summary[0], summary[1]) if summary else (0, None)
+    evaluated, top1 = (summary.evaluated, summary.top1_accuracy) if summary else (0, None)
     if not evaluated:
         return AssetCheckResult(
             passed=limit == 0,

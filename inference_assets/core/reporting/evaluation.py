@@ -21,6 +21,7 @@ import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -147,12 +148,21 @@ class EvaluationSummary:
         return self.top5_correct / self.evaluated if self.evaluated else None
 
 
-def stored_summary(conn: duckdb.DuckDBPyConnection) -> tuple[int, float, float, int] | None:
-    """(evaluated, top-1 accuracy, top-5 accuracy, unknown labels) from ``evaluation_summary``;
-    None before the first evaluation (the four tables are written in one transaction)."""
+class StoredEvaluation(NamedTuple):
+    """The stored ``evaluation_summary`` row."""
+
+    evaluated: int  # labelled images whose label the model knows
+    top1_accuracy: float | None  # None when nothing was evaluated
+    top5_accuracy: float | None
+    unknown_labels: int  # labelled images whose label is not one of the model's classes
+
+
+def stored_summary(conn: duckdb.DuckDBPyConnection) -> StoredEvaluation | None:
+    """The stored evaluation; None before the first one (the four tables are written in one transaction)."""
     if not conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'evaluation_summary'").fetchone()[0]:
         return None
-    return conn.execute("SELECT evaluated, top1_accuracy, top5_accuracy, unknown_labels FROM evaluation_summary").fetchone()
+    row = conn.execute("SELECT evaluated, top1_accuracy, top5_accuracy, unknown_labels FROM evaluation_summary")
+    return StoredEvaluation(*row.fetchone())
 
 
 def evaluate(conn: duckdb.DuckDBPyConnection, max_confusions: int = MAX_CONFUSIONS) -> EvaluationSummary:

@@ -117,9 +117,10 @@ def build_report(
         f'<div class="number" id="classes"><b>{len(counts)}</b><span>classes predicted</span></div>',
     ]
     evaluation = stored_summary(conn)
-    if evaluation and evaluation[0]:
-        parts.append(f'<div class="number" id="top1"><b>{evaluation[1]:.1%}</b><span>top-1 accuracy</span></div>')
-        parts.append(f'<div class="number" id="top5"><b>{evaluation[2]:.1%}</b><span>top-5 accuracy</span></div>')
+    if evaluation and evaluation.evaluated:
+        accuracies = (("top1", "top-1", evaluation.top1_accuracy), ("top5", "top-5", evaluation.top5_accuracy))
+        for key, name, value in accuracies:
+            parts.append(f'<div class="number" id="{key}"><b>{value:.1%}</b><span>{name} accuracy</span></div>')
     parts.append("</div>")
 
     if counts:
@@ -183,11 +184,14 @@ def build_report(
         parts.append("<p>None: every image was predicted.</p>")
     parts.append("</div>")
 
-    if evaluation and evaluation[0]:
+    if evaluation and evaluation.evaluated:
         parts.append('<h2>Evaluation against the labels</h2><div id="evaluation">')
         parts.append(
-            f"<p>{evaluation[0]} labelled images: top-1 {evaluation[1]:.1%}, top-5 {evaluation[2]:.1%}"
-            + (f"; {evaluation[3]} with labels the model does not know (left out)" if evaluation[3] else "") + ".</p>"
+            f"<p>{evaluation.evaluated} labelled images: top-1 {evaluation.top1_accuracy:.1%}, "
+            f"top-5 {evaluation.top5_accuracy:.1%}"
+            + (f"; {evaluation.unknown_labels} with labels the model does not know (left out)"
+               if evaluation.unknown_labels else "")
+            + ".</p>"
         )
         per_class = conn.execute(
             "SELECT label, images, top1_accuracy, top5_accuracy FROM evaluation_classes ORDER BY top1_accuracy, label LIMIT 50"
@@ -203,7 +207,7 @@ def build_report(
         parts.append("</div>")
     parts.append("</body></html>")
     text = "\n".join(parts)
-    summary = ReportSummary(images, predicted, failed, len(counts), thumbs, evaluation[0] if evaluation else 0, len(text.encode()))
+    summary = ReportSummary(images, predicted, failed, len(counts), thumbs, evaluation.evaluated if evaluation else 0, len(text.encode()))
     return text, summary
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -349,19 +350,25 @@ def refresh_warehouse(
             f"the DuckDB refresh could not be committed: {cause}; the tables keep their previous contents "
             "(free space or fix the file's folder, then materialize prediction_results again)"
         ) from exc
-    counts = conn.execute(
-        "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM predictions), (SELECT count(*) FROM failures)"
-    ).fetchone()
+    counts = outcome_counts(conn)
     return WarehouseSummary(
-        images=counts[0], predictions=counts[1], failures=counts[2], partitions_loaded=len(result_files)
+        images=counts.images, predictions=counts.predicted, failures=counts.failed, partitions_loaded=len(result_files)
     )
 
 
-def outcome_counts(conn: duckdb.DuckDBPyConnection) -> tuple[int, int, int]:
-    """(images in the manifest, predicted, failed)."""
-    return conn.execute(
-        "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM predictions), (SELECT count(*) FROM failures)"
-    ).fetchone()
+class OutcomeCounts(NamedTuple):
+    images: int  # in the manifest
+    predicted: int
+    failed: int
+
+
+def outcome_counts(conn: duckdb.DuckDBPyConnection) -> OutcomeCounts:
+    """How many images the tables hold, and how many of them were predicted and failed."""
+    return OutcomeCounts(
+        *conn.execute(
+            "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM predictions), (SELECT count(*) FROM failures)"
+        ).fetchone()
+    )
 
 
 def failure_reasons(conn: duckdb.DuckDBPyConnection, limit: int = 10) -> list[tuple[str, str, int]]:
