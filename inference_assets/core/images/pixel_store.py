@@ -43,9 +43,9 @@ import pyarrow.parquet as pq
 
 from inference_assets.core.images.decoding import DEFAULT_MAX_PIXELS, describe_error, load_rgb, without_locations
 from inference_assets.core.images.preprocessing import Preprocessing
-from inference_assets.core.inference.allocator import keep_freed_memory
 from inference_assets.core.sources.local_files import LIST_ERROR_PREFIX
 from inference_assets.core.storage.atomic import atomic_output, remove_orphaned_temporaries, temporary_sibling
+from inference_assets.core.system.allocator import keep_freed_memory
 from inference_assets.core.system.parallel import bounded_map
 
 INDEX_SCHEMA = pa.schema(
@@ -165,8 +165,29 @@ class ShardWriteSummary:
     warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. damaged stored pixels that were rebuilt
 
 
+# The file names of a stored shard, spelled here only (the shared-storage mirror uses these too).
+PIXELS_FILE_KEY = b"pixels_file"  # the index's schema metadata: the name of its pixels file
+
+
 def index_path(shard_dir: Path, partition: str) -> Path:
+    """The partition's index, ``P.parquet``."""
     return shard_dir / f"{partition}.parquet"
+
+
+def new_pixels_path(shard_dir: Path, partition: str) -> Path:
+    """A fresh name for the partition's next pixels file, ``P.<token>.npy``."""
+    return shard_dir / f"{partition}.{uuid.uuid4().hex[:12]}.npy"
+
+
+def is_pixels_file(name: str, partition: str) -> bool:
+    """Whether ``name`` is one of the partition's pixels files (``P.<token>.npy``; not another
+    partition's whose key starts the same, nor a hidden temporary)."""
+    return name.startswith(f"{partition}.") and name.endswith(".npy") and name.count(".") == partition.count(".") + 2
+
+
+def pixels_file_named_by(index: Path) -> str:
+    """The name of the pixels file an index belongs to (raises KeyError/TypeError when it names none)."""
+    return pq.read_schema(index).metadata[PIXELS_FILE_KEY].decode()
 
 
 def _prepare(
@@ -284,7 +305,7 @@ def _write_locked(entries, preprocessing, shard_dir, partition, workers, max_pix
                 pass
         return _prepare(preprocessing, uri, listing_error, max_pixels, opener)
 
-    pixels_path = shard_dir / f"{partition}.{uuid.uuid4().hex[:12]}.npy"
+    pixels_path = new_pixels_path(shard_dir, partition)
     tmp_pixels = temporary_sibling(pixels_path)
     blank = bytes(3 * height * width)
     header = {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": (count, 3, height, width)}
@@ -324,7 +345,7 @@ def _write_locked(entries, preprocessing, shard_dir, partition, workers, max_pix
         schema=INDEX_SCHEMA,
     ).replace_schema_metadata(
         {
-            "pixels_file": pixels_path.name,
+            PIXELS_FILE_KEY: pixels_path.name,
             "preprocessing": preprocessing.fingerprint,
             "shape": json.dumps([count, 3, height, width]),
         }
@@ -351,11 +372,11 @@ def _remove_stale_pixel_files(shard_dir: Path, partition: str) -> None:
     """Remove the partition's pixels files that its current index does not name (called with the
     partition's lock held; temporaries being written are hidden ``.``-names, never matched here)."""
     try:
-        keep = pq.read_schema(index_path(shard_dir, partition)).metadata[b"pixels_file"].decode()
+        keep = pixels_file_named_by(index_path(shard_dir, partition))
     except (OSError, KeyError, TypeError, ValueError):
         return  # no readable index: nothing is known to be stale
     for path in shard_dir.glob(f"{partition}.*.npy"):
-        if path.name != keep and path.name.count(".") == partition.count(".") + 2:  # P.<token>.npy only
+        if path.name != keep and is_pixels_file(path.name, partition):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -416,7 +437,7 @@ def _open_shard(shard_dir: Path, partition: str) -> PixelShard:
             "version (columns differ): materialize preprocessed_images for this partition again"
         )
     meta = {k.decode(): v.decode() for k, v in (index.schema.metadata or {}).items()}
-    pixels_file = open(shard_dir / meta["pixels_file"], "rb", buffering=0)
+    pixels_file = open(shard_dir / meta[PIXELS_FILE_KEY.decode()], "rb", buffering=0)
     try:
         shape, offset = _npy_layout(pixels_file)
         if list(shape) != json.loads(meta["shape"]) or shape[0] != index.num_rows:
@@ -426,7 +447,7 @@ def _open_shard(shard_dir: Path, partition: str) -> PixelShard:
         raise
     return PixelShard(
         index=index,
-        path=shard_dir / meta["pixels_file"],
+        path=shard_dir / meta[PIXELS_FILE_KEY.decode()],
         offset=offset,
         shape=shape,
         preprocessing=meta["preprocessing"],

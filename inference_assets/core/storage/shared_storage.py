@@ -19,8 +19,8 @@ import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
+from inference_assets.core.images.pixel_store import index_path, is_pixels_file, pixels_file_named_by
 from inference_assets.core.sources.filesystems import FileSystems
 from inference_assets.core.storage.atomic import atomic_output
 
@@ -89,24 +89,24 @@ class SharedStorage:
         """The shard's pixels file, then its index (which names it); older pixels files are removed."""
         if not self.enabled:
             return
-        index = shard_dir / f"{partition}.parquet"
+        index = index_path(shard_dir, partition)
         if not index.exists():
             return
-        pixels = self._pixels_file(index)
+        pixels = pixels_file_named_by(index)
         self.publish(shard_dir / pixels)
         self.publish(index)
         folder = self._remote(index).rpartition("/")[0]
         for info in self._fs.get_file_info(pafs.FileSelector(folder)):
             name = info.path.rpartition("/")[2]
-            if name.startswith(f"{partition}.") and name.endswith(".npy") and name != pixels:
+            if is_pixels_file(name, partition) and name != pixels:
                 with contextlib.suppress(FileNotFoundError, OSError):
                     self._fs.delete_file(info.path)
 
     def fetch_pixel_shard(self, shard_dir: Path, partition: str) -> bool:
         """The shard's index and the pixels file it names; the index is put in place last."""
+        index = index_path(shard_dir, partition)
         if not self.enabled:
-            return (shard_dir / f"{partition}.parquet").exists()
-        index = shard_dir / f"{partition}.parquet"
+            return index.exists()
         info = self._fs.get_file_info(self._remote(index))
         if info.type != pafs.FileType.File:
             return index.exists()
@@ -117,14 +117,10 @@ class SharedStorage:
         try:
             with self._fs.open_input_stream(info.path) as src:
                 staged.write_bytes(src.read())
-            self.fetch(shard_dir / self._pixels_file(staged))
+            self.fetch(shard_dir / pixels_file_named_by(staged))
             os.replace(staged, index)
             self._mirror_mtime(index, info)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 staged.unlink()
         return True
-
-    @staticmethod
-    def _pixels_file(index: Path) -> str:
-        return pq.read_schema(index).metadata[b"pixels_file"].decode()
