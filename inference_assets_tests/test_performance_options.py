@@ -30,7 +30,7 @@ CPU = torch.device("cpu")
 
 MALLINFO_PROBE = """
 import ctypes, sys
-from inference_assets.core.inference.allocator import keep_freed_memory
+from inference_assets.core.system.allocator import keep_freed_memory
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in

@@ -10,22 +10,21 @@ model's own geometric transform, on a pool of processes (one per core, started b
 clock); images/s.
 Together they bound any pipeline that decodes and then predicts on the same cores:
 1 / (1/model + 1/decode). Both run with the allocator setting the project uses
-(``inference_assets.core.inference.allocator``), so the limit is the best this machine does, not a
+(``inference_assets.core.system.allocator``), so the limit is the best this machine does, not a
 strawman.
 """
 
 import multiprocessing
-from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import torch
 from PIL import Image
 
-from inference_assets.core.inference.allocator import keep_freed_memory
+from bench.common import Timer, autocast, image_paths, load_model, parser, report
 from inference_assets.core.inference.batch_size import probe_cuda_batch_size
 from inference_assets.core.inference.devices import autocast_dtype, default_batch_size, exact_fp32
-
-from bench.common import Timer, autocast, image_paths, load_model, parser, report
+from inference_assets.core.system.allocator import keep_freed_memory
 
 _resize_crop = None
 
@@ -68,8 +67,8 @@ def model_limit(args) -> None:
     h, w = classifier.preprocessing.input_size
     runtime = "torch"
     if args.runtime != "torch":
-        from inference_assets.core.models.converted_models import choose_runtime
         from inference_assets.core.inference.batches import InferenceSettings, torch_only_reason
+        from inference_assets.core.models.converted_models import choose_runtime
 
         check = classifier.preprocessing.normalize(torch.randint(0, 256, (8, 3, h, w), dtype=torch.uint8))
         settings = InferenceSettings(device, precision=args.precision, channels_last=args.channels_last)

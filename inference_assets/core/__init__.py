@@ -12,13 +12,13 @@ One folder per part, one concept per module:
 - ``models``: what a ``model`` setting names, loaded into a classifier (checkpoints, model cards,
   class names, exported files, converted CPU runtimes), and the code versions it gives assets.
 - ``inference``: running a classifier over stored pixels batch by batch: devices and precision,
-  GPU assignment, the automatic batch size, the CPU heap setting.
+  GPU assignment, the automatic batch size.
 - ``storage``: files on disk and shared storage: the work-area layout, atomic writes, verified
   Parquet, content hashes, per-partition result files, the shared-storage mirror.
 - ``warehouse``: the DuckDB database: its refresh from the result files and the read queries.
 - ``reporting``: what people read: accuracy against labels, the HTML report, charts, thumbnails,
   Markdown for the UI.
 - ``system``: the machine the code runs on: usable CPUs, order-preserving worker pools, progress
-  logs.
+  logs, the C heap setting.
 - ``errors``: the configuration errors every part raises.
 """

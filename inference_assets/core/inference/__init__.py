@@ -1,5 +1,4 @@
 """Running a classifier over stored pixels: batch by batch from a pixel shard into a result file
 (``batches``), on the device and precision asked for (``devices``), on a GPU held by a file lock
-(``gpu_assignment``), at the probed automatic batch size on CUDA (``batch_size``), with the C heap
-kept between CPU batches (``allocator``).
+(``gpu_assignment``), at the probed automatic batch size on CUDA (``batch_size``).
 """

@@ -20,11 +20,11 @@ import torch
 
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.images.pixel_store import STATUS_FAILED, PixelShard
-from inference_assets.core.inference.allocator import keep_freed_memory
 from inference_assets.core.inference.batch_size import probe_cuda_batch_size
 from inference_assets.core.inference.devices import autocast_dtype, default_batch_size, exact_fp32
 from inference_assets.core.models.loading import Classifier
 from inference_assets.core.storage.results import STATUS_PREDICTED, ResultFileWriter, read_reusable
+from inference_assets.core.system.allocator import keep_freed_memory
 from inference_assets.core.system.parallel import prefetch
 
 
