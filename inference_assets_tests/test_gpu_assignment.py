@@ -185,16 +185,16 @@ def test_lock_dir_comes_from_the_environment(monkeypatch, tmp_path):
         assert lock.path == tmp_path / "locks" / "cuda-0.lock"
 
 
-def test_device_resource_takes_a_gpu_on_first_use_and_frees_it_at_teardown(monkeypatch, tmp_path):
+def test_device_resource_takes_a_gpu_when_acquired_and_frees_it_at_teardown(monkeypatch, tmp_path):
     """On CPU ``auto`` takes no lock; on a CUDA machine it takes GPU 0 of an empty lock folder."""
     monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "locks"))
     resource = DeviceResource(device="auto")
     context = build_init_resource_context()
     resource.setup_for_execution(context)
     assert not (tmp_path / "locks").exists()  # setting up (as preprocessing does) takes no GPU
-    device = resource.torch_device
+    device = resource.acquire_device()
     if torch.cuda.is_available():
-        assert device == torch.device("cuda:0") and resource.torch_device == device
+        assert device == torch.device("cuda:0") and resource.acquire_device() == device
         assert lock_path(tmp_path / "locks", 0).read_text().startswith(f"pid={os.getpid()} ")
     else:
         assert device == torch.device("cpu") and not (tmp_path / "locks").exists()

@@ -56,7 +56,7 @@ def prediction_files(
 ) -> MaterializeResult:
     layout = storage.layout
     settings = InferenceSettings(
-        device=device.torch_device,
+        device=device.acquire_device(),  # may wait for a free GPU
         precision=device.precision,
         channels_last=device.channels_last,
         batch_size=model.batch_size,

@@ -106,7 +106,7 @@ class ModelResource(ConfigurableResource):
 class DeviceResource(ConfigurableResource):
     """Where and how inference runs, and how many threads decode images.
 
-    With ``auto`` (on a CUDA machine) or ``cuda``, the step that first asks for the torch device
+    With ``auto`` (on a CUDA machine) or ``cuda``, the step that calls :meth:`acquire_device`
     gets a GPU no other step on this machine holds (a file lock, ``core/inference/gpu_assignment.py``),
     waiting for one to be released if all are taken, and keeps it until the step ends. So
     concurrent ``prediction_files`` steps use different GPUs; ``preprocessed_images``, which never
@@ -166,9 +166,10 @@ class DeviceResource(ConfigurableResource):
             self._lock.release()
             self._lock = None
 
-    @property
-    def torch_device(self) -> torch.device:
-        """The device to run on; on first use, for ``auto``/``cuda`` on CUDA, a free GPU now held by this step."""
+    def acquire_device(self) -> torch.device:
+        """The device to run on. For ``auto``/``cuda`` on CUDA, the first call takes a GPU that no other
+        step on this machine holds, waiting up to ``gpu_wait_seconds`` while all are taken; the GPU is
+        held until the step ends, and later calls return it."""
         if needs_assignment(self._device):
             log = self._log or get_dagster_logger()
             device, self._lock = assign_device(
