@@ -22,8 +22,8 @@ from inference_assets.images import assets as image_assets
 from inference_assets.images import checks as image_checks
 from inference_assets.images.resources import StorageResource
 from inference_assets.kubernetes import kubernetes_executor  # imports dagster_k8s only when called
-from inference_assets.predictions import assets as prediction_assets
-from inference_assets.predictions.resources import DeviceResource, ModelResource
+from inference_assets.inference import assets as prediction_assets
+from inference_assets.inference.resources import DeviceResource, ModelResource
 from inference_assets.report import assets as report_assets
 from inference_assets.settings import DATA_DIR, duckdb_path, env, flag_env, number_env, optional_env
 from inference_assets.warehouse import assets as warehouse_assets

@@ -12,7 +12,7 @@ from dagster_duckdb import DuckDBResource
 
 from inference_assets.core.models.loading import ModelSpec, load_classifier
 from inference_assets.images.resources import StorageResource
-from inference_assets.predictions.resources import DeviceResource, ModelResource
+from inference_assets.inference.resources import DeviceResource, ModelResource
 
 from .environment import SAMPLE_IMAGES
 

@@ -24,7 +24,7 @@ from .environment import PROJECT_ROOT, SAMPLE_IMAGES, install_instance_config, p
 
 GRAPH_WINDOW = "2400,1000"  # wide enough for whole nodes (checks, partitions); cropped afterwards
 REPORT_WINDOW = "1200,1500"
-GRAPH_GROUPS = ["images", "inference", "warehouse"]
+GRAPH_GROUPS = ["images", "inference", "warehouse", "report"]
 
 
 def _content_box(image: Image.Image, left: int, top: int, right: int, margin: int = 24) -> tuple[int, int, int, int]:

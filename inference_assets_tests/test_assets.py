@@ -12,7 +12,7 @@ from inference_assets.core.collection.manifest import read_manifest
 from inference_assets.core.collection.partitioning import image_id_for, partition_for
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, defs
 from inference_assets.partitions import IMAGE_SHARDS
-from inference_assets.predictions.resources import ModelResource
+from inference_assets.inference.resources import ModelResource
 
 ALL = [*ASSETS, *ASSET_CHECKS]
 

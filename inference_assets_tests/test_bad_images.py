@@ -20,7 +20,7 @@ from inference_assets.core.storage.results import read_results
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import IMAGE_SHARDS
-from inference_assets.predictions.resources import DeviceResource, ModelResource
+from inference_assets.inference.resources import DeviceResource, ModelResource
 
 from .conftest import KNOWN_TOP1
 from .environment import PROJECT_ROOT, SAMPLE_IMAGES

@@ -10,7 +10,7 @@ from dagster import DagsterInstance, materialize
 
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.images.resources import StorageResource
-from inference_assets.predictions.resources import DeviceResource, ModelResource
+from inference_assets.inference.resources import DeviceResource, ModelResource
 from inference_assets.run import run_pipeline
 from inference_assets.warehouse.resources import WarehouseResource
 

@@ -78,7 +78,7 @@ def test_the_automatic_batch_size_is_described_as_the_code_picks_it():
     import torch
 
     from inference_assets.core.inference.devices import default_batch_size
-    from inference_assets.predictions.resources import ModelResource
+    from inference_assets.inference.resources import ModelResource
 
     description = ModelResource.model_fields["batch_size"].description
     assert f"{default_batch_size(torch.device('cpu'))} on CPU" in description
@@ -144,3 +144,13 @@ def test_make_test_fast_selects_a_marked_subset_of_the_suite():
     selected, total = int(summary[1]), int(summary[2])
     assert 100 <= selected < total, f"-m {marker}: {selected} of {total} tests"
     assert "make test-fast" in (PROJECT_ROOT / "README.md").read_text()
+
+
+@pytest.mark.fast
+def test_each_asset_is_in_the_group_named_by_its_folder():
+    from inference_assets.definitions import ASSETS
+
+    for asset in ASSETS:
+        folder = asset.op.compute_fn.decorated_fn.__module__.split(".")[1]  # inference_assets.<folder>.assets
+        for spec in asset.specs:
+            assert spec.group_name == folder, f"{spec.key.to_user_string()}: group {spec.group_name}, folder {folder}"

@@ -104,7 +104,7 @@ from pathlib import Path
 from dagster import DagsterInstance
 from dagster_duckdb import DuckDBResource
 from inference_assets.images.resources import StorageResource
-from inference_assets.predictions.resources import DeviceResource, ModelResource
+from inference_assets.inference.resources import DeviceResource, ModelResource
 from inference_assets.run import materialize_step, pipeline_steps
 root, work = Path(sys.argv[1]), Path(sys.argv[2])
 resources = {

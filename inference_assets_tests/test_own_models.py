@@ -15,7 +15,7 @@ import torch
 
 from inference_assets.core.reporting.evaluation import stored_summary
 from inference_assets.images.resources import StorageResource
-from inference_assets.predictions.resources import ModelResource
+from inference_assets.inference.resources import ModelResource
 
 from .conftest import cpu_resources, run_all_steps
 from .environment import SAMPLE_IMAGES

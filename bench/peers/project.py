@@ -36,7 +36,7 @@ def main() -> None:
     from inference_assets.definitions import default_resources
     from inference_assets.run import materialize_step, pipeline_steps
 
-    from inference_assets.predictions.resources import DeviceResource, ModelResource
+    from inference_assets.inference.resources import DeviceResource, ModelResource
 
     resources = default_resources()
     resources["device"] = DeviceResource(

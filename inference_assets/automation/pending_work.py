@@ -4,7 +4,7 @@ from dagster import AssetKey, RunRequest
 
 from inference_assets.core.collection.pending import MissingResults, partitions_missing_results
 from inference_assets.images.resources import StorageResource
-from inference_assets.predictions.resources import ModelResource
+from inference_assets.inference.resources import ModelResource
 
 MANIFEST = [AssetKey("image_manifest")]
 # the downstream (prediction_results, evaluation, report) follows by declarative automation

@@ -16,7 +16,7 @@ from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, Se
 from inference_assets.core.collection.pending import ListingScan, changed_partitions, listing_digest, manifest_digests, scan_listing
 from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import NUM_PARTITIONS
-from inference_assets.predictions.resources import ModelResource
+from inference_assets.inference.resources import ModelResource
 from inference_assets.settings import number_env
 
 from .pending_work import EVERYTHING, MANIFEST, missing_results, partition_run_requests

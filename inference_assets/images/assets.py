@@ -13,7 +13,7 @@ from inference_assets.core.reporting.thumbnails import markdown_image, thumbnail
 from inference_assets.core.system.progress import Progress
 from inference_assets.metadata import markdown_table, rate
 from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS, NUM_PARTITIONS
-from inference_assets.predictions.resources import DeviceResource, ModelResource
+from inference_assets.inference.resources import DeviceResource, ModelResource
 
 from .resources import StorageResource
 

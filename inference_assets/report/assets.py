@@ -14,7 +14,7 @@ from inference_assets.warehouse.assets import evaluation, prediction_results
 
 
 @asset(
-    group_name="warehouse",
+    group_name="report",
     deps=[prediction_results, evaluation],
     pool=DUCKDB_POOL,
     automation_condition=AFTER_UPSTREAM,

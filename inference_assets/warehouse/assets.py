@@ -20,8 +20,8 @@ from inference_assets.images.resources import StorageResource
 from inference_assets.metadata import markdown_table, results_pictures, tables_metadata
 from inference_assets.partitions import IMAGE_SHARDS
 from inference_assets.pools import DUCKDB_POOL
-from inference_assets.predictions.assets import prediction_files
-from inference_assets.predictions.resources import ModelResource
+from inference_assets.inference.assets import prediction_files
+from inference_assets.inference.resources import ModelResource
 from inference_assets.settings import duckdb_path
 
 # Each asset's tables, named as DuckDB names them in the configured database file (the UI shows

@@ -19,7 +19,7 @@ from inference_assets.core.collection.manifest import vanished_images
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.reporting.evaluation import stored_summary
 from inference_assets.images.resources import StorageResource
-from inference_assets.predictions.resources import ModelResource
+from inference_assets.inference.resources import ModelResource
 from inference_assets.settings import env, number_env
 
 from .assets import evaluation, loaded_result_files, prediction_results
