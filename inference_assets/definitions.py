@@ -1,19 +1,10 @@
 """The Dagster code location: assets, checks and resources."""
 
+from dagster import Definitions, EnvVar, load_asset_checks_from_modules, load_assets_from_modules
 from pydantic import ValidationError
 
-from dagster import (
-    AssetKey,
-    Definitions,
-    EnvVar,
-    define_asset_job,
-    load_asset_checks_from_modules,
-    load_assets_from_modules,
-)
-
-from inference_assets.automation.conditions import refresh_results
 from inference_assets.automation.schedules import nightly_pending_work
-from inference_assets.automation.sensors import new_images
+from inference_assets.automation.sensors import new_images, refresh_results
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.models.loading import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from inference_assets.core.models.versions import asset_versions
@@ -21,9 +12,10 @@ from inference_assets.executor import steps_executor
 from inference_assets.images import assets as image_assets
 from inference_assets.images import checks as image_checks
 from inference_assets.images.resources import StorageResource
-from inference_assets.kubernetes import kubernetes_executor  # imports dagster_k8s only when called
 from inference_assets.inference import assets as prediction_assets
 from inference_assets.inference.resources import DeviceResource, ModelResource
+from inference_assets.jobs import PIPELINE
+from inference_assets.kubernetes import kubernetes_executor  # imports dagster_k8s only when called
 from inference_assets.report import assets as report_assets
 from inference_assets.settings import DATA_DIR, duckdb_path, env, flag_env, number_env, optional_env
 from inference_assets.warehouse import assets as warehouse_assets
@@ -31,16 +23,6 @@ from inference_assets.warehouse import checks as warehouse_checks
 from inference_assets.warehouse.resources import WarehouseResource
 
 ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
-
-# One partition (or a range, as a single run) of preprocessing + predictions.
-# Its partitions (IMAGE_SHARDS) come from the selected assets.
-partitioned_inference_job = define_asset_job(
-    "partitioned_inference",
-    selection=["preprocessed_images", "prediction_files"],
-    description="Preprocessed pixels and predictions for the chosen image partitions (one, a range, or all of "
-    "them as a backfill).",
-)
-
 
 # the environment variable behind each resource field default_resources() sets, for error messages
 _ENV_OF = {
@@ -116,7 +98,10 @@ def with_model_versions(assets: list, model: ModelResource, device: DeviceResour
     preprocessed_images and prediction_files: a partition made with another model, weights, class
     names or preprocessing shows in the UI as stale ("has a new code version"), before any run."""
     versions = asset_versions(model.spec, jpeg_draft=device.jpeg_draft)
-    by_key = {AssetKey("preprocessed_images"): versions.pixels, AssetKey("prediction_files"): versions.predictions}
+    by_key = {
+        image_assets.preprocessed_images.key: versions.pixels,
+        prediction_assets.prediction_files.key: versions.predictions,
+    }
 
     def versioned(spec):
         return spec.replace_attributes(code_version=by_key[spec.key]) if spec.key in by_key else spec
@@ -134,7 +119,7 @@ ASSETS = with_model_versions(
 defs = Definitions(
     assets=ASSETS,
     asset_checks=ASSET_CHECKS,
-    jobs=[partitioned_inference_job],
+    jobs=list(PIPELINE),
     sensors=[new_images, refresh_results],
     schedules=[nightly_pending_work],
     resources=RESOURCES,

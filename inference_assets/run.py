@@ -57,6 +57,7 @@ from inference_assets.instance_guard import (
 
 try:  # the code location reads INFERENCE_* settings (partitions, schedule...) when it loads
     from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
+    from inference_assets.jobs import PIPELINE
     from inference_assets.partitions import IMAGE_SHARDS, range_tags
 except ConfigError as exc:
     raise SystemExit(f"configuration error: {exc}") from None
@@ -76,10 +77,6 @@ def _interrupt(signum, _frame) -> None:
 
 def _instance() -> DagsterInstance:
     return open_instance()  # $DAGSTER_HOME's, initialised once under a lock; else ephemeral
-
-
-def _with_checks(*asset_names: str) -> AssetSelection:
-    return AssetSelection.assets(*asset_names) | AssetSelection.checks_for_assets(*asset_names)
 
 
 def _configuration_error(result) -> str | None:
@@ -106,16 +103,15 @@ def preflight(resources: dict) -> None:
 
 
 def pipeline_steps() -> list[tuple[str, AssetSelection, dict[str, str]]]:
-    """The three runs: manifest; pixels + predictions over the whole partition range; DuckDB refresh."""
+    """The three runs, the selections of the code location's jobs (``jobs.PIPELINE``): manifest; pixels +
+    predictions over the whole partition range; DuckDB refresh, evaluation and report."""
     keys = IMAGE_SHARDS.get_partition_keys()
+    manifest, partitioned, results = PIPELINE
     return [
-        ("image manifest", _with_checks("image_manifest"), {}),
-        (
-            f"preprocess + predict ({len(keys)} partitions, one run)",
-            AssetSelection.assets("preprocessed_images", "prediction_files"),
-            range_tags(keys[0], keys[-1]),
-        ),
-        ("DuckDB refresh + checks + evaluation + report", _with_checks("prediction_results", "evaluation", "report"), {}),
+        ("image manifest", manifest.selection, {}),
+        (f"preprocess + predict ({len(keys)} partitions, one run)", partitioned.selection,
+         range_tags(keys[0], keys[-1])),
+        ("DuckDB refresh + checks + evaluation + report", results.selection, {}),
     ]
 
 

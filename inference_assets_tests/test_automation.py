@@ -20,7 +20,7 @@ from dagster import (
 )
 
 from inference_assets.automation import sensors
-from inference_assets.automation.conditions import REFRESHED_ASSETS
+from inference_assets.jobs import REFRESHED_ASSETS
 from inference_assets.automation.schedules import nightly_pending_work
 from inference_assets.automation.sensors import new_images
 from inference_assets.core.collection.partitioning import image_id_for, partition_for
@@ -148,7 +148,7 @@ def test_the_schedule_runs_changed_partitions_then_skips(resources, instance, im
 
 # --- declarative automation: the downstream refreshes itself, once ---------------------------
 
-REFRESHED = {AssetKey(name) for name in REFRESHED_ASSETS}
+REFRESHED = {asset.key for asset in REFRESHED_ASSETS}
 
 
 def _materialize(resources, instance, names, partition=None):

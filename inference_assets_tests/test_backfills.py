@@ -33,7 +33,7 @@ import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-from inference_assets.automation.conditions import REFRESHED_ASSETS
+from inference_assets.jobs import REFRESHED_ASSETS
 from inference_assets.core.collection.partitioning import partition_keys
 from inference_assets.core.storage.layout import Layout
 
@@ -47,7 +47,7 @@ BACKFILL_TIMEOUT = 360  # seconds, from launch to every run finished
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 BACKFILL_TAG = "dagster/backfill"
-AUTOMATION = "refresh_results"  # the automation condition sensor (inference_assets/automation/conditions.py)
+AUTOMATION = "refresh_results"  # the automation condition sensor (inference_assets/automation/sensors.py)
 REFRESH_TIMEOUT = 240  # seconds, from the last partition run's end to the refresh run's end
 JOB_BACKFILL = [DAGSTER, "job", "backfill", "-w", "workspace.yaml", "-j", "partitioned_inference"]
 
@@ -131,7 +131,7 @@ def _wait_for_refresh(server: DagsterDev, instance, after: float):
         done = [r for r in _refresh_runs(instance) if r.start_time and r.start_time >= after and r.dagster_run.is_finished]
         if done:
             assert done[0].dagster_run.status == DagsterRunStatus.SUCCESS
-            assert done[0].dagster_run.asset_selection == {AssetKey(name) for name in REFRESHED_ASSETS}
+            assert done[0].dagster_run.asset_selection == {asset.key for asset in REFRESHED_ASSETS}
             return done[0]
         if time.monotonic() > deadline:
             seen = [(run.run_id[:8], run.status.value) for run in runs]
@@ -333,7 +333,7 @@ def test_after_a_backfill_the_daemon_refreshes_the_downstream_assets_exactly_onc
 
         _wait_for_automation_tick(server, instance, after=refresh.end_time)  # a tick that saw the refresh
         assert [r.dagster_run.run_id for r in _refresh_runs(instance)] == [refresh.dagster_run.run_id]
-        for name in REFRESHED_ASSETS:  # each materialized exactly once, by that run
-            (event,) = instance.fetch_materializations(AssetKey(name), limit=10).records
-            assert event.run_id == refresh.dagster_run.run_id, name
+        for asset in REFRESHED_ASSETS:  # each materialized exactly once, by that run
+            (event,) = instance.fetch_materializations(asset.key, limit=10).records
+            assert event.run_id == refresh.dagster_run.run_id, asset.key
         assert not [r for r in instance.get_run_records() if not r.dagster_run.is_finished]

@@ -2,7 +2,7 @@
 
 After partitions of ``prediction_files`` are materialized by anything (a run launched in the UI,
 a backfill, the ``new_images`` sensor, the nightly schedule, the CLI), the automation sensor
-``refresh_results`` (running by default; evaluated by the daemon of ``make dev``) requests
+``refresh_results`` (``sensors.py``; running by default; evaluated by the daemon of ``make dev``) requests
 ``prediction_results``, ``evaluation`` and ``report`` together in one run, once:
 
 - only when no partition of their upstream assets is still queued or running (a backfill of
@@ -20,10 +20,9 @@ Materializations made before the sensor's first evaluation (with no daemon runni
 seen: materialize the downstream assets by hand then (``make run`` does everything itself).
 """
 
-from dagster import AssetSelection, AutomationCondition, AutomationConditionSensorDefinition, DefaultSensorStatus
+from dagster import AssetSelection, AutomationCondition
 
-REFRESHED_ASSETS = ("prediction_results", "evaluation", "report")
-INTERVAL_SECONDS = 30  # Dagster's default for automation sensors
+from inference_assets.inference.assets import prediction_files
 
 
 def _once_upstream_settles(updated: AutomationCondition) -> AutomationCondition:
@@ -36,20 +35,10 @@ def _once_upstream_settles(updated: AutomationCondition) -> AutomationCondition:
 
 # prediction_results: new prediction files (a manifest refresh alone is not enough)
 AFTER_NEW_PREDICTIONS = _once_upstream_settles(
-    AutomationCondition.any_deps_updated().allow(AssetSelection.assets("prediction_files"))
+    AutomationCondition.any_deps_updated().allow(AssetSelection.assets(prediction_files))
 ).with_label("after new prediction files, once no upstream partition is in progress")
 
 # evaluation, report: prediction_results (or evaluation) updated or requested in the same tick
 AFTER_UPSTREAM = _once_upstream_settles(AutomationCondition.any_deps_updated()).with_label(
     "after its upstream, once nothing upstream is in progress"
-)
-
-refresh_results = AutomationConditionSensorDefinition(
-    "refresh_results",
-    target=AssetSelection.assets(*REFRESHED_ASSETS),
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=INTERVAL_SECONDS,
-    description="Declarative automation: once new prediction files are in (from any run or backfill) and no "
-    "upstream partition is still in progress, one run refreshes prediction_results, evaluation and report. "
-    "Needs the daemon (make dev); stop it here to refresh by hand.",
 )

@@ -1,16 +1,17 @@
 """The run requests for pending work, shared by the sensor and the schedule."""
 
-from dagster import AssetKey, RunRequest
+from dagster import RunRequest
 
 from inference_assets.core.collection.pending import MissingResults, partitions_missing_results
 from inference_assets.images.resources import StorageResource
 from inference_assets.inference.resources import ModelResource
+from inference_assets.jobs import MANIFEST_ASSETS, PARTITIONED_ASSETS
 
-MANIFEST = [AssetKey("image_manifest")]
+MANIFEST = [asset.key for asset in MANIFEST_ASSETS]
 # the downstream (prediction_results, evaluation, report) follows by declarative automation
 # (conditions.py): once, after every requested partition is done
-PARTITION_WORK = [AssetKey("preprocessed_images"), AssetKey("prediction_files")]
-EVERYTHING = [AssetKey("image_manifest"), *PARTITION_WORK]
+PARTITION_WORK = [asset.key for asset in PARTITIONED_ASSETS]
+EVERYTHING = [*MANIFEST, *PARTITION_WORK]
 
 
 def missing_results(storage: StorageResource, model: ModelResource) -> list[MissingResults]:

@@ -1,4 +1,8 @@
-"""Sensor: notices new and changed images and requests runs only for partitions with pending work.
+"""Sensors: ``new_images`` notices new and changed images and requests runs only for partitions with
+pending work; ``refresh_results`` (declarative automation, ``conditions.py``) refreshes the DuckDB
+tables, the evaluation and the report once new prediction files are in.
+
+``new_images``:
 
 Each tick lists the source for at most ``INFERENCE_SENSOR_LISTING_SECONDS`` (default 20 s),
 keeping its place in the cursor, so a huge collection is listed over several ticks. When a
@@ -6,17 +10,33 @@ listing pass is complete and differs from the manifest, it requests one ``image_
 run. On every tick it also requests a run for each partition whose manifest images lack
 current results (pixels + predictions). Run keys name the exact work, so a tick never requests
 the same work twice. The DuckDB tables, the evaluation and the report follow by themselves, once,
-when every requested partition is done (the ``refresh_results`` automation sensor, conditions.py).
+when every requested partition is done (``refresh_results``).
 """
 
 import json
 
-from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
+from dagster import (
+    AssetSelection,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    RunRequest,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
 
-from inference_assets.core.collection.pending import ListingScan, changed_partitions, listing_digest, manifest_digests, scan_listing
+from inference_assets.core.collection.pending import (
+    ListingScan,
+    changed_partitions,
+    listing_digest,
+    manifest_digests,
+    scan_listing,
+)
 from inference_assets.images.resources import StorageResource
-from inference_assets.partitions import NUM_PARTITIONS
 from inference_assets.inference.resources import ModelResource
+from inference_assets.jobs import REFRESHED_ASSETS
+from inference_assets.partitions import NUM_PARTITIONS
 from inference_assets.settings import number_env
 
 from .pending_work import EVERYTHING, MANIFEST, missing_results, partition_run_requests
@@ -57,3 +77,16 @@ def new_images(context: SensorEvaluationContext, storage: StorageResource, model
     if not requests:
         return SensorResult(skip_reason=SkipReason("no new images and no partition with pending work"), cursor=cursor)
     return SensorResult(run_requests=requests, cursor=cursor)
+
+
+AUTOMATION_INTERVAL_SECONDS = 30  # Dagster's default for automation sensors
+
+refresh_results = AutomationConditionSensorDefinition(
+    "refresh_results",
+    target=AssetSelection.assets(*REFRESHED_ASSETS),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
+    description="Declarative automation: once new prediction files are in (from any run or backfill) and no "
+    "upstream partition is still in progress, one run refreshes prediction_results, evaluation and report. "
+    "Needs the daemon (make dev); stop it here to refresh by hand.",
+)
