@@ -33,9 +33,9 @@ import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
-from inference_assets.jobs import REFRESHED_ASSETS
 from inference_assets.core.collection.partitioning import partition_keys
 from inference_assets.core.storage.layout import Layout
+from inference_assets.jobs import REFRESHED_ASSETS
 
 from .dagster_ui import DAGSTER, DagsterDev, dagster_dev
 from .environment import INSTANCE_YAML, PROJECT_ROOT, install_instance_config, pipeline_env

@@ -23,8 +23,8 @@ from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext
 
 from inference_assets.core.collection.pending import changed_partitions, listing_digest, manifest_digests, scan_listing
 from inference_assets.images.resources import StorageResource
-from inference_assets.partitions import NUM_PARTITIONS, range_tags
 from inference_assets.inference.resources import ModelResource
+from inference_assets.partitions import NUM_PARTITIONS, range_tags
 from inference_assets.settings import cron_env, timezone_env
 
 from .pending_work import EVERYTHING, missing_results, partition_run_requests

@@ -17,11 +17,11 @@ from inference_assets.core.warehouse.database import (
 )
 from inference_assets.images.assets import image_manifest
 from inference_assets.images.resources import StorageResource
+from inference_assets.inference.assets import prediction_files
+from inference_assets.inference.resources import ModelResource
 from inference_assets.metadata import markdown_table, results_pictures, tables_metadata
 from inference_assets.partitions import IMAGE_SHARDS
 from inference_assets.pools import DUCKDB_POOL
-from inference_assets.inference.assets import prediction_files
-from inference_assets.inference.resources import ModelResource
 from inference_assets.settings import duckdb_path
 
 # Each asset's tables, named as DuckDB names them in the configured database file (the UI shows
