@@ -11,16 +11,14 @@ from inference_assets.core.models.versions import asset_versions
 from inference_assets.executor import steps_executor
 from inference_assets.images import assets as image_assets
 from inference_assets.images import checks as image_checks
-from inference_assets.images.resources import StorageResource
 from inference_assets.inference import assets as prediction_assets
-from inference_assets.inference.resources import DeviceResource, ModelResource
 from inference_assets.jobs import PIPELINE
 from inference_assets.kubernetes import kubernetes_executor  # imports dagster_k8s only when called
 from inference_assets.report import assets as report_assets
+from inference_assets.resources import DeviceResource, ModelResource, StorageResource, WarehouseResource
 from inference_assets.settings import DATA_DIR, duckdb_path, env, flag_env, number_env, optional_env
 from inference_assets.warehouse import assets as warehouse_assets
 from inference_assets.warehouse import checks as warehouse_checks
-from inference_assets.warehouse.resources import WarehouseResource
 
 ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
 

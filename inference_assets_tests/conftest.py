@@ -6,16 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dagster import DagsterInstance
 from dagster_duckdb import DuckDBResource
 
 from inference_assets.core.models.loading import ModelSpec, load_classifier
-from inference_assets.images.resources import StorageResource
-from inference_assets.inference.resources import DeviceResource, ModelResource
+from inference_assets.resources import DeviceResource, ModelResource, StorageResource
 
 from .environment import SAMPLE_IMAGES
-
 
 # What the bundled EfficientNet-Lite0 predicts for the committed photos (see data/README.md).
 KNOWN_TOP1 = {

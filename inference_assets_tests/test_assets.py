@@ -1,18 +1,18 @@
 """Assets materialized through Dagster, partition by partition (as in project_fully_featured)."""
 
-import pytest
 import shutil
 
 import duckdb
+import pytest
 import torch
 from dagster import AssetKey, AssetSelection, BackfillPolicy, materialize
 
-from inference_assets.core.storage.hashing import file_sha256
 from inference_assets.core.collection.manifest import read_manifest
 from inference_assets.core.collection.partitioning import image_id_for, partition_for
+from inference_assets.core.storage.hashing import file_sha256
 from inference_assets.definitions import ASSET_CHECKS, ASSETS, defs
 from inference_assets.partitions import IMAGE_SHARDS
-from inference_assets.inference.resources import ModelResource
+from inference_assets.resources import ModelResource
 
 ALL = [*ASSETS, *ASSET_CHECKS]
 

@@ -13,18 +13,17 @@ import torch
 from dagster import AssetSelection, DagsterInstance, materialize
 from dagster_duckdb import DuckDBResource
 
-from inference_assets.core.inference.batches import InferenceSettings, predict_shard
 from inference_assets.core.collection.manifest import build_manifest, read_manifest
 from inference_assets.core.images.pixel_store import read_pixel_shard, write_pixel_shard
+from inference_assets.core.inference.batches import InferenceSettings, predict_shard
 from inference_assets.core.storage.results import read_results
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
-from inference_assets.images.resources import StorageResource
 from inference_assets.partitions import IMAGE_SHARDS
-from inference_assets.inference.resources import DeviceResource, ModelResource
+from inference_assets.resources import DeviceResource, ModelResource, StorageResource
 
 from .conftest import KNOWN_TOP1
-from .environment import PROJECT_ROOT, SAMPLE_IMAGES
 from .corpus import make_corpus
+from .environment import PROJECT_ROOT, SAMPLE_IMAGES
 
 ALL = [*ASSETS, *ASSET_CHECKS]
 KEYS = IMAGE_SHARDS.get_partition_keys()

@@ -9,10 +9,8 @@ import torch
 from dagster import DagsterInstance, materialize
 
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
-from inference_assets.images.resources import StorageResource
-from inference_assets.inference.resources import DeviceResource, ModelResource
+from inference_assets.resources import DeviceResource, ModelResource, StorageResource, WarehouseResource
 from inference_assets.run import run_pipeline
-from inference_assets.warehouse.resources import WarehouseResource
 
 from .environment import PROJECT_ROOT, pipeline_env
 

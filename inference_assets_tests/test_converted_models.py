@@ -28,8 +28,8 @@ from inference_assets.core.models.converted_models import (
 )
 from inference_assets.core.models.loading import Classifier, ModelSpec, load_classifier
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
-from inference_assets.inference.resources import DeviceResource
 from inference_assets.partitions import IMAGE_SHARDS, range_tags
+from inference_assets.resources import DeviceResource
 
 from .conftest import KNOWN_TOP1
 from .environment import SAMPLE_IMAGES

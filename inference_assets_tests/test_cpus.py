@@ -50,7 +50,7 @@ def test_torch_threads_are_lowered_to_the_cpus_available_never_raised():
 
 
 def test_the_device_resource_decodes_with_one_thread_per_available_cpu():
-    from inference_assets.inference.resources import DeviceResource
+    from inference_assets.resources import DeviceResource
 
     assert DeviceResource(device="cpu").workers == available_cpus()
     assert DeviceResource(device="cpu", decode_workers=3).workers == 3

@@ -162,8 +162,7 @@ def test_a_whole_dagster_run_on_the_gpu(image_root, tmp_path, record_property):
     import duckdb
     from dagster_duckdb import DuckDBResource
 
-    from inference_assets.images.resources import StorageResource
-    from inference_assets.inference.resources import DeviceResource, ModelResource
+    from inference_assets.resources import DeviceResource, ModelResource, StorageResource
 
     from .conftest import KNOWN_TOP1, run_all_steps
 

@@ -78,7 +78,7 @@ def test_the_automatic_batch_size_is_described_as_the_code_picks_it():
     import torch
 
     from inference_assets.core.inference.devices import default_batch_size
-    from inference_assets.inference.resources import ModelResource
+    from inference_assets.resources import ModelResource
 
     description = ModelResource.model_fields["batch_size"].description
     assert f"{default_batch_size(torch.device('cpu'))} on CPU" in description

@@ -10,10 +10,8 @@ from dagster import AssetSelection, DagsterInstance, materialize
 
 from inference_assets.core.warehouse.database import WarehouseLockedError, connect_waiting_for_lock
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
-from inference_assets.images.resources import StorageResource
-from inference_assets.inference.resources import DeviceResource, ModelResource
 from inference_assets.partitions import IMAGE_SHARDS
-from inference_assets.warehouse.resources import WarehouseResource
+from inference_assets.resources import DeviceResource, ModelResource, StorageResource, WarehouseResource
 
 HOLD = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(float(sys.argv[2]))"
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from inference_assets.core.reporting.evaluation import evaluate, normalize, synonyms, truth_names
-from inference_assets.images.resources import StorageResource
+from inference_assets.resources import StorageResource
 
 from .conftest import cpu_resources, run_all_steps
 from .environment import SAMPLE_IMAGES

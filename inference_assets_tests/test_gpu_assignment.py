@@ -22,7 +22,7 @@ from inference_assets.core.inference.gpu_assignment import (
     default_lock_dir,
     lock_path,
 )
-from inference_assets.inference.resources import DeviceResource
+from inference_assets.resources import DeviceResource
 
 pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
 

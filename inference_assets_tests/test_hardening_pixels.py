@@ -25,7 +25,7 @@ from inference_assets.core.images.pixel_store import INDEX_SCHEMA, read_pixel_sh
 from inference_assets.core.models.loading import ModelSpec, resolve_preprocessing
 from inference_assets.core.storage.results import read_results
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
-from inference_assets.images.resources import StorageResource
+from inference_assets.resources import StorageResource
 from inference_assets.run import materialize_step, pipeline_steps
 
 from .conftest import cpu_resources, run_all_steps

@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance
 
+from inference_assets.core.collection.manifest import build_manifest, read_manifest
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.storage.hashing import file_sha256
-from inference_assets.core.collection.manifest import build_manifest, read_manifest
 from inference_assets.core.storage.results import read_reusable
-from inference_assets.images.resources import StorageResource
+from inference_assets.resources import StorageResource
 
 from .conftest import KNOWN_TOP1, cpu_resources
 from .environment import PROJECT_ROOT, SAMPLE_IMAGES
@@ -103,8 +103,8 @@ import json, sys
 from pathlib import Path
 from dagster import DagsterInstance
 from dagster_duckdb import DuckDBResource
-from inference_assets.images.resources import StorageResource
-from inference_assets.inference.resources import DeviceResource, ModelResource
+from inference_assets.resources import StorageResource
+from inference_assets.resources import DeviceResource, ModelResource
 from inference_assets.run import materialize_step, pipeline_steps
 root, work = Path(sys.argv[1]), Path(sys.argv[2])
 resources = {
@@ -414,12 +414,15 @@ def test_pending_work_sees_a_same_size_same_mtime_rewrite_and_survives_damaged_f
     """The sensor's and the schedule's view (core.collection.pending) over real files: a rewrite that keeps
     size and mtime changes the listing's digest; a damaged manifest means "a manifest run is
     needed", a damaged result file "this partition is pending", never a traceback."""
-    from inference_assets.core.collection.pending import (
-        changed_partitions, manifest_digests, partitions_missing_results, scan_listing,
-    )
     from inference_assets.core.collection.partitioning import image_id_for, partition_for
-    from inference_assets.core.sources.folder import FolderSource
+    from inference_assets.core.collection.pending import (
+        changed_partitions,
+        manifest_digests,
+        partitions_missing_results,
+        scan_listing,
+    )
     from inference_assets.core.sources.config import IMAGE_EXTENSIONS
+    from inference_assets.core.sources.folder import FolderSource
 
     manifest = tmp_path / "m.parquet"
     build_manifest(image_root, manifest, 4)

@@ -10,7 +10,7 @@ from dagster import DagsterEventType, MarkdownMetadataValue
 from markdown_it import MarkdownIt
 
 from inference_assets.core.reporting.markdown import Markdown, escape, table
-from inference_assets.images.resources import StorageResource
+from inference_assets.resources import StorageResource
 
 from .conftest import cpu_resources, run_all_steps
 from .environment import SAMPLE_IMAGES

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from inference_assets.core.reporting.evaluation import stored_summary
-from inference_assets.images.resources import StorageResource
-from inference_assets.inference.resources import ModelResource
+from inference_assets.resources import ModelResource, StorageResource
 
 from .conftest import cpu_resources, run_all_steps
 from .environment import SAMPLE_IMAGES

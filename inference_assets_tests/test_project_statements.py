@@ -2,6 +2,7 @@
 which assets take each concurrency pool's slots, how steps share GPUs, the automatic batch size
 on CUDA, and the files pyproject.toml points to."""
 
+import ast
 import re
 
 import pytest
@@ -73,3 +74,36 @@ def test_the_layout_in_the_developer_docs_names_every_core_folder_and_module():
     modules = [p for p in core.rglob("*.py") if p.stem != "__init__"]
     unnamed = sorted(str(p.relative_to(core)) for p in modules if p.stem not in words)
     assert not unnamed, f"docs/development.md's layout does not name {unnamed}"
+
+
+def _part(module: str) -> str:
+    """The part a module belongs to: ``core.<folder>`` in the core, else its top-level folder or module."""
+    parts = module.split(".")[1:]  # without "inference_assets"
+    return ".".join(parts[:2]) if parts[0] == "core" and len(parts) > 2 else parts[0]
+
+
+@pytest.mark.fast
+def test_no_import_cycle_between_folders():
+    package = PROJECT_ROOT / "inference_assets"
+    graph: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] + (("x",) if parts[-1] == "__init__" else parts[-1:]))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:  # relative: resolved against the package
+                base = module.split(".")[: -node.level]
+                target = ".".join(base + ([node.module] if node.module else []) + ["x"])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("inference_assets."):
+                target = node.module + ".x"
+            else:
+                continue
+            if _part(target) != _part(module):
+                graph.setdefault(_part(module), set()).add(_part(target))
+    assert {"images", "inference", "core.images", "core.storage"} <= set(graph)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(nxt == goal or (nxt not in seen and not seen.add(nxt) and reaches(nxt, goal, seen))
+                   for nxt in graph.get(start, ()))
+
+    cycles = sorted(f"{a} -> {b}" for a in graph for b in graph[a] if reaches(b, a, set()))
+    assert not cycles, f"folders that import each other (directly or through others): {cycles}"

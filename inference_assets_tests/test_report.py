@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from inference_assets.images.resources import StorageResource
+from inference_assets.resources import StorageResource
 
 from . import browser, screenshots
 from .conftest import cpu_resources, run_all_steps

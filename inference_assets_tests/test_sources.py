@@ -16,8 +16,8 @@ from dagster import AssetSelection, DagsterInstance
 from inference_assets.core.collection.manifest import build_manifest, read_manifest
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.sources import SourceConfig, open_source
-from inference_assets.core.sources.filesystems import S3Options
-from inference_assets.images.resources import StorageResource
+from inference_assets.core.storage.filesystems import S3Options
+from inference_assets.resources import StorageResource
 from inference_assets.run import materialize_step, pipeline_steps
 
 from .conftest import KNOWN_TOP1, cpu_resources, run_all_steps

@@ -11,7 +11,7 @@ from inference_assets.core.reporting.evaluation import EVALUATION_TABLES, evalua
 from inference_assets.core.storage.layout import Layout
 from inference_assets.core.warehouse.database import WAREHOUSE_TABLES, catalog_name, refresh_warehouse, table_columns
 from inference_assets.definitions import ASSETS, defs
-from inference_assets.images.resources import StorageResource
+from inference_assets.resources import StorageResource
 
 from .conftest import cpu_resources
 

@@ -34,9 +34,8 @@ def main() -> None:
         INFERENCE_WEIGHTS=args.weights,
     )
     from inference_assets.definitions import default_resources
+    from inference_assets.resources import DeviceResource, ModelResource
     from inference_assets.run import materialize_step, pipeline_steps
-
-    from inference_assets.inference.resources import DeviceResource, ModelResource
 
     resources = default_resources()
     resources["device"] = DeviceResource(

@@ -3,13 +3,12 @@
 from dagster import RunRequest
 
 from inference_assets.core.collection.pending import MissingResults, partitions_missing_results
-from inference_assets.images.resources import StorageResource
-from inference_assets.inference.resources import ModelResource
 from inference_assets.jobs import MANIFEST_ASSETS, PARTITIONED_ASSETS
+from inference_assets.resources import ModelResource, StorageResource
 
 MANIFEST = [asset.key for asset in MANIFEST_ASSETS]
 # the downstream (prediction_results, evaluation, report) follows by declarative automation
-# (conditions.py): once, after every requested partition is done
+# (warehouse/conditions.py): once, after every requested partition is done
 PARTITION_WORK = [asset.key for asset in PARTITIONED_ASSETS]
 EVERYTHING = [*MANIFEST, *PARTITION_WORK]
 
@@ -21,7 +20,7 @@ def missing_results(storage: StorageResource, model: ModelResource) -> list[Miss
 
 def partition_run_requests(pending: list[MissingResults]) -> list[RunRequest]:
     """One run per partition with pending work: its pixels and its predictions. The DuckDB
-    refresh, the evaluation and the report follow once all of them are done (conditions.py)."""
+    refresh, the evaluation and the report follow once all of them are done (warehouse/conditions.py)."""
     return [
         RunRequest(
             run_key=f"{item.partition}:{item.digest}",

@@ -9,7 +9,7 @@ Cron from ``INFERENCE_SCHEDULE_CRON`` (default ``0 2 * * *``, 02:00 every night)
 - otherwise, one run per partition whose manifest images lack current results;
 - nothing pending: the tick is skipped with the reason.
 
-Then the ``refresh_results`` automation sensor (sensors.py, conditions.py) refreshes the DuckDB tables, the
+Then the ``refresh_results`` automation sensor (sensors.py, warehouse/conditions.py) refreshes the DuckDB tables, the
 evaluation and the report once, when all of these runs are done.
 
 Not a backfill: in Dagster 1.13 a schedule can only launch runs (the scheduler has no path for a
@@ -22,9 +22,8 @@ the tag ``dagster/schedule_name=nightly_pending_work``: the UI lists them on the
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
 from inference_assets.core.collection.pending import changed_partitions, listing_digest, manifest_digests, scan_listing
-from inference_assets.images.resources import StorageResource
-from inference_assets.inference.resources import ModelResource
 from inference_assets.partitions import NUM_PARTITIONS, range_tags
+from inference_assets.resources import ModelResource, StorageResource
 from inference_assets.settings import cron_env, timezone_env
 
 from .pending_work import EVERYTHING, missing_results, partition_run_requests

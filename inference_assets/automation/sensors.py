@@ -1,5 +1,5 @@
 """Sensors: ``new_images`` notices new and changed images and requests runs only for partitions with
-pending work; ``refresh_results`` (declarative automation, ``conditions.py``) refreshes the DuckDB
+pending work; ``refresh_results`` (declarative automation, ``warehouse/conditions.py``) refreshes the DuckDB
 tables, the evaluation and the report once new prediction files are in.
 
 ``new_images``:
@@ -33,10 +33,9 @@ from inference_assets.core.collection.pending import (
     manifest_digests,
     scan_listing,
 )
-from inference_assets.images.resources import StorageResource
-from inference_assets.inference.resources import ModelResource
 from inference_assets.jobs import REFRESHED_ASSETS
 from inference_assets.partitions import NUM_PARTITIONS
+from inference_assets.resources import ModelResource, StorageResource
 from inference_assets.settings import number_env
 
 from .pending_work import EVERYTHING, MANIFEST, missing_results, partition_run_requests

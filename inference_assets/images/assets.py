@@ -11,11 +11,9 @@ from inference_assets.core.collection.manifest import build_manifest, read_manif
 from inference_assets.core.images.pixel_store import write_pixel_shard
 from inference_assets.core.reporting.thumbnails import markdown_image, thumbnail_uri
 from inference_assets.core.system.progress import Progress
-from inference_assets.inference.resources import DeviceResource, ModelResource
 from inference_assets.metadata import markdown_table, rate
 from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS, NUM_PARTITIONS
-
-from .resources import StorageResource
+from inference_assets.resources import DeviceResource, ModelResource, StorageResource
 
 
 @asset(

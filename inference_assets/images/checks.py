@@ -6,9 +6,9 @@ from dagster import AssetCheckResult, asset_check
 
 from inference_assets.core.collection.manifest import read_manifest
 from inference_assets.partitions import IMAGE_SHARDS
+from inference_assets.resources import StorageResource
 
 from .assets import image_manifest
-from .resources import StorageResource
 
 
 @asset_check(

@@ -23,12 +23,10 @@ from inference_assets.core.reporting.thumbnails import markdown_image, thumbnail
 from inference_assets.core.storage.results import read_results
 from inference_assets.core.system.progress import Progress
 from inference_assets.images.assets import preprocessed_images
-from inference_assets.images.resources import StorageResource
 from inference_assets.metadata import markdown_table, rate
 from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS
 from inference_assets.pools import GPU_POOL
-
-from .resources import DeviceResource, ModelResource
+from inference_assets.resources import DeviceResource, ModelResource, StorageResource
 
 
 class PredictConfig(Config):

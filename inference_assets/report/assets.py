@@ -5,12 +5,12 @@ from functools import partial
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from inference_assets.automation.conditions import AFTER_UPSTREAM
 from inference_assets.core.reporting.report import build_report, write_report
 from inference_assets.core.reporting.thumbnails import thumbnail_uri
-from inference_assets.images.resources import StorageResource
 from inference_assets.pools import DUCKDB_POOL
+from inference_assets.resources import StorageResource
 from inference_assets.warehouse.assets import evaluation, prediction_results
+from inference_assets.warehouse.conditions import AFTER_UPSTREAM
 
 
 @asset(

@@ -4,7 +4,6 @@
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from inference_assets.automation.conditions import AFTER_NEW_PREDICTIONS, AFTER_UPSTREAM
 from inference_assets.core.collection.manifest import read_manifest
 from inference_assets.core.reporting.evaluation import EVALUATION_TABLES, evaluate
 from inference_assets.core.storage.results import intact_result_files
@@ -16,13 +15,13 @@ from inference_assets.core.warehouse.database import (
     top_labels,
 )
 from inference_assets.images.assets import image_manifest
-from inference_assets.images.resources import StorageResource
 from inference_assets.inference.assets import prediction_files
-from inference_assets.inference.resources import ModelResource
 from inference_assets.metadata import markdown_table, results_pictures, tables_metadata
 from inference_assets.partitions import IMAGE_SHARDS
 from inference_assets.pools import DUCKDB_POOL
+from inference_assets.resources import ModelResource, StorageResource
 from inference_assets.settings import duckdb_path
+from inference_assets.warehouse.conditions import AFTER_NEW_PREDICTIONS, AFTER_UPSTREAM
 
 # Each asset's tables, named as DuckDB names them in the configured database file (the UI shows
 # this before any run; each materialization then reports the real tables of the database it used).

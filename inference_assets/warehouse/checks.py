@@ -11,15 +11,13 @@ predictions. Each check's result says, in one line (its description), what it me
 what it allows; its metadata holds both numbers.
 """
 
-from dagster import AssetCheckResult, ConfigurableResource, asset_check
+from dagster import AssetCheckResult, asset_check
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
 
 from inference_assets.core.collection.manifest import vanished_images
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.reporting.evaluation import stored_summary
-from inference_assets.images.resources import StorageResource
-from inference_assets.inference.resources import ModelResource
+from inference_assets.resources import ModelResource, QualityGateResource, StorageResource
 from inference_assets.settings import env, number_env
 
 from .assets import evaluation, loaded_result_files, prediction_results
@@ -34,27 +32,6 @@ def fraction_env(name: str, default: float) -> float:
     if value is None or value > 1:
         raise ConfigError(f"{name}={env(name, default)!r} is not valid: set it to a number from 0 to 1 (default {default})")
     return value
-
-
-class QualityGateResource(ConfigurableResource):
-    """Thresholds of the configurable checks; the defaults let everything through (each gate off)."""
-
-    max_failure_rate: float = Field(
-        default=1.0, ge=0, le=1,
-        description="Fail when more than this fraction of the images failed (decode, read, list...); "
-        "1 (default) is off. Environment: INFERENCE_MAX_FAILURE_RATE.",
-    )
-    min_top1_accuracy: float = Field(
-        default=0.0, ge=0, le=1,
-        description="Fail when the top-1 accuracy on labelled images (see the evaluation asset) is below "
-        "this, or when no image carries a label the model knows; 0 (default) is off. "
-        "Environment: INFERENCE_MIN_TOP1.",
-    )
-    max_class_share: float = Field(
-        default=1.0, ge=0, le=1,
-        description="Fail when one class takes more than this fraction of the predictions (a collapsed "
-        "model or a broken input pipeline); 1 (default) is off. Environment: INFERENCE_MAX_CLASS_SHARE.",
-    )
 
 
 # Read when the code location loads, like every other INFERENCE_* number; the Launchpad (resource

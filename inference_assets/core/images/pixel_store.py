@@ -31,7 +31,6 @@ import fcntl
 import json
 import os
 import time
-import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +44,13 @@ from inference_assets.core.images.decoding import DEFAULT_MAX_PIXELS, describe_e
 from inference_assets.core.images.preprocessing import Preprocessing
 from inference_assets.core.sources.local_files import LIST_ERROR_PREFIX
 from inference_assets.core.storage.atomic import atomic_output, remove_orphaned_temporaries, temporary_sibling
+from inference_assets.core.storage.layout import (
+    PIXELS_FILE_KEY,
+    index_path,
+    is_pixels_file,
+    new_pixels_path,
+    pixels_file_named_by,
+)
 from inference_assets.core.system.allocator import keep_freed_memory
 from inference_assets.core.system.parallel import bounded_map
 
@@ -163,31 +169,6 @@ class ShardWriteSummary:
     seconds: float
     bytes_written: int
     warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. damaged stored pixels that were rebuilt
-
-
-# The file names of a stored shard, spelled here only (the shared-storage mirror uses these too).
-PIXELS_FILE_KEY = b"pixels_file"  # the index's schema metadata: the name of its pixels file
-
-
-def index_path(shard_dir: Path, partition: str) -> Path:
-    """The partition's index, ``P.parquet``."""
-    return shard_dir / f"{partition}.parquet"
-
-
-def new_pixels_path(shard_dir: Path, partition: str) -> Path:
-    """A fresh name for the partition's next pixels file, ``P.<token>.npy``."""
-    return shard_dir / f"{partition}.{uuid.uuid4().hex[:12]}.npy"
-
-
-def is_pixels_file(name: str, partition: str) -> bool:
-    """Whether ``name`` is one of the partition's pixels files (``P.<token>.npy``; not another
-    partition's whose key starts the same, nor a hidden temporary)."""
-    return name.startswith(f"{partition}.") and name.endswith(".npy") and name.count(".") == partition.count(".") + 2
-
-
-def pixels_file_named_by(index: Path) -> str:
-    """The name of the pixels file an index belongs to (raises KeyError/TypeError when it names none)."""
-    return pq.read_schema(index).metadata[PIXELS_FILE_KEY].decode()
 
 
 def _prepare(

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inference_assets.core.sources.base import ImageSource
-from inference_assets.core.sources.filesystems import FileSystems, S3Options, is_uri
+from inference_assets.core.storage.filesystems import FileSystems, S3Options, is_uri
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.sources.base import SourceEntry
-from inference_assets.core.sources.filesystems import FileSystems
 from inference_assets.core.sources.table import LocationTableSource
+from inference_assets.core.storage.filesystems import FileSystems
 
 
 def make_engine(url: str) -> sa.Engine:

@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.sources.base import SourceEntry, parent_label
-from inference_assets.core.sources.filesystems import FileSystems
+from inference_assets.core.storage.filesystems import FileSystems
 
 
 class ObjectStoreSource:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.sources.base import SourceEntry
-from inference_assets.core.sources.filesystems import FileSystems, is_uri
+from inference_assets.core.storage.filesystems import FileSystems, is_uri
 
 
 def read_location_file(location: str, filesystems: FileSystems) -> pa.Table:

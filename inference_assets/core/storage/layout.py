@@ -15,8 +15,11 @@ so changing either never mixes outputs.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 from inference_assets.core.errors import ConfigError
 
@@ -66,3 +69,28 @@ class Layout:
     def result_files(self, model_slug: str, partitions: list[str]) -> list[Path]:
         """The complete result files that exist for these partitions."""
         return [p for p in (self.result_file(model_slug, k) for k in partitions) if p.exists()]
+
+
+# The file names of a stored pixel shard (images/pixel_store.py writes it; the shared-storage mirror copies it).
+PIXELS_FILE_KEY = b"pixels_file"  # the index's schema metadata: the name of its pixels file
+
+
+def index_path(shard_dir: Path, partition: str) -> Path:
+    """The partition's index, ``P.parquet``."""
+    return shard_dir / f"{partition}.parquet"
+
+
+def new_pixels_path(shard_dir: Path, partition: str) -> Path:
+    """A fresh name for the partition's next pixels file, ``P.<token>.npy``."""
+    return shard_dir / f"{partition}.{uuid.uuid4().hex[:12]}.npy"
+
+
+def is_pixels_file(name: str, partition: str) -> bool:
+    """Whether ``name`` is one of the partition's pixels files (``P.<token>.npy``; not another
+    partition's whose key starts the same, nor a hidden temporary)."""
+    return name.startswith(f"{partition}.") and name.endswith(".npy") and name.count(".") == partition.count(".") + 2
+
+
+def pixels_file_named_by(index: Path) -> str:
+    """The name of the pixels file an index belongs to (raises KeyError/TypeError when it names none)."""
+    return pq.read_schema(index).metadata[PIXELS_FILE_KEY].decode()

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from inference_assets.core.images.pixel_store import index_path, is_pixels_file, pixels_file_named_by
-from inference_assets.core.sources.filesystems import FileSystems
 from inference_assets.core.storage.atomic import atomic_output
+from inference_assets.core.storage.filesystems import FileSystems
+from inference_assets.core.storage.layout import index_path, is_pixels_file, pixels_file_named_by
 
 _OBJECT_STORES = {"s3", "gcs"}
 

@@ -10,7 +10,7 @@ from inference_assets.core.storage.layout import Layout, check_work_dir
 from inference_assets.core.sources import ImageSource, SourceConfig, open_source
 from inference_assets.core.sources.config import IMAGE_EXTENSIONS
 from inference_assets.core.storage.shared_storage import SharedStorage
-from inference_assets.core.sources.filesystems import FileSystems, S3Options
+from inference_assets.core.storage.filesystems import FileSystems, S3Options
 
 
 class StorageResource(ConfigurableResource):
