@@ -32,16 +32,12 @@ from pathlib import Path
 import duckdb
 from dagster import AssetSelection, DagsterInstance, materialize
 
-from inference_assets.core.inference.devices import resolve_device
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.storage.layout import check_work_dir
-from inference_assets.core.models.loading import check_weights_available
-from inference_assets.core.system.progress import DisplayFactory, progress_display
 from inference_assets.core.reporting.evaluation import stored_summary
+from inference_assets.core.system.progress import DisplayFactory, progress_display
 from inference_assets.core.warehouse.database import (
     WarehouseLockedError,
     WarehouseWriteError,
-    check_database_path,
     failure_reasons,
     outcome_counts,
     top_labels,
@@ -93,12 +89,12 @@ def _configuration_error(result) -> str | None:
 
 
 def preflight(resources: dict) -> None:
-    """Check the configuration before any work: each problem is one line naming it and the fix."""
-    check_work_dir(resources["storage"].layout.work_dir)  # a file, or a folder this user cannot write
-    resources["storage"].open_source()  # a missing folder, an unusable URL or query: one line
-    check_weights_available(resources["model"].spec)  # unknown models, bad files, cards, class names
-    resolve_device(resources["device"].device)
-    check_database_path(resources["duckdb"].database)
+    """Check the configuration before any work, with each resource's own checks (storage, model,
+    device, duckdb, in that order): each problem is one line naming it and the fix."""
+    for resource in resources.values():
+        check = getattr(resource, "check_configuration", None)
+        if check is not None:
+            check()
     slot_wait_seconds()  # INFERENCE_SLOT_WAIT_SECONDS
 
 

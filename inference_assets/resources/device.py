@@ -72,6 +72,10 @@ class DeviceResource(ConfigurableResource):
         self._run_id = context.run.run_id if context.run is not None else None
         self._log = context.log
 
+    def check_configuration(self) -> None:
+        """Before any run: a device this machine has."""
+        resolve_device(self.device)
+
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._lock is not None:  # the GPU is free for other steps once this one ends
             self._lock.release()

@@ -13,6 +13,7 @@ from inference_assets.core.models.loading import (
     Classifier,
     ModelInfo,
     ModelSpec,
+    check_weights_available,
     describe_model,
     load_classifier,
 )
@@ -66,6 +67,11 @@ class ModelResource(ConfigurableResource):
         self._info = describe_model(self.spec)  # one-line ConfigErrors here, before any work
         for warning in self._info.warnings:
             context.log.warning(warning)
+
+    def check_configuration(self) -> None:
+        """Before any run: unknown models, bad files, cards and class names; torchvision weights are
+        fetched into the hub cache here."""
+        check_weights_available(self.spec)
 
     @property
     def spec(self) -> ModelSpec:

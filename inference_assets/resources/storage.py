@@ -6,11 +6,11 @@ from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
 from inference_assets.core.images.decoding import DEFAULT_MAX_PIXELS
-from inference_assets.core.storage.layout import Layout, check_work_dir
 from inference_assets.core.sources import ImageSource, SourceConfig, open_source
 from inference_assets.core.sources.config import IMAGE_EXTENSIONS
-from inference_assets.core.storage.shared_storage import SharedStorage
 from inference_assets.core.storage.filesystems import FileSystems, S3Options
+from inference_assets.core.storage.layout import Layout, check_work_dir
+from inference_assets.core.storage.shared_storage import SharedStorage
 
 
 class StorageResource(ConfigurableResource):
@@ -69,6 +69,12 @@ class StorageResource(ConfigurableResource):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         check_work_dir(self.layout.work_dir)  # a file, or a folder this user cannot write: one line
+
+    def check_configuration(self) -> None:
+        """Before any run (``make run``'s preflight): the work folder, and a source that can be opened
+        (a missing folder, an unusable URL or query); each problem is a one-line ConfigError."""
+        check_work_dir(self.layout.work_dir)
+        self.open_source()
 
     @property
     def layout(self) -> Layout:

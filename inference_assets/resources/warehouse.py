@@ -18,6 +18,10 @@ class WarehouseResource(DuckDBResource):
     )
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
+        self.check_configuration()
+
+    def check_configuration(self) -> None:
+        """A database path whose folder exists and is not itself a folder."""
         check_database_path(self.database)
 
     @contextmanager
