@@ -13,7 +13,7 @@ One folder per part, one concept per module:
   class names, exported files, converted CPU runtimes), and the code versions it gives assets.
 - ``inference``: running a classifier over stored pixels batch by batch: devices and precision,
   GPU assignment, the automatic batch size.
-- ``storage``: files on disk and shared storage: the work-area layout and file names, pyarrow
+- ``storage``: files on disk and shared storage: the work area, its layout and file names, pyarrow
   filesystems, atomic writes, verified Parquet, content hashes, per-partition result files, the
   shared-storage mirror.
 - ``warehouse``: the DuckDB database: its refresh from the result files and the read queries.

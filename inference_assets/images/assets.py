@@ -23,15 +23,12 @@ from inference_assets.resources import DeviceResource, ModelResource, StorageRes
     "stable id, key, location, size, mtime, content hash, label, and the partition it belongs to. Parquet.",
 )
 def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
-    path = storage.layout.manifest_path
     source = storage.open_source()
-    shared = storage.shared
-    shared.fetch(path)  # the previous manifest's hashes are reused for unchanged images
-    with Progress("manifest", None, context.log.info) as progress:  # listing: no total known ahead
+    # the previous manifest's hashes are reused for unchanged images
+    with storage.work_area.updating_manifest() as path, Progress("manifest", None, context.log.info) as progress:
         summary = build_manifest(
             source, path, NUM_PARTITIONS, storage.extensions, progress=progress.advance, rehash=storage.always_rehash
         )
-    shared.publish(path)
     for warning in summary.warnings:
         context.log.warning(warning)
     if summary.unlistable_folders:
@@ -102,33 +99,29 @@ def preprocessed_images(
     model: ModelResource,
     device: DeviceResource,
 ) -> MaterializeResult:
-    layout = storage.layout
+    work_area = storage.work_area
     source = storage.open_source()
     # a remote source spends most of an image's time waiting on the network: more fetches in flight
     workers = device.workers * (1 if storage.source_config.kind == "folder" else 4)
     preprocessing = device.pixels(model.preprocessing)
-    shard_dir = layout.pixel_dir(preprocessing.fingerprint)
     start = time.perf_counter()
     images = ok = failed = reused = decoded = 0
-    shared = storage.shared
-    shared.fetch(layout.manifest_path)
-    manifest = read_manifest(layout.manifest_path)  # read once, split per partition in memory
+    manifest = read_manifest(work_area.manifest())  # read once, split per partition in memory
     partitions = [(key, manifest.filter(pc.equal(manifest["partition"], key))) for key in context.partition_keys]
     with Progress("preprocessing", sum(entries.num_rows for _, entries in partitions), context.log.info) as progress:
         for key, entries in partitions:
-            shared.fetch_pixel_shard(shard_dir, key)  # pixels another machine made are reused
-            summary = write_pixel_shard(
-                entries,
-                preprocessing,
-                shard_dir,
-                key,
-                workers,
-                storage.max_image_pixels,
-                reuse=not config.force,
-                progress=progress.advance,
-                opener=source.open,
-            )
-            shared.publish_pixel_shard(shard_dir, key)
+            with work_area.updating_pixels(preprocessing.fingerprint, key) as shard_dir:
+                summary = write_pixel_shard(
+                    entries,
+                    preprocessing,
+                    shard_dir,
+                    key,
+                    workers,
+                    storage.max_image_pixels,
+                    reuse=not config.force,
+                    progress=progress.advance,
+                    opener=source.open,
+                )
             for warning in summary.warnings:  # e.g. stored pixels damaged on disk, rebuilt
                 context.log.warning(f"{key}: {warning}")
             images += summary.images
@@ -155,6 +148,6 @@ def preprocessed_images(
             "input_size": f"{preprocessing.input_size[0]}x{preprocessing.input_size[1]}",
             "jpeg_draft": preprocessing.jpeg_draft,
             "preprocessing": preprocessing.description,
-            "path": MetadataValue.path(str(shard_dir)),
+            "path": MetadataValue.path(str(work_area.pixel_dir(preprocessing.fingerprint))),
         }
     )

@@ -52,7 +52,7 @@ def prediction_files(
     model: ModelResource,
     device: DeviceResource,
 ) -> MaterializeResult:
-    layout = storage.layout
+    work_area = storage.work_area
     settings = InferenceSettings(
         device=device.acquire_device(),  # may wait for a free GPU
         precision=device.precision,
@@ -61,7 +61,7 @@ def prediction_files(
         top_k=model.top_k,
         compile=device.compile,
     )
-    shard_dir = layout.pixel_dir(device.pixels(model.preprocessing).fingerprint)
+    fingerprint = device.pixels(model.preprocessing).fingerprint
     start = time.perf_counter()
     predicted = reused = failed = 0
     summaries = []
@@ -70,10 +70,7 @@ def prediction_files(
     per_partition: list[tuple] = []
     labels: Counter = Counter()
     samples: list[dict] = []
-    shared = storage.shared
-    for key in context.partition_keys:
-        shared.fetch_pixel_shard(shard_dir, key)
-    shards = [(key, read_pixel_shard(shard_dir, key)) for key in context.partition_keys]
+    shards = [(key, read_pixel_shard(work_area.pixels(fingerprint, key), key)) for key in context.partition_keys]
     classifier = model.load(settings.device)
     parity = None
     if device.runtime != "torch":
@@ -82,7 +79,8 @@ def prediction_files(
             def calibration() -> torch.Tensor:  # int8: the collection's own images, read only when quantizing
                 return check_batch((shard for _, shard in shards), classifier, CALIBRATION_IMAGES, normalize=False)
 
-            choice = choose_runtime(classifier, device.runtime, device.converted_dir or layout.converted_dir, examples,
+            cache = device.converted_dir or work_area.converted_dir
+            choice = choose_runtime(classifier, device.runtime, cache, examples,
                                     threads=torch.get_num_threads(), device=settings.device,
                                     torch_only=torch_only_reason(settings), calibration=calibration)
             classifier, parity = choice.classifier, choice.parity
@@ -92,19 +90,17 @@ def prediction_files(
                             "pip install onnxruntime-gpu for the GPU")
     with Progress("predictions", sum(shard.index.num_rows for _, shard in shards), context.log.info) as progress:
         for key, shard in shards:
-            output = layout.result_file(model.slug, key)
-            shared.fetch(output)  # predictions another machine made are reused
-            summary = predict_shard(
-                classifier,
-                shard,
-                settings,
-                output,
-                key,
-                reuse=not config.force,
-                log=context.log.warning,
-                progress=progress.advance,
-            )
-            shared.publish(output)
+            with work_area.updating_results(model.slug, key) as output:  # another machine's predictions are reused
+                summary = predict_shard(
+                    classifier,
+                    shard,
+                    settings,
+                    output,
+                    key,
+                    reuse=not config.force,
+                    log=context.log.warning,
+                    progress=progress.advance,
+                )
             summaries.append(summary)
             predicted += summary.predicted
             reused += summary.reused
@@ -167,6 +163,6 @@ def prediction_files(
             "per_partition": markdown_table(
                 ("partition", "images", "predicted", "reused", "failed", "seconds", "img/s"), per_partition
             ),
-            "path": MetadataValue.path(str(layout.results_dir(model.slug))),
+            "path": MetadataValue.path(str(work_area.results_dir(model.slug))),
         }
     )

@@ -23,12 +23,11 @@ from inference_assets.warehouse.conditions import AFTER_UPSTREAM
     "grouped by class with thumbnails, the least confident predictions, failures, and the evaluation.",
 )
 def report(context: AssetExecutionContext, storage: StorageResource, duckdb: DuckDBResource) -> MaterializeResult:
-    path = storage.layout.report_path
     source = storage.open_source()
     with duckdb.get_connection() as conn:
         text, summary = build_report(conn, partial(thumbnail_uri, source.open))
-    write_report(path, text)
-    storage.shared.publish(path)
+    with storage.work_area.updating_report() as path:
+        write_report(path, text)
     context.log.info(f"report: {path} ({summary.bytes / 1e6:.1f} MB, {summary.thumbnails} thumbnails)")
     return MaterializeResult(
         metadata={

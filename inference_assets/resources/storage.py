@@ -11,6 +11,7 @@ from inference_assets.core.sources.config import IMAGE_EXTENSIONS
 from inference_assets.core.storage.filesystems import FileSystems, S3Options
 from inference_assets.core.storage.layout import Layout, check_work_dir
 from inference_assets.core.storage.shared_storage import SharedStorage
+from inference_assets.core.storage.work_area import WorkArea
 
 
 class StorageResource(ConfigurableResource):
@@ -101,6 +102,11 @@ class StorageResource(ConfigurableResource):
     def shared(self) -> SharedStorage:
         """The shared mirror of the work folder (a no-op when shared_dir is not set)."""
         return SharedStorage(self.shared_dir or None, self.layout.work_dir, FileSystems(self.source_config.s3))
+
+    @property
+    def work_area(self) -> WorkArea:
+        """The work folder's files, with the shared mirror built in."""
+        return WorkArea(self.layout, self.shared)
 
     def open_source(self) -> ImageSource:
         """The configured source (raises a one-line ConfigError when it cannot be used)."""

@@ -31,12 +31,8 @@ _CATALOG = catalog_name(duckdb_path())
 def loaded_result_files(storage: StorageResource, model: ModelResource):
     """The complete per-partition result files of the configured model (fetched from the shared
     storage first when it is configured)."""
-    keys = IMAGE_SHARDS.get_partition_keys()
-    shared = storage.shared
-    shared.fetch(storage.layout.manifest_path)
-    for key in keys:
-        shared.fetch(storage.layout.result_file(model.slug, key))
-    return storage.layout.result_files(model.slug, keys)
+    storage.work_area.manifest()
+    return storage.work_area.result_files(model.slug, IMAGE_SHARDS.get_partition_keys())
 
 
 @asset(
@@ -53,9 +49,10 @@ def prediction_results(
     context: AssetExecutionContext, storage: StorageResource, model: ModelResource, duckdb: DuckDBResource
 ) -> MaterializeResult:
     files = intact_result_files(loaded_result_files(storage, model), context.log.warning)
-    read_manifest(storage.layout.manifest_path)  # a missing or damaged manifest: a one-line error, not DuckDB's
+    manifest = storage.work_area.manifest()
+    read_manifest(manifest)  # a missing or damaged manifest: a one-line error, not DuckDB's
     with duckdb.get_connection() as conn:
-        summary = refresh_warehouse(conn, storage.layout.manifest_path, files)
+        summary = refresh_warehouse(conn, manifest, files)
         labels = top_labels(conn, limit=10)
         pictures = results_pictures(conn)
         tables = tables_metadata(WAREHOUSE_TABLES, "predictions", current_catalog(conn), conn)
