@@ -74,6 +74,12 @@ def test_the_layout_in_the_developer_docs_names_every_core_folder_and_module():
     modules = [p for p in core.rglob("*.py") if p.stem != "__init__"]
     unnamed = sorted(str(p.relative_to(core)) for p in modules if p.stem not in words)
     assert not unnamed, f"docs/development.md's layout does not name {unnamed}"
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    readme_block = readme[readme.index("## Layout") : readme.index("## Documentation")]
+    package = PROJECT_ROOT / "inference_assets"
+    top = sorted(p.parent.name for p in package.glob("*/__init__.py"))
+    missing = [f"{f}/" for f in [*folders, *top] if f"{f}/" not in readme_block]
+    assert not missing, f"README.md's layout does not name {missing}"
 
 
 def _part(module: str) -> str:
