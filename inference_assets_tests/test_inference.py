@@ -3,6 +3,7 @@
 import time
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 import timm
 import torch
@@ -250,3 +251,34 @@ def test_result_rows_written_a_batch_at_a_time_land_in_few_row_groups_in_order(t
         writer.write_rows(earlier)
         raise RuntimeError("killed mid-partition")
     assert not (tmp_path / "failed.parquet").exists()  # nothing half-written appears
+
+
+@pytest.mark.fast
+def test_a_steps_partitions_are_predicted_into_their_files_with_totals_labels_and_samples(
+    image_root, tmp_path, classifier
+):
+    from inference_assets.core.inference.partitions import predict_partitions
+    from inference_assets.core.storage.layout import Layout
+    from inference_assets.core.storage.shared_storage import SharedStorage
+    from inference_assets.core.storage.work_area import WorkArea
+
+    build_manifest(image_root, tmp_path / "m.parquet", num_partitions=2)
+    entries = read_manifest(tmp_path / "m.parquet")
+    keys = sorted(set(entries.column("partition").to_pylist()))
+    area = WorkArea(Layout(tmp_path / "work"), SharedStorage(None, tmp_path / "work"))
+    shards = []
+    for key in keys:
+        part = entries.filter(pc.equal(entries["partition"], key))
+        write_pixel_shard(part, classifier.preprocessing, area.pixel_dir("p"), key, workers=2)
+        shards.append((key, read_pixel_shard(area.pixel_dir("p"), key)))
+    lines = []
+    settings = InferenceSettings(CPU)
+    first = predict_partitions(classifier, shards, settings, area, "m", info=lambda line, _: lines.append(line))
+    assert first.predicted == entries.num_rows and first.reused == first.failed == 0
+    assert sum(first.labels.values()) == entries.num_rows and len(first.samples) == min(5, entries.num_rows)
+    assert [row[0] for row in first.per_partition()] == keys and len(lines) == len(keys)
+    assert area.result_files("m", keys) == [area.results_dir("m") / f"{key}.parquet" for key in keys]
+    assert first.batch_size == 8 and first.forward_seconds > 0
+    again = predict_partitions(classifier, shards, settings, area, "m")
+    assert again.reused == entries.num_rows and again.predicted == 0 and again.batch_size is None
+    assert again.labels == first.labels  # counted from the files, reused rows included

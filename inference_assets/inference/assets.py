@@ -2,25 +2,16 @@
 
 
 import time
-from collections import Counter
 
-import pyarrow.compute as pc
 import torch
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from inference_assets.core.images.pixel_store import read_pixel_shard
-from inference_assets.core.inference.batches import (
-    InferenceSettings,
-    StageSeconds,
-    batch_size_used,
-    check_batch,
-    predict_shard,
-    torch_only_reason,
-)
+from inference_assets.core.inference.batches import InferenceSettings, check_batch, torch_only_reason
+from inference_assets.core.inference.partitions import predict_partitions
 from inference_assets.core.models.converted_models import CALIBRATION_IMAGES, choose_runtime, describe_choice
 from inference_assets.core.reporting.thumbnails import markdown_image, thumbnail_uri
-from inference_assets.core.storage.results import read_results
 from inference_assets.core.system.progress import Progress
 from inference_assets.images.assets import preprocessed_images
 from inference_assets.metadata import markdown_table, rate
@@ -63,13 +54,6 @@ def prediction_files(
     )
     fingerprint = device.pixels(model.preprocessing).fingerprint
     start = time.perf_counter()
-    predicted = reused = failed = 0
-    summaries = []
-    forward_seconds = 0.0
-    stages = StageSeconds()
-    per_partition: list[tuple] = []
-    labels: Counter = Counter()
-    samples: list[dict] = []
     shards = [(key, read_pixel_shard(work_area.pixels(fingerprint, key), key)) for key in context.partition_keys]
     classifier = model.load(settings.device)
     parity = None
@@ -89,53 +73,27 @@ def prediction_files(
         context.log.warning("this onnxruntime has no CUDA provider, so the ONNX model runs on the CPU: "
                             "pip install onnxruntime-gpu for the GPU")
     with Progress("predictions", sum(shard.index.num_rows for _, shard in shards), context.log.info) as progress:
-        for key, shard in shards:
-            with work_area.updating_results(model.slug, key) as output:  # another machine's predictions are reused
-                summary = predict_shard(
-                    classifier,
-                    shard,
-                    settings,
-                    output,
-                    key,
-                    reuse=not config.force,
-                    log=context.log.warning,
-                    progress=progress.advance,
-                )
-            summaries.append(summary)
-            predicted += summary.predicted
-            reused += summary.reused
-            failed += summary.failed
-            forward_seconds += summary.seconds if summary.predicted else 0.0
-            stages.add(summary.stages)
-            per_partition.append((key, summary.images, summary.predicted, summary.reused, summary.failed,
-                                  f"{summary.seconds:.2f}", f"{summary.images_per_second:.1f}"))
-            results = read_results(output)
-            predicted_labels = results.column("class_label").drop_null()
-            if len(samples) < 5:
-                done = results.filter(pc.is_valid(results["class_label"])).slice(0, 5 - len(samples))
-                samples += done.select(["uri", "class_label", "confidence"]).to_pylist()
-            labels.update(dict(zip(*[v.to_pylist() for v in pc.value_counts(predicted_labels).flatten()])))
-            (context.log.info if summary.images else context.log.debug)(
-                f"{key}: {summary.predicted} predicted, {summary.reused} reused, {summary.failed} failed in "
-                f"{summary.seconds:.1f}s ({summary.images_per_second:.1f} img/s on {settings.device}, "
-                f"{settings.precision})"
-            )
+        outcome = predict_partitions(
+            classifier, shards, settings, work_area, model.slug, reuse=not config.force, warn=context.log.warning,
+            info=lambda line, shown: (context.log.info if shown else context.log.debug)(line),
+            progress=progress.advance,
+        )
     seconds = time.perf_counter() - start
-    batch_size = batch_size_used(summaries)
+    batch_size = outcome.batch_size
     source = storage.open_source()
     sample_rows = [
         (markdown_image(thumbnail_uri(source.open, row["uri"], 64), "image"), row["uri"].rpartition("/")[2],
          row["class_label"], f"{row['confidence']:.3f}")
-        for row in samples
+        for row in outcome.samples
     ]
     return MaterializeResult(
         metadata={
             "partitions": len(context.partition_keys),
-            "predicted": predicted,
-            "reused": reused,
-            "failed": failed,
+            "predicted": outcome.predicted,
+            "reused": outcome.reused,
+            "failed": outcome.failed,
             "seconds": round(seconds, 3),
-            "images_per_second": rate(predicted, forward_seconds),
+            "images_per_second": rate(outcome.predicted, outcome.forward_seconds),
             "model": model.spec.name,
             "weights": model.weights_id,
             "model_format": model.info.format,
@@ -155,13 +113,13 @@ def prediction_files(
             "jpeg_draft": device.jpeg_draft,
             "batch_size": MetadataValue.null() if batch_size is None else batch_size,  # null: all reused
             "top_k": settings.top_k,
-            "top_labels": markdown_table(("label", "images"), labels.most_common(10)),
+            "top_labels": markdown_table(("label", "images"), outcome.labels.most_common(10)),
             "sample_predictions": markdown_table(("", "image", "class", "confidence"), sample_rows),
-            "predict_seconds": round(forward_seconds, 3),  # reading pixels + forward passes + writing
+            "predict_seconds": round(outcome.forward_seconds, 3),  # reading pixels + forward passes + writing
             # where that time went: waiting for pixels, the model, writing result files
-            **{f"{stage}_seconds": value for stage, value in stages.as_dict().items()},
+            **{f"{stage}_seconds": value for stage, value in outcome.stages.as_dict().items()},
             "per_partition": markdown_table(
-                ("partition", "images", "predicted", "reused", "failed", "seconds", "img/s"), per_partition
+                ("partition", "images", "predicted", "reused", "failed", "seconds", "img/s"), outcome.per_partition()
             ),
             "path": MetadataValue.path(str(work_area.results_dir(model.slug))),
         }
