@@ -29,8 +29,8 @@ _CATALOG = catalog_name(duckdb_path())
 
 
 def loaded_result_files(storage: StorageResource, model: ModelResource):
-    """The complete per-partition result files of the configured model (fetched from the shared
-    storage first when it is configured)."""
+    """The complete per-partition result files of the configured model, and the manifest beside them
+    (both fetched from the shared storage first when it is configured)."""
     storage.work_area.manifest()
     return storage.work_area.result_files(model.slug, IMAGE_SHARDS.get_partition_keys())
 
@@ -49,7 +49,7 @@ def prediction_results(
     context: AssetExecutionContext, storage: StorageResource, model: ModelResource, duckdb: DuckDBResource
 ) -> MaterializeResult:
     files = intact_result_files(loaded_result_files(storage, model), context.log.warning)
-    manifest = storage.work_area.manifest()
+    manifest = storage.layout.manifest_path  # fetched with the result files
     read_manifest(manifest)  # a missing or damaged manifest: a one-line error, not DuckDB's
     with duckdb.get_connection() as conn:
         summary = refresh_warehouse(conn, manifest, files)

@@ -144,10 +144,8 @@ class ResultFileWriter:
                 pending.extend([self._constants[name]] * count)
             elif name == "predicted_at":
                 pending.extend([now] * count)
-            elif value is None:
-                pending.extend([None] * count)
             else:
-                pending.extend(value.tolist() if isinstance(value, np.ndarray) else value)
+                pending.extend([None] * count if value is None else value)
         self._pending_rows += count
         if self._pending_rows >= ROW_GROUP_ROWS:
             self._flush()
@@ -180,9 +178,9 @@ class ResultFileWriter:
                 "uri": uris,
                 "content_hash": content_hashes,
                 "status": [STATUS_PREDICTED] * count,
-                "class_index": top_indices[:, 0].astype(np.int32),
+                "class_index": top_indices[:, 0].tolist(),
                 "class_label": [row[0] for row in top_labels],
-                "confidence": top_probs[:, 0].astype(np.float32),
+                "confidence": top_probs[:, 0].astype(np.float32).tolist(),
                 "topk_indices": top_indices.astype(np.int32).tolist(),
                 "topk_labels": top_labels,
                 "topk_probs": top_probs.astype(np.float32).tolist(),
