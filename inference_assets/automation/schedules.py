@@ -9,8 +9,8 @@ Cron from ``INFERENCE_SCHEDULE_CRON`` (default ``0 2 * * *``, 02:00 every night)
 - otherwise, one run per partition whose manifest images lack current results;
 - nothing pending: the tick is skipped with the reason.
 
-Then the ``refresh_results`` automation sensor (sensors.py, warehouse/conditions.py) refreshes the DuckDB tables, the
-evaluation and the report once, when all of these runs are done.
+Then the ``refresh_results`` automation sensor (sensors.py, warehouse/conditions.py) refreshes the
+DuckDB tables, the evaluation and the report once, when all of these runs are done.
 
 Not a backfill: in Dagster 1.13 a schedule can only launch runs (the scheduler has no path for a
 run request over an asset graph subset; only sensors turn those into backfills). Its runs carry
