@@ -6,7 +6,6 @@ from pydantic import ValidationError
 from inference_assets.automation.schedules import nightly_pending_work
 from inference_assets.automation.sensors import new_images, refresh_results
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.models.loading import DEFAULT_MODEL, DEFAULT_WEIGHTS
 from inference_assets.core.models.versions import asset_versions
 from inference_assets.executor import steps_executor
 from inference_assets.images import assets as image_assets
@@ -16,79 +15,68 @@ from inference_assets.jobs import PIPELINE
 from inference_assets.kubernetes import kubernetes_executor  # imports dagster_k8s only when called
 from inference_assets.report import assets as report_assets
 from inference_assets.resources import DeviceResource, ModelResource, StorageResource, WarehouseResource
-from inference_assets.settings import DATA_DIR, duckdb_path, env, flag_env, number_env, optional_env
+from inference_assets.settings import SETTINGS, VARIABLES, Settings
 from inference_assets.warehouse import assets as warehouse_assets
 from inference_assets.warehouse import checks as warehouse_checks
 
 ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
 
-# the environment variable behind each resource field default_resources() sets, for error messages
-_ENV_OF = {
-    "image_root": "INFERENCE_IMAGE_ROOT", "image_table": "INFERENCE_IMAGE_TABLE", "image_query": "INFERENCE_IMAGE_QUERY",
-    "work_dir": "INFERENCE_WORK_DIR", "shared_dir": "INFERENCE_SHARED_DIR", "name": "INFERENCE_MODEL",
-    "weights": "INFERENCE_WEIGHTS", "class_names": "INFERENCE_CLASS_NAMES", "card": "INFERENCE_MODEL_CARD",
-    "device": "INFERENCE_DEVICE", "precision": "INFERENCE_PRECISION", "runtime": "INFERENCE_RUNTIME",
-    "converted_dir": "INFERENCE_CONVERTED_DIR",
-    "database": "INFERENCE_DUCKDB_PATH",
-}
+# The setting behind each resource field whose name differs from it, for error messages.
+_SETTING_OF = {"name": "model", "card": "model_card", "database": "duckdb_path"}
 
 
-def _from_env(resource: type, **fields):
-    """``resource(**fields)``; a value its fields refuse is one line naming the environment variable."""
+def _configured(resource: type, **fields):
+    """``resource(**fields)``, without the fields left unset (``None``: the resource's own default);
+    a value its fields refuse is one line naming the environment variable."""
     try:
-        return resource(**fields)
+        return resource(**{name: value for name, value in fields.items() if value is not None})
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
-        raise ConfigError(
-            f"{_ENV_OF.get(field, field)}={error.get('input')!r} is not valid: {error['msg']}"
-        ) from None
+        variable = VARIABLES.get(_SETTING_OF.get(field, field), field)
+        raise ConfigError(f"{variable}={error.get('input')!r} is not valid: {error['msg']}") from None
 
 
-def default_resources() -> dict:
-    """Resources configured from the environment (see ``settings.py``)."""
+def default_resources(settings: Settings | None = None) -> dict:
+    """The resources of ``settings`` (default: read from the environment now, see ``settings.py``)."""
+    settings = settings or Settings.from_environment()
     return {
-        "storage": _from_env(
+        "storage": _configured(
             StorageResource,
-            image_root=env("INFERENCE_IMAGE_ROOT", DATA_DIR / "images"),
-            image_table=optional_env("INFERENCE_IMAGE_TABLE"),
+            image_root=settings.image_root,
+            image_table=settings.image_table,
             # an EnvVar: the URL (and its password) is read at run time, never shown in the UI
-            database_url=EnvVar("INFERENCE_DATABASE_URL") if optional_env("INFERENCE_DATABASE_URL") else None,
-            image_query=optional_env("INFERENCE_IMAGE_QUERY"),
-            work_dir=env("INFERENCE_WORK_DIR", DATA_DIR / "work"),
-            shared_dir=optional_env("INFERENCE_SHARED_DIR"),
-            always_rehash=flag_env("INFERENCE_ALWAYS_REHASH"),
+            database_url=EnvVar(VARIABLES["database_url"]) if settings.database_url else None,
+            image_query=settings.image_query,
+            work_dir=settings.work_dir,
+            shared_dir=settings.shared_dir,
+            always_rehash=settings.always_rehash,
         ),
-        "model": _from_env(
+        "model": _configured(
             ModelResource,
-            name=env("INFERENCE_MODEL", DEFAULT_MODEL),
-            weights=env("INFERENCE_WEIGHTS", DEFAULT_WEIGHTS),
-            class_names=optional_env("INFERENCE_CLASS_NAMES"),
-            card=optional_env("INFERENCE_MODEL_CARD"),
+            name=settings.model,
+            weights=settings.weights,
+            class_names=settings.class_names,
+            card=settings.model_card,
         ),
-        "device": _from_env(
+        "device": _configured(
             DeviceResource,
-            device=env("INFERENCE_DEVICE", "auto"),
-            precision=env("INFERENCE_PRECISION", "fp32"),
-            runtime=env("INFERENCE_RUNTIME", "auto"),
-            converted_dir=optional_env("INFERENCE_CONVERTED_DIR") or "",
-            # in a container os.cpu_count() is the node's cores, not the pod's limit: set this there
-            decode_workers=number_env("INFERENCE_DECODE_WORKERS", 0, minimum=0),
+            device=settings.device,
+            precision=settings.precision,
+            runtime=settings.runtime,
+            converted_dir=settings.converted_dir,
+            gpu_lock_dir=settings.gpu_lock_dir,
+            decode_workers=settings.decode_workers,
         ),
-        "duckdb": _from_env(WarehouseResource, database=duckdb_path()),
+        "duckdb": _configured(WarehouseResource, database=settings.duckdb_path),
     }
 
 
-def default_executor():
+def default_executor(settings: Settings):
     """``INFERENCE_EXECUTOR=k8s``: each step in its own Kubernetes Job (deploy/k8s/executor.yaml);
     default: Dagster's own, its step processes forked from one that imported this code location
     (``executor.py``)."""
-    name = env("INFERENCE_EXECUTOR", "multiprocess")
-    if name == "k8s":
-        return kubernetes_executor()
-    if name != "multiprocess":
-        raise ConfigError(f"INFERENCE_EXECUTOR={name!r} is not known: use 'multiprocess' (default) or 'k8s'")
-    return steps_executor
+    return kubernetes_executor() if settings.executor == "k8s" else steps_executor
 
 
 def with_model_versions(assets: list, model: ModelResource, device: DeviceResource) -> list:
@@ -107,7 +95,7 @@ def with_model_versions(assets: list, model: ModelResource, device: DeviceResour
     return [asset.map_asset_specs(versioned) for asset in assets]
 
 
-RESOURCES = default_resources()
+RESOURCES = default_resources(SETTINGS)
 ASSETS = with_model_versions(
     load_assets_from_modules([image_assets, prediction_assets, warehouse_assets, report_assets]),
     RESOURCES["model"],
@@ -121,7 +109,7 @@ defs = Definitions(
     sensors=[new_images, refresh_results],
     schedules=[nightly_pending_work],
     resources=RESOURCES,
-    executor=default_executor(),
+    executor=default_executor(SETTINGS),
 )
 
 

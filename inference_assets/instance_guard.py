@@ -30,13 +30,12 @@ from pathlib import Path
 
 from dagster import DagsterExecutionInterruptedError, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from inference_assets.settings import number_env
+from inference_assets.settings import VARIABLES
 
 PID_TAG = "inference/pid"
 HOST_TAG = "inference/host"
 START_TAG = "inference/process_start"
-SLOT_WAIT_ENV = "INFERENCE_SLOT_WAIT_SECONDS"
-DEFAULT_SLOT_WAIT_SECONDS = 600
+SLOT_WAIT_ENV = VARIABLES["slot_wait_seconds"]
 LOCK_NAME = ".instance.lock"
 _UNFINISHED = [
     DagsterRunStatus.NOT_STARTED,
@@ -128,11 +127,6 @@ def open_instance() -> DagsterInstance:
         instance = DagsterInstance.get()
         instance.run_storage, instance.event_log_storage, instance.schedule_storage  # noqa: B018 (creates them)
     return instance
-
-
-def slot_wait_seconds() -> float:
-    """How long a step waits for a pool slot before giving up (``INFERENCE_SLOT_WAIT_SECONDS``)."""
-    return number_env(SLOT_WAIT_ENV, DEFAULT_SLOT_WAIT_SECONDS, minimum=0, kind=float)
 
 
 # --- dead runs ---------------------------------------------------------------------------------

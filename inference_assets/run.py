@@ -42,19 +42,13 @@ from inference_assets.core.warehouse.database import (
     outcome_counts,
     top_labels,
 )
-from inference_assets.instance_guard import (
-    SlotWatch,
-    free_dead_runs,
-    identity_tags,
-    open_instance,
-    say,
-    slot_wait_seconds,
-)
 
-try:  # the code location reads INFERENCE_* settings (partitions, schedule...) when it loads
+try:  # the code location reads its settings (settings.py: partitions, schedule...) when it loads
     from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
+    from inference_assets.instance_guard import SlotWatch, free_dead_runs, identity_tags, open_instance, say
     from inference_assets.jobs import PIPELINE
     from inference_assets.partitions import IMAGE_SHARDS, range_tags
+    from inference_assets.settings import Settings, for_deployment
 except ConfigError as exc:
     raise SystemExit(f"configuration error: {exc}") from None
 
@@ -90,12 +84,15 @@ def _configuration_error(result) -> str | None:
 
 def preflight(resources: dict) -> None:
     """Check the configuration before any work, with each resource's own checks (storage, model,
-    device, duckdb, in that order): each problem is one line naming it and the fix."""
+    device, duckdb, in that order): each problem is one line naming it, its environment variable
+    and the fix."""
     for resource in resources.values():
         check = getattr(resource, "check_configuration", None)
         if check is not None:
-            check()
-    slot_wait_seconds()  # INFERENCE_SLOT_WAIT_SECONDS
+            try:
+                check()
+            except ConfigError as error:
+                raise for_deployment(error) from None
 
 
 def pipeline_steps() -> list[tuple[str, AssetSelection, dict[str, str]]]:
@@ -126,8 +123,9 @@ def materialize_step(selection: AssetSelection, tags: dict, resources: dict, ins
 
 def run_pipeline(log_level: str = "INFO") -> dict:
     """Materialize the whole graph; return the resources used and per-step seconds."""
-    resources = default_resources()
     try:
+        settings = Settings.from_environment()  # this process's environment, read when it starts
+        resources = default_resources(settings)
         preflight(resources)
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
@@ -142,7 +140,7 @@ def run_pipeline(log_level: str = "INFO") -> dict:
             start = time.perf_counter()
             for line in free_dead_runs(instance):  # slots a killed run still holds would block this step
                 say(line)
-            with SlotWatch(instance, own_tags, slot_wait_seconds()) as watch:
+            with SlotWatch(instance, own_tags, settings.slot_wait_seconds) as watch:
                 result = materialize_step(selection, {**tags, **own_tags}, resources, instance, log_level)
             timings[title] = time.perf_counter() - start
             if watch.outcome and watch.outcome[0] == "signal":

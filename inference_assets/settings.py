@@ -1,4 +1,12 @@
-"""Defaults read from the environment, so the same code location runs anywhere.
+"""The deployment's settings: one typed :class:`Settings`, read from the environment in one place.
+
+:meth:`Settings.from_environment` reads every ``INFERENCE_*`` variable below, checks it and
+returns a frozen object; a bad value is a one-line ConfigError naming the variable, its value and
+what it accepts. The code location reads it once, when it loads (:data:`SETTINGS`), and hands it
+to the resources (``definitions.py``), the partitions, the sensor, the schedule and the quality
+gate; ``make run`` reads it again when it starts. The core never reads the environment: it takes
+values, and names a wrong one by its setting (``image_root``), which the Dagster layer turns into
+the variable's name (:func:`for_deployment`).
 
 - ``INFERENCE_IMAGE_ROOT``: folder of images, or a bucket URI such as ``s3://bucket/prefix``
   (default ``data/images`` in the project). S3 credentials and endpoint: the usual ``AWS_*``
@@ -42,60 +50,75 @@
 Every value can also be changed per run in the Launchpad's resource config.
 """
 
+from __future__ import annotations
+
 import math
 import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from inference_assets.core.collection.partitioning import DEFAULT_NUM_PARTITIONS
 from inference_assets.core.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
+DEFAULT_GPU_LOCK_DIR = "/tmp/inference_assets-gpu-locks"
+
+# --- readers: (variable, raw value or None, default) -> value, or a one-line ConfigError ---------
 
 
-def env(name: str, default: object) -> str:
-    value = os.environ.get(name, "").strip()
-    return value if value else str(default)
+def _text(name: str, raw: str | None, default: object) -> str | None:
+    return raw if raw is not None else (None if default is None else str(default))
 
 
-def duckdb_path() -> str:
-    """The results database: ``INFERENCE_DUCKDB_PATH``, default ``data/warehouse.duckdb``."""
-    return env("INFERENCE_DUCKDB_PATH", DATA_DIR / "warehouse.duckdb")
+def _flag(name: str, raw: str | None, default: bool) -> bool:
+    """On for ``1``/``true``/``yes``/``on``, off for ``0``/``false``/``no``/``off`` or unset (any case)."""
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not valid: set it to 1 (on) or 0 (off)")
 
 
-def optional_env(name: str) -> str | None:
-    value = os.environ.get(name, "").strip()
-    return value or None
+def _number(minimum: float, kind: type = int, maximum: float | None = None) -> Callable:
+    """A whole (``kind=int``) or decimal number of at least ``minimum`` (and at most ``maximum``)."""
+
+    def read(name: str, raw: str | None, default: float) -> float:
+        if raw is None:
+            return default
+        try:
+            number = kind(raw)
+        except ValueError:
+            number = None
+        if maximum is not None and (number is None or not minimum <= number <= maximum):
+            raise ConfigError(f"{name}={raw!r} is not valid: set it to a number from {minimum:g} to {maximum:g} "
+                              f"(default {default})")
+        if number is None or not math.isfinite(number) or number < minimum:
+            what = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{name}={raw!r} is not valid: set it to {what} of at least {minimum} (default {default})")
+        return number
+
+    return read
 
 
-def number_env(name: str, default: int | float, minimum: int | float, kind: type = int) -> int | float:
-    """A whole (``kind=int``) or decimal number of at least ``minimum`` from the environment, or a
-    one-line ConfigError naming the variable, its value and what it accepts."""
-    value = env(name, default)
-    try:
-        number = kind(value)
-    except ValueError:
-        number = None
-    if number is None or not math.isfinite(number) or number < minimum:
-        what = "a whole number" if kind is int else "a number"
-        raise ConfigError(f"{name}={value!r} is not valid: set it to {what} of at least {minimum} (default {default})")
-    return number
-
-
-def cron_env(name: str, default: str) -> str:
-    """A cron expression from the environment, or a one-line ConfigError."""
+def _cron(name: str, raw: str | None, default: str) -> str:
     from dagster._utils.schedules import is_valid_cron_string
 
-    value = env(name, default)
+    value = raw if raw is not None else default
     if not is_valid_cron_string(value):
         raise ConfigError(f"{name}={value!r} is not a cron expression: use five fields, e.g. {default!r} (the default)")
     return value
 
 
-def timezone_env(name: str, default: str) -> str:
-    """An IANA time zone name from the environment, or a one-line ConfigError."""
+def _timezone(name: str, raw: str | None, default: str) -> str:
     from zoneinfo import ZoneInfo
 
-    value = env(name, default)
+    value = raw if raw is not None else default
     try:
         ZoneInfo(value)
     except (ValueError, KeyError, OSError):
@@ -103,12 +126,105 @@ def timezone_env(name: str, default: str) -> str:
     return value
 
 
-def flag_env(name: str) -> bool:
-    """On for ``1``/``true``/``yes``/``on``, off for ``0``/``false``/``no``/``off`` or unset (any case);
-    anything else is a one-line ConfigError."""
-    value = os.environ.get(name, "").strip()
-    if value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if value.lower() in ("", "0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={value!r} is not valid: set it to 1 (on) or 0 (off)")
+def _one_of(*choices: str) -> Callable:
+    def read(name: str, raw: str | None, default: str) -> str:
+        value = raw if raw is not None else default
+        if value not in choices:
+            listed = " or ".join(repr(choice) for choice in choices)
+            raise ConfigError(f"{name}={value!r} is not known: use {listed} (default {default!r})")
+        return value
+
+    return read
+
+
+def _from(variable: str, read: Callable = _text, default: object = None, secret: bool = False):
+    """A setting's field: the variable it comes from, how it is read, its default."""
+    return field(default=default, repr=not secret, metadata={"variable": variable, "read": read})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of a deployment, typed and checked; the defaults are the project's own.
+
+    ``None`` means "not set": the resource keeps its own default (e.g. the bundled model)."""
+
+    # where images come from
+    image_root: str = _from("INFERENCE_IMAGE_ROOT", default=str(DATA_DIR / "images"))
+    image_table: str | None = _from("INFERENCE_IMAGE_TABLE")
+    database_url: str | None = _from("INFERENCE_DATABASE_URL", secret=True)
+    image_query: str | None = _from("INFERENCE_IMAGE_QUERY")
+    always_rehash: bool = _from("INFERENCE_ALWAYS_REHASH", _flag, False)
+    # where files go
+    work_dir: str = _from("INFERENCE_WORK_DIR", default=str(DATA_DIR / "work"))
+    shared_dir: str | None = _from("INFERENCE_SHARED_DIR")
+    converted_dir: str | None = _from("INFERENCE_CONVERTED_DIR")
+    duckdb_path: str = _from("INFERENCE_DUCKDB_PATH", default=str(DATA_DIR / "warehouse.duckdb"))
+    # the model and where it runs
+    model: str | None = _from("INFERENCE_MODEL")
+    weights: str | None = _from("INFERENCE_WEIGHTS")
+    class_names: str | None = _from("INFERENCE_CLASS_NAMES")
+    model_card: str | None = _from("INFERENCE_MODEL_CARD")
+    device: str = _from("INFERENCE_DEVICE", default="auto")
+    precision: str = _from("INFERENCE_PRECISION", default="fp32")
+    runtime: str = _from("INFERENCE_RUNTIME", default="auto")
+    gpu_lock_dir: str = _from("INFERENCE_GPU_LOCK_DIR", default=DEFAULT_GPU_LOCK_DIR)
+    # in a container os.cpu_count() is the node's cores, not the pod's limit: set this there
+    decode_workers: int = _from("INFERENCE_DECODE_WORKERS", _number(0), 0)
+    # how the work is cut and run
+    partitions: int = _from("INFERENCE_PARTITIONS", _number(1), DEFAULT_NUM_PARTITIONS)
+    partitions_per_run: int = _from("INFERENCE_PARTITIONS_PER_RUN", _number(0), 0)
+    executor: str = _from("INFERENCE_EXECUTOR", _one_of("multiprocess", "k8s"), "multiprocess")
+    slot_wait_seconds: float = _from("INFERENCE_SLOT_WAIT_SECONDS", _number(0, float), 600)
+    # the quality gates
+    max_failure_rate: float = _from("INFERENCE_MAX_FAILURE_RATE", _number(0, float, maximum=1), 1.0)
+    min_top1: float = _from("INFERENCE_MIN_TOP1", _number(0, float, maximum=1), 0.0)
+    max_class_share: float = _from("INFERENCE_MAX_CLASS_SHARE", _number(0, float, maximum=1), 1.0)
+    # automation
+    sensor_listing_seconds: float = _from("INFERENCE_SENSOR_LISTING_SECONDS", _number(1, float), 20)
+    sensor_interval_seconds: int = _from("INFERENCE_SENSOR_INTERVAL_SECONDS", _number(1), 60)
+    schedule_cron: str = _from("INFERENCE_SCHEDULE_CRON", _cron, "0 2 * * *")
+    schedule_timezone: str = _from("INFERENCE_SCHEDULE_TIMEZONE", _timezone, "UTC")
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Every setting from ``environ`` (default ``os.environ``): unset or blank variables take the
+        default; the first bad value is a one-line ConfigError naming its variable."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for spec in fields(cls):
+            variable, read = spec.metadata["variable"], spec.metadata["read"]
+            raw = environ.get(variable, "").strip() or None
+            values[spec.name] = read(variable, raw, spec.default)
+        return cls(**values)
+
+
+# The environment variable of each setting, for messages.
+VARIABLES: dict[str, str] = {spec.name: spec.metadata["variable"] for spec in fields(Settings)}
+
+
+def for_deployment(error: ConfigError) -> ConfigError:
+    """``error`` with each setting it names by its ``settings`` (the core's words, such as
+    ``image_root``) also named by its environment variable: ``INFERENCE_IMAGE_ROOT (image_root)``."""
+    message = str(error)
+    for setting in getattr(error, "settings", ()):
+        variable = VARIABLES.get(setting)
+        if variable:
+            message = re.sub(rf"(?<![\w']){re.escape(setting)}(?![\w'])", f"{variable} ({setting})", message, count=1)
+    renamed = type(error)(message)
+    renamed.settings = ()
+    return renamed
+
+
+@contextmanager
+def variables_named() -> Iterator[None]:
+    """Re-raise a ConfigError from inside with the environment variables of the settings it names."""
+    try:
+        yield
+    except ConfigError as error:
+        if not getattr(error, "settings", ()):
+            raise
+        raise for_deployment(error) from None
+
+
+# The code location's settings, read once when it loads.
+SETTINGS = Settings.from_environment()

@@ -8,6 +8,7 @@ import timm
 import torch
 from dagster import DagsterInstance, materialize
 
+from inference_assets.core.errors import ConfigError
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.resources import DeviceResource, ModelResource, StorageResource, WarehouseResource
 from inference_assets.run import run_pipeline
@@ -187,21 +188,13 @@ def test_every_bad_setting_is_one_line(tmp_path, image_root, name, value, says):
 
 
 def _read_setting(name: str):
-    """What reads ``name`` when the code location loads or `make run` starts (the same functions)."""
-    from inference_assets import instance_guard, settings
+    """What reads ``name`` when the code location loads or `make run` starts: the settings (every
+    variable), then the resources and their checks (paths)."""
     from inference_assets.definitions import default_resources
     from inference_assets.run import preflight
+    from inference_assets.settings import Settings
 
-    readers = {
-        "INFERENCE_PARTITIONS": lambda: settings.number_env(name, 16, minimum=1),
-        "INFERENCE_PARTITIONS_PER_RUN": lambda: settings.number_env(name, 0, minimum=0),
-        "INFERENCE_SENSOR_LISTING_SECONDS": lambda: settings.number_env(name, 20, minimum=1, kind=float),
-        "INFERENCE_SCHEDULE_CRON": lambda: settings.cron_env(name, "0 2 * * *"),
-        "INFERENCE_SCHEDULE_TIMEZONE": lambda: settings.timezone_env(name, "UTC"),
-        "INFERENCE_ALWAYS_REHASH": lambda: settings.flag_env(name),
-        "INFERENCE_SLOT_WAIT_SECONDS": instance_guard.slot_wait_seconds,
-    }
-    return readers.get(name, lambda: preflight(default_resources()))()  # resource fields, paths
+    preflight(default_resources(Settings.from_environment()))
 
 
 @pytest.mark.parametrize("name, value, says", [c for c in BAD_SETTINGS if c[:2] not in THROUGH_MAKE_RUN])
@@ -212,3 +205,47 @@ def test_every_other_bad_setting_is_the_same_one_line(monkeypatch, name, value, 
     with pytest.raises(ConfigError) as error:
         _read_setting(name)
     assert str(error.value).startswith(says) and "\n" not in str(error.value)
+
+
+@pytest.mark.fast
+def test_settings_are_read_in_one_place():
+    """Only settings.py reads INFERENCE_* variables; every one it reads is documented there and typed."""
+    import dataclasses
+    import re
+
+    from inference_assets import settings
+
+    reads = []  # lines that read an environment variable other than Dagster's, AWS's or the system's
+    for path in sorted((PROJECT_ROOT / "inference_assets").rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            read = re.search(r"(os\.environ(\.get)?|os\.getenv)[\[(]\s*([^\])]*)", line)
+            if read and path.name != "settings.py" and not re.match(r"\s*[\"'](DAGSTER_|AWS_|HOME|PATH)", read[3]):
+                reads.append(f"{path.relative_to(PROJECT_ROOT)}:{number}: {line.strip()}")
+    assert reads == [], reads
+    variables = list(settings.VARIABLES.values())
+    assert len(variables) == len(set(variables)) == len(dataclasses.fields(settings.Settings))
+    for variable in variables:
+        assert f"``{variable}``" in settings.__doc__, variable
+    defaults = settings.Settings.from_environment({})
+    assert defaults == settings.Settings()
+    assert (defaults.partitions, defaults.executor, defaults.slot_wait_seconds) == (16, "multiprocess", 600)
+    custom = settings.Settings.from_environment({"INFERENCE_PARTITIONS": " 4 ", "INFERENCE_MIN_TOP1": "0.75",
+                                                 "INFERENCE_ALWAYS_REHASH": "yes", "INFERENCE_MODEL": ""})
+    assert (custom.partitions, custom.min_top1, custom.always_rehash, custom.model) == (4, 0.75, True, None)
+    with pytest.raises(ConfigError, match="^INFERENCE_MIN_TOP1='1.5' is not valid: set it to a number from 0 to 1"):
+        settings.Settings.from_environment({"INFERENCE_MIN_TOP1": "1.5"})
+    with pytest.raises(ConfigError, match="^INFERENCE_EXECUTOR='slurm' is not known: use 'multiprocess' or 'k8s'"):
+        settings.Settings.from_environment({"INFERENCE_EXECUTOR": "slurm"})
+    assert "secret" not in repr(settings.Settings.from_environment({"INFERENCE_DATABASE_URL": "postgresql://u:secret@h/db"}))
+
+
+@pytest.mark.fast
+def test_a_core_error_names_the_setting_and_the_deployment_its_variable():
+    from inference_assets.settings import for_deployment
+
+    error = ConfigError("work folder '/x' is a file: set work_dir to a folder", settings=["work_dir"])
+    assert str(error) == "work folder '/x' is a file: set work_dir to a folder"
+    named = for_deployment(error)
+    assert type(named) is ConfigError and "\n" not in str(named)
+    assert str(named) == "work folder '/x' is a file: set INFERENCE_WORK_DIR (work_dir) to a folder"
+    assert str(for_deployment(ConfigError("plain"))) == "plain"

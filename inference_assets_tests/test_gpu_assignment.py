@@ -16,13 +16,14 @@ from dagster import build_init_resource_context
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.inference.devices import assign_device
 from inference_assets.core.inference.gpu_assignment import (
-    LOCK_DIR_ENV,
+    DEFAULT_LOCK_DIR,
     NoFreeDeviceError,
     acquire_device,
-    default_lock_dir,
     lock_path,
 )
+from inference_assets.definitions import default_resources
 from inference_assets.resources import DeviceResource
+from inference_assets.settings import Settings, for_deployment
 
 pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
 
@@ -173,22 +174,25 @@ def test_assign_device_locks_only_cuda_without_an_index(lock_dir):
 def test_an_unusable_lock_dir_is_a_one_line_config_error(tmp_path):
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ConfigError, match=f"GPU lock folder '{tmp_path}/a-file/locks' cannot be created .*: set "
-                       f"{LOCK_DIR_ENV} to a machine-local folder"):
+                       "gpu_lock_dir to a machine-local folder") as error:
         acquire_device(1, tmp_path / "a-file" / "locks", timeout=0)
+    assert error.value.settings == ("gpu_lock_dir",)
+    # the deployment names the environment variable too
+    assert "set INFERENCE_GPU_LOCK_DIR (gpu_lock_dir) to a machine-local folder" in str(for_deployment(error.value))
 
 
-def test_lock_dir_comes_from_the_environment(monkeypatch, tmp_path):
-    monkeypatch.delenv(LOCK_DIR_ENV, raising=False)
-    assert str(default_lock_dir()) == "/tmp/inference_assets-gpu-locks"
-    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "locks"))
-    with acquire_device(1, timeout=0) as lock:
+def test_lock_dir_comes_from_the_settings(monkeypatch, tmp_path):
+    assert DEFAULT_LOCK_DIR == "/tmp/inference_assets-gpu-locks"
+    assert Settings.from_environment({}).gpu_lock_dir == DEFAULT_LOCK_DIR
+    settings = Settings.from_environment({"INFERENCE_GPU_LOCK_DIR": str(tmp_path / "locks")})
+    assert default_resources(settings)["device"].gpu_lock_dir == str(tmp_path / "locks")
+    with acquire_device(1, settings.gpu_lock_dir, timeout=0) as lock:
         assert lock.path == tmp_path / "locks" / "cuda-0.lock"
 
 
 def test_device_resource_takes_a_gpu_when_acquired_and_frees_it_at_teardown(monkeypatch, tmp_path):
     """On CPU ``auto`` takes no lock; on a CUDA machine it takes GPU 0 of an empty lock folder."""
-    monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "locks"))
-    resource = DeviceResource(device="auto")
+    resource = DeviceResource(device="auto", gpu_lock_dir=str(tmp_path / "locks"))
     context = build_init_resource_context()
     resource.setup_for_execution(context)
     assert not (tmp_path / "locks").exists()  # setting up (as preprocessing does) takes no GPU

@@ -24,12 +24,12 @@ from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext
 from inference_assets.core.collection.pending import changed_partitions, listing_digest, manifest_digests, scan_listing
 from inference_assets.partitions import NUM_PARTITIONS, range_tags
 from inference_assets.resources import ModelResource, StorageResource
-from inference_assets.settings import cron_env, timezone_env
+from inference_assets.settings import SETTINGS
 
 from .pending_work import EVERYTHING, missing_results, partition_run_requests
 
-CRON = cron_env("INFERENCE_SCHEDULE_CRON", "0 2 * * *")
-TIMEZONE = timezone_env("INFERENCE_SCHEDULE_TIMEZONE", "UTC")
+CRON = SETTINGS.schedule_cron
+TIMEZONE = SETTINGS.schedule_timezone
 
 
 @schedule(

@@ -36,12 +36,12 @@ from inference_assets.core.collection.pending import (
 from inference_assets.jobs import REFRESHED_ASSETS
 from inference_assets.partitions import NUM_PARTITIONS
 from inference_assets.resources import ModelResource, StorageResource
-from inference_assets.settings import number_env
+from inference_assets.settings import SETTINGS
 
 from .pending_work import EVERYTHING, MANIFEST, missing_results, partition_run_requests
 
-LISTING_SECONDS = number_env("INFERENCE_SENSOR_LISTING_SECONDS", 20, minimum=1, kind=float)
-INTERVAL_SECONDS = number_env("INFERENCE_SENSOR_INTERVAL_SECONDS", 60, minimum=1)
+LISTING_SECONDS = SETTINGS.sensor_listing_seconds
+INTERVAL_SECONDS = SETTINGS.sensor_interval_seconds
 
 
 @sensor(

@@ -57,7 +57,12 @@ class DeviceResource(ConfigurableResource):
         default=3600.0,
         ge=0,
         description="With 'auto'/'cuda': how long a step waits for a free GPU while other steps on this "
-        "machine hold every one (locks in $INFERENCE_GPU_LOCK_DIR, default /tmp/inference_assets-gpu-locks).",
+        "machine hold every one (locks in gpu_lock_dir).",
+    )
+    gpu_lock_dir: str = Field(
+        default="",
+        description="A machine-local folder every run process can write, where concurrent steps lock GPUs "
+        "(core/inference/gpu_assignment.py); '' means /tmp/inference_assets-gpu-locks.",
     )
 
     _device: torch.device = PrivateAttr()
@@ -92,6 +97,7 @@ class DeviceResource(ConfigurableResource):
                 timeout=self.gpu_wait_seconds,
                 on_wait=log.warning,
                 holder=describe_holder(self._run_id),
+                lock_dir=self.gpu_lock_dir or None,
             )
             torch.cuda.set_device(device)  # stray allocations (pinned memory, caches) go there too, not to GPU 0
             log.info(f"using GPU {device} (lock {self._lock.path})")

@@ -20,12 +20,12 @@ from inference_assets.metadata import markdown_table, results_pictures, tables_m
 from inference_assets.partitions import IMAGE_SHARDS
 from inference_assets.pools import DUCKDB_POOL
 from inference_assets.resources import ModelResource, StorageResource
-from inference_assets.settings import duckdb_path
+from inference_assets.settings import SETTINGS
 from inference_assets.warehouse.conditions import AFTER_NEW_PREDICTIONS, AFTER_UPSTREAM
 
 # Each asset's tables, named as DuckDB names them in the configured database file (the UI shows
 # this before any run; each materialization then reports the real tables of the database it used).
-_CATALOG = catalog_name(duckdb_path())
+_CATALOG = catalog_name(SETTINGS.duckdb_path)
 
 
 def loaded_result_files(storage: StorageResource, model: ModelResource):

@@ -15,31 +15,18 @@ from dagster import AssetCheckResult, asset_check
 from dagster_duckdb import DuckDBResource
 
 from inference_assets.core.collection.manifest import vanished_images
-from inference_assets.core.errors import ConfigError
 from inference_assets.core.reporting.evaluation import stored_summary
 from inference_assets.resources import ModelResource, QualityGateResource, StorageResource
-from inference_assets.settings import env, number_env
+from inference_assets.settings import SETTINGS
 
 from .assets import evaluation, loaded_result_files, prediction_results
 
-
-def fraction_env(name: str, default: float) -> float:
-    """A number from 0 to 1 from the environment, or a one-line ConfigError naming the variable."""
-    try:
-        value = number_env(name, default, minimum=0, kind=float)
-    except ConfigError:
-        value = None
-    if value is None or value > 1:
-        raise ConfigError(f"{name}={env(name, default)!r} is not valid: set it to a number from 0 to 1 (default {default})")
-    return value
-
-
-# Read when the code location loads, like every other INFERENCE_* number; the Launchpad (resource
+# The settings read when the code location loads, like every other INFERENCE_* value; the Launchpad (resource
 # `quality_gate`) or a run config file (`dagster asset materialize -c`) can change them per run.
 QUALITY_GATE = QualityGateResource(
-    max_failure_rate=fraction_env("INFERENCE_MAX_FAILURE_RATE", 1.0),
-    min_top1_accuracy=fraction_env("INFERENCE_MIN_TOP1", 0.0),
-    max_class_share=fraction_env("INFERENCE_MAX_CLASS_SHARE", 1.0),
+    max_failure_rate=SETTINGS.max_failure_rate,
+    min_top1_accuracy=SETTINGS.min_top1,
+    max_class_share=SETTINGS.max_class_share,
 )
 _GATE = {"quality_gate": QUALITY_GATE}  # the checks' own resource: every caller's resources work as they are
 

@@ -10,7 +10,7 @@ The kernel drops a ``flock`` when the last file descriptor on it is closed, so a
 dies (even ``kill -9``) frees its device at once: lock files never need cleaning up. They are
 never deleted (deleting one would let two processes lock two different files of one name).
 
-The lock folder is ``$INFERENCE_GPU_LOCK_DIR``, else ``/tmp/inference_assets-gpu-locks``. It
+The lock folder is the ``gpu_lock_dir`` setting, else ``/tmp/inference_assets-gpu-locks``. It
 must be machine-local, since it stands for that machine's GPUs, and writable by every run
 process; and every process sharing it must see the same GPUs in the same order (the same
 ``CUDA_VISIBLE_DEVICES``), as ``i`` is the index among the visible devices. On Kubernetes each
@@ -33,17 +33,11 @@ from pathlib import Path
 
 from inference_assets.core.errors import ConfigError
 
-LOCK_DIR_ENV = "INFERENCE_GPU_LOCK_DIR"
 DEFAULT_LOCK_DIR = "/tmp/inference_assets-gpu-locks"
 
 
 class NoFreeDeviceError(RuntimeError):
     """Every device stayed locked by other processes for longer than we were willing to wait."""
-
-
-def default_lock_dir() -> Path:
-    """``$INFERENCE_GPU_LOCK_DIR``, else ``/tmp/inference_assets-gpu-locks``."""
-    return Path(os.environ.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
 
 
 def describe_holder(run_id: str | None = None) -> str:
@@ -96,8 +90,9 @@ def _open_lock_file(path: Path) -> int:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         raise ConfigError(
-            f"GPU lock file {str(path)!r} cannot be opened ({exc.strerror}): set {LOCK_DIR_ENV} "
-            "to a machine-local folder every run process can write"
+            f"GPU lock file {str(path)!r} cannot be opened ({exc.strerror}): set gpu_lock_dir "
+            "to a machine-local folder every run process can write",
+            settings=["gpu_lock_dir"],
         ) from None
 
 
@@ -152,13 +147,14 @@ def acquire_device(
     """
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
-    lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+    lock_dir = Path(lock_dir or DEFAULT_LOCK_DIR)
     try:
         lock_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(
-            f"GPU lock folder {str(lock_dir)!r} cannot be created ({exc.strerror}): set {LOCK_DIR_ENV} "
-            "to a machine-local folder every run process can write"
+            f"GPU lock folder {str(lock_dir)!r} cannot be created ({exc.strerror}): set gpu_lock_dir "
+            "to a machine-local folder every run process can write",
+            settings=["gpu_lock_dir"],
         ) from None
     holder = " ".join((holder or describe_holder()).split())
     deadline = time.monotonic() + timeout
