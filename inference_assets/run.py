@@ -20,28 +20,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
-import duckdb
 from dagster import AssetSelection, DagsterInstance, materialize
 
 from inference_assets.core.errors import ConfigError
-from inference_assets.core.reporting.evaluation import stored_summary
-from inference_assets.core.system.progress import DisplayFactory, progress_display
-from inference_assets.core.warehouse.database import (
-    WarehouseLockedError,
-    WarehouseWriteError,
-    failure_reasons,
-    outcome_counts,
-    top_labels,
-)
+from inference_assets.core.reporting.summary import print_summary
+from inference_assets.core.system.progress import progress_bars, progress_display
+from inference_assets.core.warehouse.database import WarehouseLockedError, WarehouseWriteError
 
 try:  # the code location reads its settings (settings.py: partitions, schedule...) when it loads
     from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
@@ -191,63 +182,6 @@ def failed_checks_line(failed: list) -> str:
         f"{c.check_name} on {c.asset_key.to_user_string()}: {c.description or 'see its metadata in the UI'}"
         for c in failed
     )
-
-
-def print_summary(
-    database: str, timings: dict[str, float], report_path: Path | None = None, not_built: list[str] = ()
-) -> None:
-    """The outcome in a few lines; results of assets in ``not_built`` (a blocking check failed) are marked stale."""
-    with duckdb.connect(database, read_only=True) as conn:
-        images, predicted, failed = outcome_counts(conn)
-        labels = top_labels(conn, limit=5)
-        reasons = failure_reasons(conn, limit=3)
-        evaluation = stored_summary(conn)
-    print()
-    print(f"images seen: {images}   predicted: {predicted}   failed: {failed}")
-    if labels:
-        print("top labels:  " + "; ".join(f"{label} ({n})" for label, n in labels))
-    if evaluation and evaluation.evaluated and "evaluation" in not_built:
-        print("accuracy:    not evaluated in this run (a blocking check failed)")
-    elif evaluation and evaluation.evaluated:
-        print(f"accuracy:    top-1 {evaluation.top1_accuracy:.1%}, top-5 {evaluation.top5_accuracy:.1%} "
-              f"on {evaluation.evaluated} labelled images"
-              + (f" ({evaluation.unknown_labels} with labels the model does not know)"
-                 if evaluation.unknown_labels else ""))
-    for stage, error, n in reasons:
-        print(f"failures:    {n} at {stage}: {error}")
-    print(f"time:        {sum(timings.values()):.1f}s (" + ", ".join(f"{k}: {v:.1f}s" for k, v in timings.items()) + ")")
-    print(f"results:     {database}")
-    if report_path is not None and report_path.exists() and "report" in not_built:
-        print(f"report:      {report_path}  (not refreshed in this run: a blocking check failed)")
-    elif report_path is not None and report_path.exists():
-        print(f"report:      {report_path}  (open it in a browser; it needs no network)")
-    duckdb_cli = shutil.which("duckdb") and "duckdb" or os.path.relpath(Path(sys.executable).parent / "duckdb")
-    print(f'try:         {duckdb_cli} {database} "select class_label, count(*) from predictions group by 1 order by 2 desc"')
-
-
-@contextmanager
-def progress_bars() -> Iterator[DisplayFactory]:
-    """One tqdm bar per long stage on stderr: done/total, %, images/s, elapsed<ETA.
-
-    The bars write to a duplicate of stderr's file descriptor, taken before any run: while a step
-    runs, Dagster points fd 2 at the step's compute log (and copies that back with ``tail``), which
-    would put every redraw in the log the UI shows, and late.
-    """
-    from tqdm import tqdm
-
-    stderr_copy = os.dup(sys.stderr.fileno())
-    with open(stderr_copy, "w", buffering=1, encoding=sys.stderr.encoding, errors="replace") as terminal:
-        try:
-            size = os.get_terminal_size(terminal.fileno())
-        except OSError:  # not a terminal (--progress bar into a file): tqdm's default width
-            size = os.terminal_size((0, 0))
-        if size.columns > 0 and size.lines > 0:  # follow the terminal as it is resized
-            shape = {"dynamic_ncols": True}
-        elif size.columns > 0:  # a pty that reports no height (tqdm would then draw nothing)
-            shape = {"ncols": size.columns, "nrows": 20}
-        else:  # a pty nobody sized
-            shape = {}
-        yield lambda label, total: tqdm(total=total, desc=label, unit="img", file=terminal, mininterval=0.2, **shape)
 
 
 def main(argv: list[str] | None = None) -> int:

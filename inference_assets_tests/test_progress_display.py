@@ -92,7 +92,7 @@ def test_no_display_outside_the_block():
 
 @pytest.mark.fast
 def test_the_bar_factory_draws_done_total_rate_and_eta(tmp_path, monkeypatch):
-    from inference_assets.run import progress_bars
+    from inference_assets.core.system.progress import progress_bars
 
     log = tmp_path / "stderr.txt"
     with open(log, "w", encoding="utf-8") as stderr, monkeypatch.context() as patch:
@@ -108,7 +108,7 @@ def test_the_bar_factory_draws_done_total_rate_and_eta(tmp_path, monkeypatch):
 @pytest.mark.fast
 def test_the_bar_is_drawn_whatever_size_the_terminal_reports(columns, rows, monkeypatch):
     """A terminal may report no height (tqdm would then draw an empty line) or no size at all."""
-    from inference_assets.run import progress_bars
+    from inference_assets.core.system.progress import progress_bars
 
     controller, terminal = os.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))

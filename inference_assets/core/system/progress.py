@@ -2,11 +2,14 @@
 
 A process may also show each stage live (``make run`` draws a progress bar in a terminal): within
 ``with progress_display(factory):`` every new ``Progress`` opens ``factory(label, total)``, tells it
-of every ``advance`` and closes it when the stage is done. A tqdm class fits as such a display.
+of every ``advance`` and closes it when the stage is done. ``progress_bars()`` gives such a factory
+of tqdm bars on the terminal.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -95,3 +98,28 @@ class Progress:
         eta = f"{left / rate:.0f}s" if rate > 0 else "?"
         percent = 100 * self.done / self.total if self.total else 100.0
         return f"{self.label}: {self.done}/{self.total} images ({percent:.0f} %), {rate:.1f} img/s, ETA {eta}"
+
+
+@contextmanager
+def progress_bars() -> Iterator[DisplayFactory]:
+    """One tqdm bar per long stage on stderr: done/total, %, images/s, elapsed<ETA.
+
+    The bars write to a duplicate of stderr's file descriptor, taken before any run: while a step
+    runs, Dagster points fd 2 at the step's compute log (and copies that back with ``tail``), which
+    would put every redraw in the log the UI shows, and late.
+    """
+    from tqdm import tqdm
+
+    stderr_copy = os.dup(sys.stderr.fileno())
+    with open(stderr_copy, "w", buffering=1, encoding=sys.stderr.encoding, errors="replace") as terminal:
+        try:
+            size = os.get_terminal_size(terminal.fileno())
+        except OSError:  # not a terminal (--progress bar into a file): tqdm's default width
+            size = os.terminal_size((0, 0))
+        if size.columns > 0 and size.lines > 0:  # follow the terminal as it is resized
+            shape = {"dynamic_ncols": True}
+        elif size.columns > 0:  # a pty that reports no height (tqdm would then draw nothing)
+            shape = {"ncols": size.columns, "nrows": 20}
+        else:  # a pty nobody sized
+            shape = {}
+        yield lambda label, total: tqdm(total=total, desc=label, unit="img", file=terminal, mininterval=0.2, **shape)
