@@ -3,14 +3,13 @@
 
 import time
 
-import torch
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
 from inference_assets.core.images.pixel_store import read_pixel_shard
-from inference_assets.core.inference.batches import InferenceSettings, check_batch, torch_only_reason
-from inference_assets.core.inference.partitions import predict_partitions
-from inference_assets.core.models.converted_models import CALIBRATION_IMAGES, choose_runtime, describe_choice
+from inference_assets.core.inference.batches import InferenceSettings
+from inference_assets.core.inference.partitions import predict_partitions, runtime_for_partitions
+from inference_assets.core.models.converted_models import describe_choice
 from inference_assets.core.reporting.thumbnails import markdown_image, thumbnail_uri
 from inference_assets.core.system.progress import Progress
 from inference_assets.images.assets import preprocessed_images
@@ -55,20 +54,11 @@ def prediction_files(
     fingerprint = device.pixels(model.preprocessing).fingerprint
     start = time.perf_counter()
     shards = [(key, read_pixel_shard(work_area.pixels(fingerprint, key), key)) for key in context.partition_keys]
-    classifier = model.load(settings.device)
-    parity = None
+    choice = runtime_for_partitions(model.load(settings.device), shards, device.runtime,
+                                    device.converted_dir or work_area.converted_dir, settings)
+    classifier, parity = choice.classifier, choice.parity
     if device.runtime != "torch":
-        examples = check_batch((shard for _, shard in shards), classifier)
-        if examples is not None:  # nothing decoded, nothing to predict: no conversion
-            def calibration() -> torch.Tensor:  # int8: the collection's own images, read only when quantizing
-                return check_batch((shard for _, shard in shards), classifier, CALIBRATION_IMAGES, normalize=False)
-
-            cache = device.converted_dir or work_area.converted_dir
-            choice = choose_runtime(classifier, device.runtime, cache, examples,
-                                    threads=torch.get_num_threads(), device=settings.device,
-                                    torch_only=torch_only_reason(settings), calibration=calibration)
-            classifier, parity = choice.classifier, choice.parity
-            context.log.info(describe_choice(choice))
+        context.log.info(describe_choice(choice))
     if settings.device.type == "cuda" and classifier.runtime.startswith("onnxruntime (CPU"):
         context.log.warning("this onnxruntime has no CUDA provider, so the ONNX model runs on the CPU: "
                             "pip install onnxruntime-gpu for the GPU")

@@ -1,14 +1,18 @@
-"""Predicting a step's partitions: each partition's pixel shard through the classifier into its
-result file (through the work area, so the shared mirror is kept), with what a step reports about
-them: totals, where the time went, a row per partition, the most frequent labels, a few samples."""
+"""Predicting a step's partitions: the runtime that runs the forward pass (``runtime_for_partitions``:
+PyTorch, or a converted network checked against it on the partitions' own images), then each
+partition's pixel shard through the classifier into its result file (through the work area, so the
+shared mirror is kept), with what a step reports about them: totals, where the time went, a row
+per partition, the most frequent labels, a few samples."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow.compute as pc
+import torch
 
 from inference_assets.core.images.pixel_store import PixelShard
 from inference_assets.core.inference.batches import (
@@ -16,13 +20,38 @@ from inference_assets.core.inference.batches import (
     ShardPredictionSummary,
     StageSeconds,
     batch_size_used,
+    check_batch,
     predict_shard,
+    torch_only_reason,
 )
+from inference_assets.core.models.converted_models import CALIBRATION_IMAGES, RuntimeChoice, choose_runtime
 from inference_assets.core.models.loading import Classifier
 from inference_assets.core.storage.results import read_results
 from inference_assets.core.storage.work_area import WorkArea
 
 SAMPLES = 5  # predicted rows kept as examples
+
+
+def runtime_for_partitions(
+    classifier: Classifier,
+    shards: list[tuple[str, PixelShard]],
+    runtime: str,
+    converted_dir: Path,
+    settings: InferenceSettings,
+) -> RuntimeChoice:
+    """What runs the forward pass over ``shards`` for the ``runtime`` asked (``torch``, ``auto``, a
+    converted runtime): a converted network is compared with PyTorch on the shards' first stored
+    images, and ``openvino-int8`` calibrates on the first ``CALIBRATION_IMAGES`` (read only when it
+    quantizes). PyTorch as it is when asked for, or when no image was decoded (nothing to convert for)."""
+    examples = None if runtime == "torch" else check_batch((shard for _, shard in shards), classifier)
+    if examples is None:
+        return RuntimeChoice(classifier, "torch" if classifier.is_torch else "onnxruntime", None, None, False)
+
+    def calibration() -> torch.Tensor:
+        return check_batch((shard for _, shard in shards), classifier, CALIBRATION_IMAGES, normalize=False)
+
+    return choose_runtime(classifier, runtime, converted_dir, examples, threads=torch.get_num_threads(),
+                          device=settings.device, torch_only=torch_only_reason(settings), calibration=calibration)
 
 
 @dataclass
