@@ -18,9 +18,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import browser
-from .dagster_ui import asset_graph_url, dagster_dev
-from .environment import PROJECT_ROOT, SAMPLE_IMAGES, install_instance_config, pipeline_env
+from inference_assets_tests.support import browser
+from inference_assets_tests.support.dagster_ui import asset_graph_url, dagster_dev
+from inference_assets_tests.support.environment import (
+    PROJECT_ROOT,
+    SAMPLE_IMAGES,
+    install_instance_config,
+    pipeline_env,
+)
 
 GRAPH_WINDOW = "2400,1000"  # wide enough for whole nodes (checks, partitions); cropped afterwards
 REPORT_WINDOW = "1200,1500"

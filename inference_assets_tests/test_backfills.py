@@ -37,8 +37,13 @@ from inference_assets.core.collection.partitioning import partition_keys
 from inference_assets.core.storage.layout import Layout
 from inference_assets.jobs import REFRESHED_ASSETS
 
-from .dagster_ui import DAGSTER, DagsterDev, dagster_dev
-from .environment import INSTANCE_YAML, PROJECT_ROOT, install_instance_config, pipeline_env
+from inference_assets_tests.support.dagster_ui import DAGSTER, DagsterDev, dagster_dev
+from inference_assets_tests.support.environment import (
+    INSTANCE_YAML,
+    PROJECT_ROOT,
+    install_instance_config,
+    pipeline_env,
+)
 
 MATERIALIZE = [DAGSTER, "asset", "materialize", "-m", "inference_assets.definitions"]
 KEYS = partition_keys(4)

@@ -21,9 +21,9 @@ from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.partitions import IMAGE_SHARDS
 from inference_assets.resources import DeviceResource, ModelResource, StorageResource
 
-from .conftest import KNOWN_TOP1
-from .corpus import make_corpus
-from .environment import PROJECT_ROOT, SAMPLE_IMAGES
+from inference_assets_tests.conftest import KNOWN_TOP1
+from inference_assets_tests.support.corpus import make_corpus
+from inference_assets_tests.support.environment import PROJECT_ROOT, SAMPLE_IMAGES
 
 ALL = [*ASSETS, *ASSET_CHECKS]
 KEYS = IMAGE_SHARDS.get_partition_keys()

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from .environment import PROJECT_ROOT
+from inference_assets_tests.support.environment import PROJECT_ROOT
 
 
 def test_bench_runs_every_peer_and_writes_results(tmp_path):

@@ -12,7 +12,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance
 
 from inference_assets.definitions import ASSET_CHECKS, defs
 
-from .environment import PROJECT_ROOT, pipeline_env
+from inference_assets_tests.support.environment import PROJECT_ROOT, pipeline_env
 
 BIN = Path(sys.executable).parent
 VENV = BIN.parent

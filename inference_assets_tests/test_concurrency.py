@@ -11,7 +11,7 @@ from dagster import DagsterInstance, execute_job, reconstructable
 
 from inference_assets.core.collection.manifest import read_manifest
 
-from .environment import PROJECT_ROOT, pipeline_env
+from inference_assets_tests.support.environment import PROJECT_ROOT, pipeline_env
 
 BIN = Path(sys.executable).parent
 DAGSTER = [str(BIN / "dagster"), "asset", "materialize", "-m", "inference_assets.definitions"]

@@ -12,7 +12,7 @@ from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.resources import DeviceResource, ModelResource, StorageResource, WarehouseResource
 from inference_assets.run import run_pipeline
 
-from .environment import PROJECT_ROOT, pipeline_env
+from inference_assets_tests.support.environment import PROJECT_ROOT, pipeline_env
 
 
 def _run_fails_with(monkeypatch, tmp_path, **env) -> str:

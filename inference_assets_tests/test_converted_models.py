@@ -31,8 +31,8 @@ from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.partitions import IMAGE_SHARDS, range_tags
 from inference_assets.resources import DeviceResource
 
-from .conftest import KNOWN_TOP1
-from .environment import SAMPLE_IMAGES
+from inference_assets_tests.conftest import KNOWN_TOP1
+from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
 CONVERTING = ("openvino", "onnxruntime")
 

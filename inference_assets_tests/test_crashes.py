@@ -16,7 +16,7 @@ from PIL import Image
 
 from inference_assets.core.images.pixel_store import read_pixel_shard
 
-from .environment import PROJECT_ROOT, SAMPLE_IMAGES, pipeline_env
+from inference_assets_tests.support.environment import PROJECT_ROOT, SAMPLE_IMAGES, pipeline_env
 
 # How long after a stage's STEP_START the kill may come (the stage's length on 2 cores, roughly).
 STAGES = {"preprocessed_images": 0.4, "prediction_files": 2.5, "prediction_results": 0.4}

@@ -164,7 +164,7 @@ def test_a_whole_dagster_run_on_the_gpu(image_root, tmp_path, record_property):
 
     from inference_assets.resources import DeviceResource, ModelResource, StorageResource
 
-    from .conftest import KNOWN_TOP1, run_all_steps
+    from inference_assets_tests.conftest import KNOWN_TOP1, run_all_steps
 
     resources = {
         "storage": StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")),

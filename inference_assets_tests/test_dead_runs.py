@@ -14,8 +14,13 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
-from .environment import PROJECT_ROOT, SAMPLE_IMAGES, install_instance_config, pipeline_env
-from .test_crashes import _contents, _run_and_kill
+from inference_assets_tests.support.environment import (
+    PROJECT_ROOT,
+    SAMPLE_IMAGES,
+    install_instance_config,
+    pipeline_env,
+)
+from inference_assets_tests.test_crashes import _contents, _run_and_kill
 
 RUN = [sys.executable, "-m", "inference_assets.run", "--progress", "log"]
 RERUN_TIMEOUT = 240  # s: a re-run blocked by a dead run's slot fails the test instead of hanging it

@@ -10,7 +10,7 @@ import pytest
 
 from inference_assets.definitions import defs
 
-from .environment import PROJECT_ROOT
+from inference_assets_tests.support.environment import PROJECT_ROOT
 
 SOURCE = PROJECT_ROOT / "inference_assets"
 KNOWN_KINDS = {"pytorch", "parquet", "duckdb", "html", "numpy"}

@@ -13,7 +13,7 @@ from inference_assets.core.images.decoding import load_rgb
 from inference_assets.core.images.device_decoding import compare_with_pillow, decode_batch, resize_crop_batch
 from inference_assets.core.models.loading import ModelSpec, resolve_preprocessing
 
-from .environment import SAMPLE_IMAGES
+from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
 pytestmark = pytest.mark.fast
 

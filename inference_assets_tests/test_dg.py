@@ -9,8 +9,8 @@ from dagster import AssetKey, DagsterInstance
 from inference_assets.core.storage.layout import Layout
 from inference_assets.definitions import ASSETS
 
-from .dagster_ui import DG, dagster_dev
-from .environment import PROJECT_ROOT, pipeline_env
+from inference_assets_tests.support.dagster_ui import DG, dagster_dev
+from inference_assets_tests.support.environment import PROJECT_ROOT, pipeline_env
 
 ASSET_NAMES = sorted(spec.key.to_user_string() for asset in ASSETS for spec in asset.specs)
 ASSET_NODES = "{ assetNodes { assetKey { path } kinds } }"

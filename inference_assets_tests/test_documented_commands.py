@@ -37,7 +37,7 @@ import pytest
 from inference_assets.definitions import defs
 from inference_assets.pools import DUCKDB_POOL, GPU_POOL
 
-from .environment import PROJECT_ROOT
+from inference_assets_tests.support.environment import PROJECT_ROOT
 
 DOCUMENTS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
 SHELL = {"sh", "bash", "shell", "console"}

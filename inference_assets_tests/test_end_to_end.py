@@ -9,8 +9,8 @@ import pytest
 
 from inference_assets.partitions import IMAGE_SHARDS
 
-from .conftest import KNOWN_TOP1
-from .environment import PROJECT_ROOT, pipeline_env
+from inference_assets_tests.conftest import KNOWN_TOP1
+from inference_assets_tests.support.environment import PROJECT_ROOT, pipeline_env
 
 BIN = Path(sys.executable).parent
 

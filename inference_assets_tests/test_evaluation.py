@@ -11,8 +11,8 @@ import pytest
 from inference_assets.core.reporting.evaluation import evaluate, normalize, synonyms, truth_names
 from inference_assets.resources import StorageResource
 
-from .conftest import cpu_resources, run_all_steps
-from .environment import SAMPLE_IMAGES
+from inference_assets_tests.conftest import cpu_resources, run_all_steps
+from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
 
 @pytest.mark.fast

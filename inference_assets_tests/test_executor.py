@@ -17,7 +17,7 @@ from dagster._core.system_config.objects import ResolvedRunConfig
 from inference_assets.definitions import defs, partitioned_inference
 from inference_assets.executor import STORAGE_MODULES, steps_executor
 
-from .environment import PROJECT_ROOT
+from inference_assets_tests.support.environment import PROJECT_ROOT
 
 
 def _executor(execution: dict | None):

@@ -14,7 +14,7 @@ import torch
 
 from bench import gpu_wheels
 
-from .environment import PROJECT_ROOT
+from inference_assets_tests.support.environment import PROJECT_ROOT
 
 
 def test_gpu_check_runs_its_cpu_possible_parts_and_writes_results(tmp_path):

@@ -28,8 +28,8 @@ from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.resources import StorageResource
 from inference_assets.run import materialize_step, pipeline_steps
 
-from .conftest import cpu_resources, run_all_steps
-from .environment import PROJECT_ROOT, SAMPLE_IMAGES
+from inference_assets_tests.conftest import cpu_resources, run_all_steps
+from inference_assets_tests.support.environment import PROJECT_ROOT, SAMPLE_IMAGES
 
 MAX_PIXELS = 8_000_000  # the limit the memory test runs with (the default is 89,478,485)
 BYTES_PER_PIXEL_BOUND = 12  # README: a decode worker holds at most about 12 bytes x max_image_pixels

@@ -25,8 +25,8 @@ from inference_assets.core.storage.hashing import file_sha256
 from inference_assets.core.storage.results import read_reusable
 from inference_assets.resources import StorageResource
 
-from .conftest import KNOWN_TOP1, cpu_resources
-from .environment import PROJECT_ROOT, SAMPLE_IMAGES
+from inference_assets_tests.conftest import KNOWN_TOP1, cpu_resources
+from inference_assets_tests.support.environment import PROJECT_ROOT, SAMPLE_IMAGES
 
 CAPS = "-dac_override,-dac_read_search"
 

@@ -12,8 +12,8 @@ from markdown_it import MarkdownIt
 from inference_assets.core.reporting.markdown import Markdown, escape, table
 from inference_assets.resources import StorageResource
 
-from .conftest import cpu_resources, run_all_steps
-from .environment import SAMPLE_IMAGES
+from inference_assets_tests.conftest import cpu_resources, run_all_steps
+from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
 # folder names become labels; file names become captions and alt texts
 HOSTILE_LABELS = ["tab|by\nrow", "![x](evil.png)", "<img src=x onerror=alert(1)>", "[click](javascript:alert(1))"]

@@ -14,7 +14,7 @@ from inference_assets.core.images.pixel_store import read_pixel_shard, write_pix
 from inference_assets.core.inference.batches import InferenceSettings, classify, predict_shard
 from inference_assets.core.storage.results import read_results
 
-from .conftest import KNOWN_TOP1
+from inference_assets_tests.conftest import KNOWN_TOP1
 
 CPU = torch.device("cpu")
 

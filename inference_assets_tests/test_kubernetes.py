@@ -37,7 +37,7 @@ from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
 from inference_assets.kubernetes import EXECUTOR_CONFIG_PATH, kubernetes_executor, load_executor_config
 from inference_assets.partitions import IMAGE_SHARDS, range_tags
 
-from .environment import PROJECT_ROOT
+from inference_assets_tests.support.environment import PROJECT_ROOT
 
 VALUES_PATH = PROJECT_ROOT / "deploy" / "k8s" / "values.yaml"
 NAMESPACE = "dagster"  # the Helm release's namespace

@@ -16,9 +16,14 @@ import torch
 from inference_assets.core.reporting.evaluation import stored_summary
 from inference_assets.resources import ModelResource, StorageResource
 
-from .conftest import cpu_resources, run_all_steps
-from .environment import SAMPLE_IMAGES
-from .own_models import CLASS_NAMES, four_class_network, reference_outputs, save_every_form
+from inference_assets_tests.conftest import cpu_resources, run_all_steps
+from inference_assets_tests.support.environment import SAMPLE_IMAGES
+from inference_assets_tests.support.own_models import (
+    CLASS_NAMES,
+    four_class_network,
+    reference_outputs,
+    save_every_form,
+)
 
 SAMPLE_FILES = sorted(p for p in SAMPLE_IMAGES.rglob("*") if p.is_file() and not p.name.startswith("."))
 
@@ -202,7 +207,7 @@ def test_bad_model_input_stops_a_dagster_step_at_resource_setup_with_no_outputs(
 
     from inference_assets.definitions import ASSET_CHECKS, ASSETS
 
-    from .test_configuration_errors import _failure_message
+    from inference_assets_tests.test_configuration_errors import _failure_message
 
     config, expected = bad_inputs["ONNX input rank"]
     resources = _resources(image_root, tmp_path, **config)
@@ -322,7 +327,7 @@ def test_a_keras_model_exported_to_onnx_by_keras_gives_model_predicts_top1(image
 def _cli(args: list[str], env: dict) -> str:
     import subprocess
 
-    from .environment import PROJECT_ROOT
+    from inference_assets_tests.support.environment import PROJECT_ROOT
 
     done = subprocess.run(args, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -332,7 +337,7 @@ def _cli(args: list[str], env: dict) -> str:
 def test_make_run_takes_your_model_from_the_environment(forms, reference, image_root, tmp_path):
     import sys
 
-    from .environment import pipeline_env
+    from inference_assets_tests.support.environment import pipeline_env
 
     env = pipeline_env(image_root, tmp_path)
     env["INFERENCE_MODEL"] = forms["ONNX, NHWC, fixed batch 1, probabilities out"].model
@@ -351,7 +356,7 @@ def test_dagster_asset_materialize_takes_your_model_from_launchpad_style_run_con
 
     from inference_assets.partitions import IMAGE_SHARDS
 
-    from .environment import pipeline_env
+    from inference_assets_tests.support.environment import pipeline_env
 
     form = forms["bare state_dict .pth + names.txt"]
     config = tmp_path / "launchpad.yaml"

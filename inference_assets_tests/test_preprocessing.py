@@ -11,7 +11,7 @@ from inference_assets.core.images.decoding import load_rgb
 from inference_assets.core.images.preprocessing import from_torchvision_transform
 from inference_assets.core.models.loading import ModelSpec, resolve_preprocessing
 
-from .environment import SAMPLE_IMAGES
+from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
 pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
 

@@ -16,7 +16,7 @@ import pytest
 
 from inference_assets.core.system.progress import Progress, progress_display
 
-from .environment import PROJECT_ROOT, pipeline_env
+from inference_assets_tests.support.environment import PROJECT_ROOT, pipeline_env
 
 
 class FakeDisplay:

@@ -11,7 +11,7 @@ from inference_assets import pools
 from inference_assets.core.inference.devices import default_batch_size
 from inference_assets.definitions import ASSETS
 
-from .environment import INSTANCE_YAML, PROJECT_ROOT
+from inference_assets_tests.support.environment import INSTANCE_YAML, PROJECT_ROOT
 
 
 def _pool_users() -> dict[str, list[str]]:

@@ -9,8 +9,9 @@ from PIL import Image
 
 from inference_assets.resources import StorageResource
 
-from . import browser, screenshots
-from .conftest import cpu_resources, run_all_steps
+from inference_assets_tests import screenshots
+from inference_assets_tests.conftest import cpu_resources, run_all_steps
+from inference_assets_tests.support import browser
 
 
 def _number(dom: str, element_id: str) -> str:

@@ -8,7 +8,7 @@ from PIL import Image
 from inference_assets.core.images.decoding import DEFAULT_MAX_PIXELS, ImageTooLargeError, load_rgb
 from inference_assets.resources import StorageResource
 
-from .environment import PROJECT_ROOT
+from inference_assets_tests.support.environment import PROJECT_ROOT
 
 pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
 

@@ -20,8 +20,8 @@ from inference_assets.core.storage.filesystems import S3Options
 from inference_assets.resources import StorageResource
 from inference_assets.run import materialize_step, pipeline_steps
 
-from .conftest import KNOWN_TOP1, cpu_resources, run_all_steps
-from .environment import SAMPLE_IMAGES
+from inference_assets_tests.conftest import KNOWN_TOP1, cpu_resources, run_all_steps
+from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
 SAMPLES = sorted(p.relative_to(SAMPLE_IMAGES).as_posix() for p in SAMPLE_IMAGES.rglob("*") if p.is_file() and p.suffix != ".md")
 GARBAGE = b"\xff\xd8\xff\xe0 this is not really a JPEG" * 10

@@ -20,7 +20,7 @@ from inference_assets.core.models.loading import ModelSpec
 from inference_assets.core.collection.partitioning import DEFAULT_NUM_PARTITIONS, partition_keys
 from inference_assets.core.models.versions import asset_versions
 
-from .environment import PROJECT_ROOT, SAMPLE_IMAGES, pipeline_env
+from inference_assets_tests.support.environment import PROJECT_ROOT, SAMPLE_IMAGES, pipeline_env
 
 KEYS = partition_keys(DEFAULT_NUM_PARTITIONS)
 MADE = KEYS[:2]  # made with the default settings

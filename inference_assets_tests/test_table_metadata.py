@@ -13,7 +13,7 @@ from inference_assets.core.warehouse.database import WAREHOUSE_TABLES, catalog_n
 from inference_assets.definitions import ASSETS, defs
 from inference_assets.resources import StorageResource
 
-from .conftest import cpu_resources
+from inference_assets_tests.conftest import cpu_resources
 
 # each asset that makes DuckDB tables: its main table (dagster/table_name) and all its tables
 ASSET_TABLES = {

@@ -9,7 +9,7 @@ from PIL import Image, ImageOps, JpegImagePlugin
 
 from inference_assets.core.reporting.thumbnails import thumbnail_png
 
-from .environment import SAMPLE_IMAGES
+from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
 pytestmark = pytest.mark.fast
 

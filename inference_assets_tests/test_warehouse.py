@@ -14,7 +14,7 @@ from inference_assets.core.inference.batches import InferenceSettings, predict_s
 from inference_assets.core.storage.layout import Layout
 from inference_assets.core.warehouse.database import refresh_warehouse, top_labels
 
-from .environment import PROJECT_ROOT, pipeline_env
+from inference_assets_tests.support.environment import PROJECT_ROOT, pipeline_env
 
 KEYS = partition_keys(2)
 

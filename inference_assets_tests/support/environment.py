@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_IMAGES = PROJECT_ROOT / "data" / "images"
 INSTANCE_YAML = PROJECT_ROOT / "deploy" / "dagster.yaml"
 
