@@ -9,9 +9,9 @@ from PIL import Image
 
 from inference_assets.resources import StorageResource
 
-from inference_assets_tests import screenshots
 from inference_assets_tests.conftest import cpu_resources, run_all_steps
 from inference_assets_tests.support import browser
+from tools import screenshots
 
 
 def _number(dom: str, element_id: str) -> str:

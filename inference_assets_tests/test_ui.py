@@ -12,10 +12,10 @@ from inference_assets.core.collection.partitioning import partition_keys
 from inference_assets.core.storage.layout import Layout
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 
-from inference_assets_tests import screenshots
 from inference_assets_tests.support import browser
 from inference_assets_tests.support.dagster_ui import asset_graph_url, dagster_dev
 from inference_assets_tests.support.environment import install_instance_config, pipeline_env
+from tools import screenshots
 
 KEYS = partition_keys(4)
 SPECS = [spec for asset in ASSETS for spec in asset.specs]

@@ -1,7 +1,7 @@
 """``dagster dev`` (webserver + daemon, as ``make dev`` runs it) on a free local port, driven
 through Dagster's GraphQL API with the mutations the UI itself sends.
 
-Used by the tests (test_ui.py, test_backfills.py) and by scripts/screenshots.py.
+Used by the tests (test_ui.py, test_backfills.py, test_dg.py) and by tools/screenshots.py (``make screenshots``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Runs the pipeline as ``make run`` does on the sample photos, in a temporary work
 Dagster instance, starts ``dagster dev`` on it, and takes both pictures in headless Chromium.
 They are cropped and stored as small palette PNGs in ``docs/images/``.
 
-    .venv/bin/python -m inference_assets_tests.screenshots [--output docs/images]
+    .venv/bin/python -m tools.screenshots [--output docs/images]
 """
 
 from __future__ import annotations
