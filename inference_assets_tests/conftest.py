@@ -25,7 +25,8 @@ KNOWN_TOP1 = {
 
 # The longest test files, longest first (seconds of `make test` on 2026-12-02, two processes): run first, so
 # that `make test`'s two pytest-xdist processes (each file in one) do not end with one of them left alone
-# on a long file while the other has nothing to do.
+# on a long file while the other has nothing to do. By file name: no two test files share one, whatever
+# their folder.
 LONGEST_FIRST = (
     "test_backfills.py",  # 728 s
     "test_documented_commands.py",  # 514 s

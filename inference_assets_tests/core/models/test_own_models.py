@@ -207,7 +207,7 @@ def test_bad_model_input_stops_a_dagster_step_at_resource_setup_with_no_outputs(
 
     from inference_assets.definitions import ASSET_CHECKS, ASSETS
 
-    from inference_assets_tests.test_configuration_errors import _failure_message
+    from inference_assets_tests.assets.test_configuration_errors import _failure_message
 
     config, expected = bad_inputs["ONNX input rank"]
     resources = _resources(image_root, tmp_path, **config)

@@ -20,7 +20,7 @@ from inference_assets_tests.support.environment import (
     install_instance_config,
     pipeline_env,
 )
-from inference_assets_tests.test_crashes import _contents, _run_and_kill
+from inference_assets_tests.end_to_end.test_crashes import _contents, _run_and_kill
 
 RUN = [sys.executable, "-m", "inference_assets.run", "--progress", "log"]
 RERUN_TIMEOUT = 240  # s: a re-run blocked by a dead run's slot fails the test instead of hanging it
