@@ -1,5 +1,6 @@
 """The pipeline's predictions equal a plain reference: the model's own transform + fp32 forward."""
 
+import dataclasses
 import time
 
 import numpy as np
@@ -282,3 +283,37 @@ def test_a_steps_partitions_are_predicted_into_their_files_with_totals_labels_an
     again = predict_partitions(classifier, shards, settings, area, "m")
     assert again.reused == entries.num_rows and again.predicted == 0 and again.batch_size is None
     assert again.labels == first.labels  # counted from the files, reused rows included
+
+
+# torch.compile: the same results as eager (its speed is measured by `make bench`, never here)
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 5, stride=4)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.conv(x).relu().mean(dim=(2, 3)))
+
+
+def test_compiled_model_gives_the_eager_results_and_pads_the_last_batch(image_root, tmp_path, classifier):
+    build_manifest(image_root, tmp_path / "m.parquet", num_partitions=1)
+    write_pixel_shard(read_manifest(tmp_path / "m.parquet"), classifier.preprocessing, tmp_path / "px", "shard-00", 2)
+    shard = read_pixel_shard(tmp_path / "px", "shard-00")
+    ten_classes = dataclasses.replace(classifier.info, labels=tuple(str(i) for i in range(10)))
+    tiny = dataclasses.replace(classifier, module=TinyNet().eval(), info=ten_classes)
+    rows = shard.ok_rows  # 6 images, batch 4: the last batch has 2 and is padded to 4
+
+    def run(compile_: bool):
+        settings = InferenceSettings(CPU, batch_size=4, top_k=3, compile=compile_)
+        parts = list(classify(tiny, shard, rows, settings))
+        return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+    eager_probs, eager_indices = run(False)
+    compiled_probs, compiled_indices = run(True)
+    assert compiled_probs.shape == (6, 3)
+    assert (compiled_indices == eager_indices).all()
+    assert np.allclose(compiled_probs, eager_probs, atol=1e-5)
