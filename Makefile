@@ -73,7 +73,7 @@ backfill: $(STAMP) instance
 ## screenshots: the README's pictures (docs/images/): the asset graph in the Dagster UI and the
 ## HTML report, after a run on data/images in a temporary instance (needs Chromium)
 screenshots: $(STAMP)
-	$(BIN)/python -m inference_assets_tests.screenshots
+	$(BIN)/python -m tools.screenshots
 
 ## bench: throughput and memory against Ray Data, a DataLoader loop, a per-image loop and the limits
 ## (BENCH_IMAGES, BENCH_REPEATS, ... : see bench/run.py); results in bench/results/

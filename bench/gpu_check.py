@@ -1,6 +1,6 @@
 """``make gpu-check``: the GPU path proven on a real GPU by one command, its results in one folder.
 
-1. **Tests**: the CUDA-marked tests (``inference_assets_tests/test_cuda.py``): fp32 exactness
+1. **Tests**: the CUDA-marked tests (``inference_assets_tests/core/inference/test_cuda.py``): fp32 exactness
    against CPU, bf16/fp16 autocast against fp32, the batch-size probe, out-of-memory back-off
    under a real memory limit, GPU assignment on the real device, a whole Dagster run on the GPU,
    JPEG decoding on the GPU; every figure they record goes in the results.
@@ -54,7 +54,7 @@ def run_tests(out: Path) -> dict:
     """The CUDA-marked tests in a subprocess; their outcomes and recorded figures from JUnit XML."""
     xml = out / "cuda-tests.xml"
     command = [sys.executable, "-m", "pytest", "-m", "cuda", "-p", "no:cacheprovider", "-q", "-o",
-               "junit_family=xunit1", f"--junitxml={xml}", "inference_assets_tests/test_cuda.py"]
+               "junit_family=xunit1", f"--junitxml={xml}", "inference_assets_tests/core/inference/test_cuda.py"]
     start = time.perf_counter()
     completed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
     (out / "cuda-tests.log").write_text(completed.stdout + completed.stderr)

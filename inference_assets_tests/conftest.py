@@ -12,7 +12,7 @@ from dagster_duckdb import DuckDBResource
 from inference_assets.core.models.loading import ModelSpec, load_classifier
 from inference_assets.resources import DeviceResource, ModelResource, StorageResource
 
-from .environment import SAMPLE_IMAGES
+from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
 # What the bundled EfficientNet-Lite0 predicts for the committed photos (see data/README.md).
 KNOWN_TOP1 = {
@@ -25,7 +25,8 @@ KNOWN_TOP1 = {
 
 # The longest test files, longest first (seconds of `make test` on 2026-12-02, two processes): run first, so
 # that `make test`'s two pytest-xdist processes (each file in one) do not end with one of them left alone
-# on a long file while the other has nothing to do.
+# on a long file while the other has nothing to do. By file name: no two test files share one, whatever
+# their folder.
 LONGEST_FIRST = (
     "test_backfills.py",  # 728 s
     "test_documented_commands.py",  # 514 s
@@ -122,7 +123,7 @@ def classifier():
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3-compatible server (moto) on 127.0.0.1 for the whole session."""
-    from .servers import S3Server
+    from inference_assets_tests.support.servers import S3Server
 
     server = S3Server(tmp_path_factory.mktemp("s3"))
     yield server
@@ -140,7 +141,7 @@ def s3_env(s3_server, monkeypatch):
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory):
     """A real PostgreSQL server on 127.0.0.1 for the whole session (skipped if not installed)."""
-    from .servers import PostgresServer
+    from inference_assets_tests.support.servers import PostgresServer
 
     workdir = tmp_path_factory.mktemp("postgres")
     server = PostgresServer(workdir)
