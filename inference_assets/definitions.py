@@ -15,7 +15,15 @@ from inference_assets.inference import assets as prediction_assets
 from inference_assets.jobs import PIPELINE
 from inference_assets.kubernetes import kubernetes_executor  # imports dagster_k8s only when called
 from inference_assets.report import assets as report_assets
-from inference_assets.resources import DeviceResource, ModelResource, StorageResource, WarehouseResource
+from inference_assets.resources import (
+    DeviceResource,
+    ImageSourceResource,
+    ModelResource,
+    ObjectStoreResource,
+    PreprocessingResource,
+    WarehouseResource,
+    WorkAreaResource,
+)
 from inference_assets.settings import DATA_DIR, duckdb_path, env, flag_env, number_env, optional_env
 from inference_assets.warehouse import assets as warehouse_assets
 from inference_assets.warehouse import checks as warehouse_checks
@@ -47,18 +55,26 @@ def _from_env(resource: type, **fields):
 
 def default_resources() -> dict:
     """Resources configured from the environment (see ``settings.py``)."""
+    # the S3 endpoint and credentials: set at launch under their own key, shared by source and work_area
+    object_store = ObjectStoreResource.configure_at_launch()
     return {
-        "storage": _from_env(
-            StorageResource,
+        "work_area": _from_env(
+            WorkAreaResource,
+            work_dir=env("INFERENCE_WORK_DIR", DATA_DIR / "work"),
+            shared_dir=optional_env("INFERENCE_SHARED_DIR"),
+            object_store=object_store,
+        ),
+        "source": _from_env(
+            ImageSourceResource,
             image_root=env("INFERENCE_IMAGE_ROOT", DATA_DIR / "images"),
             image_table=optional_env("INFERENCE_IMAGE_TABLE"),
             # an EnvVar: the URL (and its password) is read at run time, never shown in the UI
             database_url=EnvVar("INFERENCE_DATABASE_URL") if optional_env("INFERENCE_DATABASE_URL") else None,
             image_query=optional_env("INFERENCE_IMAGE_QUERY"),
-            work_dir=env("INFERENCE_WORK_DIR", DATA_DIR / "work"),
-            shared_dir=optional_env("INFERENCE_SHARED_DIR"),
             always_rehash=flag_env("INFERENCE_ALWAYS_REHASH"),
+            object_store=object_store,
         ),
+        "object_store": object_store,
         "model": _from_env(
             ModelResource,
             name=env("INFERENCE_MODEL", DEFAULT_MODEL),
@@ -72,6 +88,9 @@ def default_resources() -> dict:
             precision=env("INFERENCE_PRECISION", "fp32"),
             runtime=env("INFERENCE_RUNTIME", "auto"),
             converted_dir=optional_env("INFERENCE_CONVERTED_DIR") or "",
+        ),
+        "preprocessing": _from_env(
+            PreprocessingResource,
             # in a container os.cpu_count() is the node's cores, not the pod's limit: set this there
             decode_workers=number_env("INFERENCE_DECODE_WORKERS", 0, minimum=0),
         ),
@@ -91,11 +110,11 @@ def default_executor():
     return steps_executor
 
 
-def with_model_versions(assets: list, model: ModelResource, device: DeviceResource) -> list:
+def with_model_versions(assets: list, model: ModelResource, preprocessing: PreprocessingResource) -> list:
     """``assets`` with the code versions of the configured model (``core/models/versions.py``) on
     preprocessed_images and prediction_files: a partition made with another model, weights, class
     names or preprocessing shows in the UI as stale ("has a new code version"), before any run."""
-    versions = asset_versions(model.spec, jpeg_draft=device.jpeg_draft)
+    versions = asset_versions(model.spec, jpeg_draft=preprocessing.jpeg_draft)
     by_key = {
         image_assets.preprocessed_images.key: versions.pixels,
         prediction_assets.prediction_files.key: versions.predictions,
@@ -111,7 +130,7 @@ RESOURCES = default_resources()
 ASSETS = with_model_versions(
     load_assets_from_modules([image_assets, prediction_assets, warehouse_assets, report_assets]),
     RESOURCES["model"],
-    RESOURCES["device"],
+    RESOURCES["preprocessing"],
 )
 
 defs = Definitions(

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from inference_assets.core.reporting.evaluation import stored_summary
-from inference_assets.resources import ModelResource, StorageResource
+from inference_assets.resources import ModelResource
 
-from .conftest import cpu_resources, run_all_steps
+from .conftest import cpu_resources, run_all_steps, source_resource, work_area_resource
 from .environment import SAMPLE_IMAGES
 from .own_models import CLASS_NAMES, four_class_network, reference_outputs, save_every_form
 
@@ -56,8 +56,10 @@ FORM_NAMES = [
 
 
 def _resources(image_root: Path, tmp_path: Path, **model) -> dict:
-    storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
-    resources = cpu_resources(storage, tmp_path / "warehouse.duckdb")
+    resources = cpu_resources(
+        source_resource(image_root=str(image_root)), work_area_resource(tmp_path / "work"),
+        tmp_path / "warehouse.duckdb",
+    )
     resources["model"] = ModelResource(batch_size=4, **model)
     return resources
 
