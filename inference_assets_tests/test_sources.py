@@ -17,7 +17,7 @@ from inference_assets.core.collection.manifest import build_manifest, read_manif
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.sources import SourceConfig, open_source
 from inference_assets.core.storage.filesystems import S3Options
-from inference_assets.resources import ImageSourceResource
+from inference_assets.resources import ImageSourceResource, WorkAreaResource
 from inference_assets.run import materialize_step, pipeline_steps
 
 from .conftest import KNOWN_TOP1, cpu_resources, run_all_steps, source_resource, work_area_resource
@@ -99,6 +99,61 @@ def test_a_bucket_prefix_through_the_whole_pipeline(s3_env, tmp_path):
     assert len(predictions) == len(SAMPLES) - 1
     assert [(r[0], r[1]) for r in failures] == [("broken/garbage.jpg", "decode"), ("missile/rocket.jpg", "read")]
     assert "FileNotFoundError" in failures[1][2] and "does not exist" in failures[1][2]
+
+
+S3_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+                "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_PROFILE")
+
+
+def test_the_object_store_set_once_at_launch_reaches_the_source_and_the_shared_work_area(
+    s3_server, tmp_path, monkeypatch
+):
+    """No AWS_* variables: the endpoint and credentials are given once, in the run config of the
+    code location's ``object_store`` resource (the secret as an env reference), and both the bucket
+    source and the work area's shared mirror in another bucket use them."""
+    for name in S3_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket="launch-photos")
+    s3.create_bucket(Bucket="launch-work")
+    _upload(s3, "launch-photos", {f"p/{relative}": (SAMPLE_IMAGES / relative).read_bytes() for relative in SAMPLES})
+    monkeypatch.setenv("INFERENCE_IMAGE_ROOT", "s3://launch-photos/p")
+    monkeypatch.setenv("INFERENCE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("INFERENCE_SHARED_DIR", "s3://launch-work/run")
+    monkeypatch.setenv("INFERENCE_DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
+    monkeypatch.setenv("TEST_S3_SECRET", "testing")
+    from dagster import materialize
+
+    from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
+
+    store = {"endpoint_url": s3_server.endpoint, "region": "us-east-1", "access_key_id": "testing",
+             "secret_access_key": {"env": "TEST_S3_SECRET"}}
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize([*ASSETS, *ASSET_CHECKS], selection=["image_manifest"], resources=default_resources(),
+                             instance=instance, run_config={"resources": {"object_store": {"config": store}}})
+    assert result.success
+    metadata = result.asset_materializations_for_node("image_manifest")[0].metadata
+    assert metadata["images"].value == len(SAMPLES) and metadata["source_kind"].value == "bucket"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="launch-work", Prefix="run/")["Contents"]]
+    assert "run/manifest/image_manifest.parquet" in keys
+
+
+@pytest.mark.fast
+def test_outside_a_run_the_object_store_gives_the_values_it_was_given(tmp_path, monkeypatch):
+    """``make run``'s preflight and scripts use the resources without a run: the launch-time
+    ``object_store`` of ``default_resources`` (or a configured one) gives its values, an EnvVar read then."""
+    from dagster import EnvVar
+
+    from inference_assets.resources import ObjectStoreResource
+
+    monkeypatch.setenv("TEST_S3_SECRET", "s3cr3t")
+    given = {"endpoint_url": "http://minio.local:9000", "secret_access_key": EnvVar("TEST_S3_SECRET")}
+    expected = S3Options(endpoint_url="http://minio.local:9000", secret_access_key="s3cr3t")
+    for store in (ObjectStoreResource.configure_at_launch(**given), ObjectStoreResource(**given)):
+        assert ImageSourceResource(image_root="s3://b/p", object_store=store).source_config.s3 == expected
+        assert WorkAreaResource(work_dir=str(tmp_path), object_store=store).filesystems.s3 == expected
+    assert ImageSourceResource(object_store=ObjectStoreResource.configure_at_launch()).source_config.s3 == S3Options()
 
 
 # --- tables of image locations --------------------------------------------------------------
