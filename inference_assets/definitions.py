@@ -14,7 +14,15 @@ from inference_assets.inference import assets as prediction_assets
 from inference_assets.jobs import PIPELINE
 from inference_assets.kubernetes import kubernetes_executor  # imports dagster_k8s only when called
 from inference_assets.report import assets as report_assets
-from inference_assets.resources import DeviceResource, ModelResource, StorageResource, WarehouseResource
+from inference_assets.resources import (
+    DeviceResource,
+    ImageSourceResource,
+    ModelResource,
+    ObjectStoreResource,
+    PreprocessingResource,
+    WarehouseResource,
+    WorkAreaResource,
+)
 from inference_assets.settings import SETTINGS, VARIABLES, Settings
 from inference_assets.warehouse import assets as warehouse_assets
 from inference_assets.warehouse import checks as warehouse_checks
@@ -40,18 +48,26 @@ def _configured(resource: type, **fields):
 def default_resources(settings: Settings | None = None) -> dict:
     """The resources of ``settings`` (default: read from the environment now, see ``settings.py``)."""
     settings = settings or Settings.from_environment()
+    # the S3 endpoint and credentials: set at launch under their own key, shared by source and work_area
+    object_store = ObjectStoreResource.configure_at_launch()
     return {
-        "storage": _configured(
-            StorageResource,
+        "work_area": _configured(
+            WorkAreaResource,
+            work_dir=settings.work_dir,
+            shared_dir=settings.shared_dir,
+            object_store=object_store,
+        ),
+        "source": _configured(
+            ImageSourceResource,
             image_root=settings.image_root,
             image_table=settings.image_table,
             # an EnvVar: the URL (and its password) is read at run time, never shown in the UI
             database_url=EnvVar(VARIABLES["database_url"]) if settings.database_url else None,
             image_query=settings.image_query,
-            work_dir=settings.work_dir,
-            shared_dir=settings.shared_dir,
             always_rehash=settings.always_rehash,
+            object_store=object_store,
         ),
+        "object_store": object_store,
         "model": _configured(
             ModelResource,
             name=settings.model,
@@ -66,6 +82,9 @@ def default_resources(settings: Settings | None = None) -> dict:
             runtime=settings.runtime,
             converted_dir=settings.converted_dir,
             gpu_lock_dir=settings.gpu_lock_dir,
+        ),
+        "preprocessing": _configured(
+            PreprocessingResource,
             decode_workers=settings.decode_workers,
         ),
         "duckdb": _configured(WarehouseResource, database=settings.duckdb_path),
@@ -79,11 +98,11 @@ def default_executor(settings: Settings):
     return kubernetes_executor() if settings.executor == "k8s" else steps_executor
 
 
-def with_model_versions(assets: list, model: ModelResource, device: DeviceResource) -> list:
+def with_model_versions(assets: list, model: ModelResource, preprocessing: PreprocessingResource) -> list:
     """``assets`` with the code versions of the configured model (``core/models/versions.py``) on
     preprocessed_images and prediction_files: a partition made with another model, weights, class
     names or preprocessing shows in the UI as stale ("has a new code version"), before any run."""
-    versions = asset_versions(model.spec, jpeg_draft=device.jpeg_draft)
+    versions = asset_versions(model.spec, jpeg_draft=preprocessing.jpeg_draft)
     by_key = {
         image_assets.preprocessed_images.key: versions.pixels,
         prediction_assets.prediction_files.key: versions.predictions,
@@ -99,7 +118,7 @@ RESOURCES = default_resources(SETTINGS)
 ASSETS = with_model_versions(
     load_assets_from_modules([image_assets, prediction_assets, warehouse_assets, report_assets]),
     RESOURCES["model"],
-    RESOURCES["device"],
+    RESOURCES["preprocessing"],
 )
 
 defs = Definitions(

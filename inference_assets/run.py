@@ -74,9 +74,9 @@ def _configuration_error(result) -> str | None:
 
 
 def preflight(resources: dict) -> None:
-    """Check the configuration before any work, with each resource's own checks (storage, model,
-    device, duckdb, in that order): each problem is one line naming it, its environment variable
-    and the fix."""
+    """Check the configuration before any work, with each resource's own checks (work_area, source,
+    model, device, duckdb, in that order): each problem is one line naming it, its environment
+    variable and the fix."""
     for resource in resources.values():
         check = getattr(resource, "check_configuration", None)
         if check is not None:
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + interrupt.signum
     resources = outcome["resources"]
     if Path(resources["duckdb"].database).exists():  # not yet when the manifest's check failed on a first run
-        print_summary(resources["duckdb"].database, outcome["timings"], resources["storage"].layout.report_path,
+        print_summary(resources["duckdb"].database, outcome["timings"], resources["work_area"].layout.report_path,
                       outcome["not_built"])
     if outcome["failed_checks"]:  # last, so a CI log ends with it
         print(failed_checks_line(outcome["failed_checks"]), file=sys.stderr, flush=True)

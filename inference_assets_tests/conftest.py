@@ -10,7 +10,14 @@ from dagster import DagsterInstance
 from dagster_duckdb import DuckDBResource
 
 from inference_assets.core.models.loading import ModelSpec, load_classifier
-from inference_assets.resources import DeviceResource, ModelResource, StorageResource
+from inference_assets.resources import (
+    DeviceResource,
+    ImageSourceResource,
+    ModelResource,
+    ObjectStoreResource,
+    PreprocessingResource,
+    WorkAreaResource,
+)
 
 from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
@@ -64,14 +71,26 @@ def _isolated_environment(monkeypatch, tmp_path, converted_networks):
     (tmp_path / "dagster_home").mkdir()
 
 
-def cpu_resources(storage, database: Path) -> dict:
-    """The resources of a pipeline run in the tests: ``storage`` as given, the bundled model at
-    batch 4, CPU with two decoding threads, the default runtime (converted networks cached as
-    INFERENCE_CONVERTED_DIR says), and the DuckDB file ``database``."""
+def source_resource(**fields) -> ImageSourceResource:
+    """The ``source`` resource with ``fields``; S3 settings from the AWS_* variables (``s3_env``)."""
+    return ImageSourceResource(object_store=ObjectStoreResource(), **fields)
+
+
+def work_area_resource(work_dir: Path | str, **fields) -> WorkAreaResource:
+    """The ``work_area`` resource in ``work_dir``; S3 settings from the AWS_* variables (``s3_env``)."""
+    return WorkAreaResource(work_dir=str(work_dir), object_store=ObjectStoreResource(), **fields)
+
+
+def cpu_resources(source: ImageSourceResource, work_area: WorkAreaResource, database: Path) -> dict:
+    """The resources of a pipeline run in the tests: ``source`` and ``work_area`` as given, the
+    bundled model at batch 4, CPU with two decoding threads, the default runtime (converted
+    networks cached as INFERENCE_CONVERTED_DIR says), and the DuckDB file ``database``."""
     return {
-        "storage": storage,
+        "source": source,
+        "work_area": work_area,
         "model": ModelResource(batch_size=4),
-        "device": DeviceResource(device="cpu", decode_workers=2, converted_dir=os.environ.get("INFERENCE_CONVERTED_DIR", "")),
+        "device": DeviceResource(device="cpu", converted_dir=os.environ.get("INFERENCE_CONVERTED_DIR", "")),
+        "preprocessing": PreprocessingResource(decode_workers=2),
         "duckdb": DuckDBResource(database=str(database)),
     }
 
@@ -95,8 +114,10 @@ def run_all_steps(resources: dict, after_manifest=None) -> list:
 @pytest.fixture
 def resources(image_root, tmp_path):
     """The pipeline's resources over a private copy of the sample photos."""
-    storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
-    return cpu_resources(storage, tmp_path / "warehouse.duckdb")
+    return cpu_resources(
+        source_resource(image_root=str(image_root)), work_area_resource(tmp_path / "work"),
+        tmp_path / "warehouse.duckdb",
+    )
 
 
 @pytest.fixture

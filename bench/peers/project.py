@@ -34,7 +34,7 @@ def main() -> None:
         INFERENCE_WEIGHTS=args.weights,
     )
     from inference_assets.definitions import default_resources
-    from inference_assets.resources import DeviceResource, ModelResource
+    from inference_assets.resources import DeviceResource, ModelResource, PreprocessingResource
     from inference_assets.run import materialize_step, pipeline_steps
 
     resources = default_resources()
@@ -42,12 +42,11 @@ def main() -> None:
         device=args.device,
         precision=args.precision,
         channels_last=args.channels_last == "on",
-        decode_workers=args.workers,
-        jpeg_draft=args.draft,
         compile=args.compile,
         runtime=args.runtime,
         converted_dir=args.converted,
     )
+    resources["preprocessing"] = PreprocessingResource(decode_workers=args.workers, jpeg_draft=args.draft)
     resources["model"] = ModelResource(name=args.model, weights=args.weights, batch_size=args.batch_size)
     stage_of = {"image_manifest": "manifest", "preprocessed_images": "preprocess", "prediction_files": "predict",
                 "prediction_results": "warehouse", "evaluation": "evaluation", "report": "report"}

@@ -4,7 +4,7 @@ from dagster import RunRequest
 
 from inference_assets.core.collection.pending import MissingResults, partitions_missing_results
 from inference_assets.jobs import MANIFEST_ASSETS, PARTITIONED_ASSETS
-from inference_assets.resources import ModelResource, StorageResource
+from inference_assets.resources import ModelResource, WorkAreaResource
 
 MANIFEST = [asset.key for asset in MANIFEST_ASSETS]
 # the downstream (prediction_results, evaluation, report) follows by declarative automation
@@ -13,8 +13,8 @@ PARTITION_WORK = [asset.key for asset in PARTITIONED_ASSETS]
 EVERYTHING = [*MANIFEST, *PARTITION_WORK]
 
 
-def missing_results(storage: StorageResource, model: ModelResource) -> list[MissingResults]:
-    layout = storage.layout
+def missing_results(work_area: WorkAreaResource, model: ModelResource) -> list[MissingResults]:
+    layout = work_area.layout
     return partitions_missing_results(layout.manifest_path, lambda key: layout.result_file(model.slug, key))
 
 

@@ -23,7 +23,7 @@ from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext
 
 from inference_assets.core.collection.pending import changed_partitions, listing_digest, manifest_digests, scan_listing
 from inference_assets.partitions import NUM_PARTITIONS, range_tags
-from inference_assets.resources import ModelResource, StorageResource
+from inference_assets.resources import ImageSourceResource, ModelResource, WorkAreaResource
 from inference_assets.settings import SETTINGS
 
 from .pending_work import EVERYTHING, missing_results, partition_run_requests
@@ -42,14 +42,16 @@ TIMEZONE = SETTINGS.schedule_timezone
     "with pending work (runs, not a backfill); skipped when there is nothing to do. The DuckDB tables, "
     "evaluation and report follow once (refresh_results).",
 )
-def nightly_pending_work(context: ScheduleEvaluationContext, storage: StorageResource, model: ModelResource):
-    scan = scan_listing(storage.open_source().entries(), NUM_PARTITIONS)
-    changed = changed_partitions(scan.digests, manifest_digests(storage.layout.manifest_path, NUM_PARTITIONS))
+def nightly_pending_work(
+    context: ScheduleEvaluationContext, source: ImageSourceResource, work_area: WorkAreaResource, model: ModelResource
+):
+    scan = scan_listing(source.open_source().entries(), NUM_PARTITIONS)
+    changed = changed_partitions(scan.digests, manifest_digests(work_area.layout.manifest_path, NUM_PARTITIONS))
     if changed:
         return RunRequest(
             run_key=f"nightly:{listing_digest(scan.digests)}",
             asset_selection=EVERYTHING,
             tags=range_tags(changed[0], changed[-1]),
         )
-    requests = partition_run_requests(missing_results(storage, model))
+    requests = partition_run_requests(missing_results(work_area, model))
     return requests or SkipReason(f"nothing pending: {scan.scanned} images listed, all predicted")

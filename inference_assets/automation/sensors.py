@@ -35,7 +35,7 @@ from inference_assets.core.collection.pending import (
 )
 from inference_assets.jobs import REFRESHED_ASSETS
 from inference_assets.partitions import NUM_PARTITIONS
-from inference_assets.resources import ModelResource, StorageResource
+from inference_assets.resources import ImageSourceResource, ModelResource, WorkAreaResource
 from inference_assets.settings import SETTINGS
 
 from .pending_work import EVERYTHING, MANIFEST, missing_results, partition_run_requests
@@ -52,10 +52,12 @@ INTERVAL_SECONDS = SETTINGS.sensor_interval_seconds
     description="Lists the image source (a bounded time per tick, resuming from its cursor); requests a "
     "manifest run when images were added, changed or removed, and a run per partition with pending work.",
 )
-def new_images(context: SensorEvaluationContext, storage: StorageResource, model: ModelResource):
+def new_images(
+    context: SensorEvaluationContext, source: ImageSourceResource, work_area: WorkAreaResource, model: ModelResource
+):
     state = json.loads(context.cursor) if context.cursor else {}
     scan = scan_listing(
-        storage.open_source().entries(),
+        source.open_source().entries(),
         NUM_PARTITIONS,
         ListingScan.from_json(state.get("scan")),
         budget_seconds=LISTING_SECONDS,
@@ -66,12 +68,12 @@ def new_images(context: SensorEvaluationContext, storage: StorageResource, model
         state["scan"] = scan.to_json()
     else:
         state.pop("scan", None)
-        changed = changed_partitions(scan.digests, manifest_digests(storage.layout.manifest_path, NUM_PARTITIONS))
+        changed = changed_partitions(scan.digests, manifest_digests(work_area.layout.manifest_path, NUM_PARTITIONS))
         if changed:
             context.log.info(f"{scan.scanned} images listed; {len(changed)} partitions changed: {', '.join(changed)}")
             requests.append(RunRequest(run_key=f"manifest:{listing_digest(scan.digests)}", asset_selection=MANIFEST))
     if not requests:  # the manifest is current: work on what it lists
-        requests = partition_run_requests(missing_results(storage, model))
+        requests = partition_run_requests(missing_results(work_area, model))
     cursor = json.dumps(state)
     if not requests:
         return SensorResult(skip_reason=SkipReason("no new images and no partition with pending work"), cursor=cursor)

@@ -13,7 +13,7 @@ from inference_assets.core.reporting.thumbnails import markdown_image, thumbnail
 from inference_assets.core.system.progress import Progress
 from inference_assets.metadata import markdown_table, rate
 from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS, NUM_PARTITIONS
-from inference_assets.resources import DeviceResource, ModelResource, StorageResource
+from inference_assets.resources import ImageSourceResource, ModelResource, PreprocessingResource, WorkAreaResource
 
 
 @asset(
@@ -22,12 +22,15 @@ from inference_assets.resources import DeviceResource, ModelResource, StorageRes
     description="Every image of the source (a folder, a bucket prefix, an image table or a SQL query): "
     "stable id, key, location, size, mtime, content hash, label, and the partition it belongs to. Parquet.",
 )
-def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> MaterializeResult:
-    source = storage.open_source()
+def image_manifest(
+    context: AssetExecutionContext, source: ImageSourceResource, work_area: WorkAreaResource
+) -> MaterializeResult:
+    image_source = source.open_source()
     # the previous manifest's hashes are reused for unchanged images
-    with storage.work_area.updating_manifest() as path, Progress("manifest", None, context.log.info) as progress:
+    with work_area.files.updating_manifest() as path, Progress("manifest", None, context.log.info) as progress:
         summary = build_manifest(
-            source, path, NUM_PARTITIONS, storage.extensions, progress=progress.advance, rehash=storage.always_rehash
+            image_source, path, NUM_PARTITIONS, source.extensions,
+            progress=progress.advance, rehash=source.always_rehash,
         )
     for warning in summary.warnings:
         context.log.warning(warning)
@@ -49,7 +52,7 @@ def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> 
     per_partition = [(key, summary.per_partition.get(key, 0)) for key in IMAGE_SHARDS.get_partition_keys()]
     samples = []
     for row in read_manifest(path).filter(pc.is_null(pc.field("error"))).slice(0, 12).to_pylist():
-        picture = thumbnail_uri(source.open, row["uri"], 64)  # None for an image that does not decode
+        picture = thumbnail_uri(image_source.open, row["uri"], 64)  # None for an image that does not decode
         if picture is not None:
             samples.append(markdown_image(picture, row["relative_path"]))
         if len(samples) == 4:
@@ -68,8 +71,8 @@ def image_manifest(context: AssetExecutionContext, storage: StorageResource) -> 
             "labelled_images": sum(summary.labels.values()),
             "distinct_labels": len(summary.labels),
             "partitions": NUM_PARTITIONS,
-            "source": source.description,
-            "source_kind": storage.source_config.kind,
+            "source": image_source.description,
+            "source_kind": source.source_config.kind,
             "per_partition": markdown_table(("partition", "images"), per_partition),
             "sample_images": MetadataValue.md(samples or "no readable image"),
             "path": MetadataValue.path(str(path)),
@@ -95,32 +98,33 @@ class PreprocessConfig(Config):
 def preprocessed_images(
     context: AssetExecutionContext,
     config: PreprocessConfig,
-    storage: StorageResource,
+    source: ImageSourceResource,
+    work_area: WorkAreaResource,
     model: ModelResource,
-    device: DeviceResource,
+    preprocessing: PreprocessingResource,
 ) -> MaterializeResult:
-    work_area = storage.work_area
-    source = storage.open_source()
+    files = work_area.files
+    image_source = source.open_source()
     # a remote source spends most of an image's time waiting on the network: more fetches in flight
-    workers = device.workers * (1 if storage.source_config.kind == "folder" else 4)
-    preprocessing = device.pixels(model.preprocessing)
+    workers = preprocessing.workers * (1 if source.source_config.kind == "folder" else 4)
+    pixels = preprocessing.pixels(model.preprocessing)
     start = time.perf_counter()
     images = ok = failed = reused = decoded = 0
-    manifest = read_manifest(work_area.manifest())  # read once, split per partition in memory
+    manifest = read_manifest(files.manifest())  # read once, split per partition in memory
     partitions = [(key, manifest.filter(pc.equal(manifest["partition"], key))) for key in context.partition_keys]
     with Progress("preprocessing", sum(entries.num_rows for _, entries in partitions), context.log.info) as progress:
         for key, entries in partitions:
-            with work_area.updating_pixels(preprocessing.fingerprint, key) as shard_dir:
+            with files.updating_pixels(pixels.fingerprint, key) as shard_dir:
                 summary = write_pixel_shard(
                     entries,
-                    preprocessing,
+                    pixels,
                     shard_dir,
                     key,
                     workers,
-                    storage.max_image_pixels,
+                    preprocessing.max_image_pixels,
                     reuse=not config.force,
                     progress=progress.advance,
-                    opener=source.open,
+                    opener=image_source.open,
                 )
             for warning in summary.warnings:  # e.g. stored pixels damaged on disk, rebuilt
                 context.log.warning(f"{key}: {warning}")
@@ -145,9 +149,9 @@ def preprocessed_images(
             "seconds": round(seconds, 3),
             "images_per_second": rate(decoded, seconds),
             "decode_workers": workers,
-            "input_size": f"{preprocessing.input_size[0]}x{preprocessing.input_size[1]}",
-            "jpeg_draft": preprocessing.jpeg_draft,
-            "preprocessing": preprocessing.description,
-            "path": MetadataValue.path(str(work_area.pixel_dir(preprocessing.fingerprint))),
+            "input_size": f"{pixels.input_size[0]}x{pixels.input_size[1]}",
+            "jpeg_draft": pixels.jpeg_draft,
+            "preprocessing": pixels.description,
+            "path": MetadataValue.path(str(files.pixel_dir(pixels.fingerprint))),
         }
     )

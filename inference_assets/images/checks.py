@@ -6,7 +6,7 @@ from dagster import AssetCheckResult, asset_check
 
 from inference_assets.core.collection.manifest import read_manifest
 from inference_assets.partitions import IMAGE_SHARDS
-from inference_assets.resources import StorageResource
+from inference_assets.resources import WorkAreaResource
 
 from .assets import image_manifest
 
@@ -16,8 +16,8 @@ from .assets import image_manifest
     blocking=True,  # a failure stops the run: nothing downstream is computed from a bad manifest
     description="Image ids are unique and every image belongs to one of the defined partitions.",
 )
-def manifest_ids_unique_and_partitioned(storage: StorageResource) -> AssetCheckResult:
-    table = read_manifest(storage.layout.manifest_path)
+def manifest_ids_unique_and_partitioned(work_area: WorkAreaResource) -> AssetCheckResult:
+    table = read_manifest(work_area.layout.manifest_path)
     ids = table.column("image_id")
     duplicates = len(ids) - len(pc.unique(ids))
     known = set(IMAGE_SHARDS.get_partition_keys())

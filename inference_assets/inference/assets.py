@@ -16,7 +16,13 @@ from inference_assets.images.assets import preprocessed_images
 from inference_assets.metadata import markdown_table, rate
 from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS
 from inference_assets.pools import GPU_POOL
-from inference_assets.resources import DeviceResource, ModelResource, StorageResource
+from inference_assets.resources import (
+    DeviceResource,
+    ImageSourceResource,
+    ModelResource,
+    PreprocessingResource,
+    WorkAreaResource,
+)
 
 
 class PredictConfig(Config):
@@ -38,11 +44,13 @@ class PredictConfig(Config):
 def prediction_files(
     context: AssetExecutionContext,
     config: PredictConfig,
-    storage: StorageResource,
+    source: ImageSourceResource,
+    work_area: WorkAreaResource,
     model: ModelResource,
     device: DeviceResource,
+    preprocessing: PreprocessingResource,
 ) -> MaterializeResult:
-    work_area = storage.work_area
+    files = work_area.files
     settings = InferenceSettings(
         device=device.acquire_device(),  # may wait for a free GPU
         precision=device.precision,
@@ -51,11 +59,11 @@ def prediction_files(
         top_k=model.top_k,
         compile=device.compile,
     )
-    fingerprint = device.pixels(model.preprocessing).fingerprint
+    fingerprint = preprocessing.pixels(model.preprocessing).fingerprint
     start = time.perf_counter()
-    shards = [(key, read_pixel_shard(work_area.pixels(fingerprint, key), key)) for key in context.partition_keys]
+    shards = [(key, read_pixel_shard(files.pixels(fingerprint, key), key)) for key in context.partition_keys]
     choice = runtime_for_partitions(model.load(settings.device), shards, device.runtime,
-                                    device.converted_dir or work_area.converted_dir, settings)
+                                    device.converted_dir or files.converted_dir, settings)
     classifier, parity = choice.classifier, choice.parity
     if device.runtime != "torch":
         context.log.info(describe_choice(choice))
@@ -64,15 +72,15 @@ def prediction_files(
                             "pip install onnxruntime-gpu for the GPU")
     with Progress("predictions", sum(shard.index.num_rows for _, shard in shards), context.log.info) as progress:
         outcome = predict_partitions(
-            classifier, shards, settings, work_area, model.slug, reuse=not config.force, warn=context.log.warning,
+            classifier, shards, settings, files, model.slug, reuse=not config.force, warn=context.log.warning,
             info=lambda line, shown: (context.log.info if shown else context.log.debug)(line),
             progress=progress.advance,
         )
     seconds = time.perf_counter() - start
     batch_size = outcome.batch_size
-    source = storage.open_source()
+    image_source = source.open_source()
     sample_rows = [
-        (markdown_image(thumbnail_uri(source.open, row["uri"], 64), "image"), row["uri"].rpartition("/")[2],
+        (markdown_image(thumbnail_uri(image_source.open, row["uri"], 64), "image"), row["uri"].rpartition("/")[2],
          row["class_label"], f"{row['confidence']:.3f}")
         for row in outcome.samples
     ]
@@ -100,7 +108,7 @@ def prediction_files(
             "precision": settings.precision,
             "channels_last": settings.channels_last,
             "compiled": settings.compile,
-            "jpeg_draft": device.jpeg_draft,
+            "jpeg_draft": preprocessing.jpeg_draft,
             "batch_size": MetadataValue.null() if batch_size is None else batch_size,  # null: all reused
             "top_k": settings.top_k,
             "top_labels": markdown_table(("label", "images"), outcome.labels.most_common(10)),
@@ -111,6 +119,6 @@ def prediction_files(
             "per_partition": markdown_table(
                 ("partition", "images", "predicted", "reused", "failed", "seconds", "img/s"), outcome.per_partition()
             ),
-            "path": MetadataValue.path(str(work_area.results_dir(model.slug))),
+            "path": MetadataValue.path(str(files.results_dir(model.slug))),
         }
     )

@@ -8,7 +8,7 @@ from dagster_duckdb import DuckDBResource
 from inference_assets.core.reporting.report import build_report, write_report
 from inference_assets.core.reporting.thumbnails import thumbnail_uri
 from inference_assets.pools import DUCKDB_POOL
-from inference_assets.resources import StorageResource
+from inference_assets.resources import ImageSourceResource, WorkAreaResource
 from inference_assets.warehouse.assets import evaluation, prediction_results
 from inference_assets.warehouse.conditions import AFTER_UPSTREAM
 
@@ -22,11 +22,13 @@ from inference_assets.warehouse.conditions import AFTER_UPSTREAM
     description="A self-contained HTML page (no network needed): summary numbers, charts, predictions "
     "grouped by class with thumbnails, the least confident predictions, failures, and the evaluation.",
 )
-def report(context: AssetExecutionContext, storage: StorageResource, duckdb: DuckDBResource) -> MaterializeResult:
-    source = storage.open_source()
+def report(
+    context: AssetExecutionContext, source: ImageSourceResource, work_area: WorkAreaResource, duckdb: DuckDBResource
+) -> MaterializeResult:
+    image_source = source.open_source()
     with duckdb.get_connection() as conn:
-        text, summary = build_report(conn, partial(thumbnail_uri, source.open))
-    with storage.work_area.updating_report() as path:
+        text, summary = build_report(conn, partial(thumbnail_uri, image_source.open))
+    with work_area.files.updating_report() as path:
         write_report(path, text)
     context.log.info(f"report: {path} ({summary.bytes / 1e6:.1f} MB, {summary.thumbnails} thumbnails)")
     return MaterializeResult(

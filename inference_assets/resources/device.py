@@ -1,5 +1,4 @@
-"""The ``device`` resource: where and how inference runs (device, precision, runtime, GPU locks),
-and how many threads decode images."""
+"""The ``device`` resource: where and how inference runs (device, precision, runtime, GPU locks)."""
 
 
 from typing import Any, Literal
@@ -8,14 +7,13 @@ import torch
 from dagster import ConfigurableResource, InitResourceContext, get_dagster_logger
 from pydantic import Field, PrivateAttr
 
-from inference_assets.core.images.preprocessing import Preprocessing
 from inference_assets.core.inference.devices import assign_device, needs_assignment, resolve_device
 from inference_assets.core.inference.gpu_assignment import DeviceLock, describe_holder
-from inference_assets.core.system.cpus import available_cpus, limit_torch_threads
+from inference_assets.core.system.cpus import limit_torch_threads
 
 
 class DeviceResource(ConfigurableResource):
-    """Where and how inference runs, and how many threads decode images.
+    """Where and how inference runs (how images are decoded is the ``preprocessing`` resource's).
 
     With ``auto`` (on a CUDA machine) or ``cuda``, the step that calls :meth:`acquire_device`
     gets a GPU no other step on this machine holds (a file lock, ``core/inference/gpu_assignment.py``),
@@ -29,12 +27,6 @@ class DeviceResource(ConfigurableResource):
         default="fp32", description="fp32 is exact; bf16/fp16 run the forward pass under autocast."
     )
     channels_last: bool = Field(default=False, description="Run the model in channels-last memory format.")
-    decode_workers: int = Field(default=0, ge=0, description="Threads decoding images; 0 means one per CPU this process may use (its affinity, at most the container's CPU limit).")
-    jpeg_draft: bool = Field(
-        default=False,
-        description="Decode large JPEGs in Pillow's draft mode (DCT-domain downscaling): faster, not the exact "
-        "reference pixels; see docs/performance.md for its measured top-1 agreement.",
-    )
     compile: bool = Field(default=False, description="torch.compile the model (compiles once per run, then faster).")
     runtime: Literal["auto", "torch", "openvino", "onnxruntime", "openvino-int8"] = Field(
         default="auto",
@@ -103,11 +95,3 @@ class DeviceResource(ConfigurableResource):
             log.info(f"using GPU {device} (lock {self._lock.path})")
             self._device = device
         return self._device
-
-    @property
-    def workers(self) -> int:
-        return self.decode_workers or available_cpus()
-
-    def pixels(self, preprocessing: Preprocessing) -> Preprocessing:
-        """How stored pixels are made for this model's preprocessing: exactly, or with JPEG draft mode."""
-        return preprocessing.with_jpeg_draft() if self.jpeg_draft else preprocessing

@@ -19,7 +19,7 @@ from inference_assets.inference.assets import prediction_files
 from inference_assets.metadata import markdown_table, results_pictures, tables_metadata
 from inference_assets.partitions import IMAGE_SHARDS
 from inference_assets.pools import DUCKDB_POOL
-from inference_assets.resources import ModelResource, StorageResource
+from inference_assets.resources import ModelResource, WorkAreaResource
 from inference_assets.settings import SETTINGS
 from inference_assets.warehouse.conditions import AFTER_NEW_PREDICTIONS, AFTER_UPSTREAM
 
@@ -28,11 +28,11 @@ from inference_assets.warehouse.conditions import AFTER_NEW_PREDICTIONS, AFTER_U
 _CATALOG = catalog_name(SETTINGS.duckdb_path)
 
 
-def loaded_result_files(storage: StorageResource, model: ModelResource):
+def loaded_result_files(work_area: WorkAreaResource, model: ModelResource):
     """The complete per-partition result files of the configured model, and the manifest beside them
     (both fetched from the shared storage first when it is configured)."""
-    storage.work_area.manifest()
-    return storage.work_area.result_files(model.slug, IMAGE_SHARDS.get_partition_keys())
+    work_area.files.manifest()
+    return work_area.files.result_files(model.slug, IMAGE_SHARDS.get_partition_keys())
 
 
 @asset(
@@ -46,10 +46,10 @@ def loaded_result_files(storage: StorageResource, model: ModelResource):
     metadata=tables_metadata(WAREHOUSE_TABLES, "predictions", _CATALOG),
 )
 def prediction_results(
-    context: AssetExecutionContext, storage: StorageResource, model: ModelResource, duckdb: DuckDBResource
+    context: AssetExecutionContext, work_area: WorkAreaResource, model: ModelResource, duckdb: DuckDBResource
 ) -> MaterializeResult:
-    files = intact_result_files(loaded_result_files(storage, model), context.log.warning)
-    manifest = storage.layout.manifest_path  # fetched with the result files
+    files = intact_result_files(loaded_result_files(work_area, model), context.log.warning)
+    manifest = work_area.layout.manifest_path  # fetched with the result files
     read_manifest(manifest)  # a missing or damaged manifest: a one-line error, not DuckDB's
     with duckdb.get_connection() as conn:
         summary = refresh_warehouse(conn, manifest, files)

@@ -16,7 +16,7 @@ from dagster_duckdb import DuckDBResource
 
 from inference_assets.core.collection.manifest import vanished_images
 from inference_assets.core.reporting.evaluation import stored_summary
-from inference_assets.resources import ModelResource, QualityGateResource, StorageResource
+from inference_assets.resources import ModelResource, QualityGateResource, WorkAreaResource
 from inference_assets.settings import SETTINGS
 
 from .assets import evaluation, loaded_result_files, prediction_results
@@ -37,8 +37,8 @@ def _versus(measured: float, passed: bool, limit: float, at_most: bool) -> str:
     return f"{measured:.3f} {op} {'max' if at_most else 'min'} {limit:g}"
 
 
-def _result_partitions(storage: StorageResource, model: ModelResource) -> list[str]:
-    return [path.stem for path in loaded_result_files(storage, model)]
+def _result_partitions(work_area: WorkAreaResource, model: ModelResource) -> list[str]:
+    return [path.stem for path in loaded_result_files(work_area, model)]
 
 
 @asset_check(
@@ -49,9 +49,9 @@ def _result_partitions(storage: StorageResource, model: ModelResource) -> list[s
     "could not be listed).",
 )
 def every_image_accounted_for(
-    storage: StorageResource, model: ModelResource, duckdb: DuckDBResource
+    work_area: WorkAreaResource, model: ModelResource, duckdb: DuckDBResource
 ) -> AssetCheckResult:
-    partitions = _result_partitions(storage, model)
+    partitions = _result_partitions(work_area, model)
     with duckdb.get_connection() as conn:
         rows = conn.execute(
             """
@@ -71,7 +71,7 @@ def every_image_accounted_for(
             "SELECT count(*) FROM images WHERE list_contains($p, partition)", {"p": partitions}
         ).fetchone()[0]
         unlisted = conn.execute("SELECT count(*) FROM failures WHERE stage = 'list'").fetchone()[0]
-    vanished = vanished_images(storage.layout.manifest_path)
+    vanished = vanished_images(work_area.layout.manifest_path)
     return AssetCheckResult(
         passed=not rows and vanished == 0,
         description=f"{len(rows)} of {checked} images without exactly one outcome, {vanished} vanished "

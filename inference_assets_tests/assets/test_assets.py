@@ -24,7 +24,7 @@ def _metadata(result, asset_name):
 
 
 def _busy_partition(resources) -> tuple[str, int]:
-    manifest = read_manifest(resources["storage"].layout.manifest_path).to_pylist()
+    manifest = read_manifest(resources["work_area"].layout.manifest_path).to_pylist()
     counts = {}
     for row in manifest:
         counts[row["partition"]] = counts.get(row["partition"], 0) + 1

@@ -34,11 +34,20 @@ from inference_assets.run import materialize_step, pipeline_steps
 
 
 
+def _automation_resources(resources) -> dict:
+    """The resources the sensor and the schedule take."""
+    return {key: resources[key] for key in ("source", "work_area", "model")}
+
+
 def _sensor_tick(instance, resources, cursor=None):
-    context = build_sensor_context(
-        instance=instance, cursor=cursor, resources={"storage": resources["storage"], "model": resources["model"]}
-    )
-    return new_images(context)
+    # entered: the source and the work area nest the object store, so Dagster builds them in a context
+    with build_sensor_context(instance=instance, cursor=cursor, resources=_automation_resources(resources)) as context:
+        return new_images(context)
+
+
+def _schedule_tick(instance, resources):
+    with build_schedule_context(instance=instance, resources=_automation_resources(resources)) as context:
+        return nightly_pending_work(context)
 
 
 def _execute(request: RunRequest, resources, instance):
@@ -120,13 +129,12 @@ def test_a_resumed_scan_gives_the_same_digests_as_one_pass(image_root):
 def test_the_schedule_runs_changed_partitions_then_skips(resources, instance, image_root):
     _make_run(resources, instance)
     automation = _tick(instance)
-    context = build_schedule_context(instance=instance, resources={"storage": resources["storage"], "model": resources["model"]})
-    assert isinstance(nightly_pending_work(context), SkipReason)
+    assert isinstance(_schedule_tick(instance, resources), SkipReason)
 
     for name in ("a/one.jpg", "b/two.jpg"):
         (image_root / name).parent.mkdir()
         shutil.copy(image_root / "missile" / "rocket.jpg", image_root / name)
-    request = nightly_pending_work(context)
+    request = _schedule_tick(instance, resources)
     # a run, not a backfill: Dagster 1.13's scheduler launches runs only (see schedules.py)
     assert isinstance(request, RunRequest) and not request.requires_backfill_daemon()
     assert {k.to_user_string() for k in request.asset_selection} == {"image_manifest", "preprocessed_images", "prediction_files"}
@@ -136,13 +144,13 @@ def test_the_schedule_runs_changed_partitions_then_skips(resources, instance, im
     _execute(request, resources, instance)
     _refresh_by_automation(resources, instance, automation.cursor)
     assert _predicted(resources) == 8
-    assert isinstance(nightly_pending_work(context), SkipReason)
+    assert isinstance(_schedule_tick(instance, resources), SkipReason)
 
     # results lost for one partition: the schedule asks for that partition alone
-    layout = resources["storage"].layout
+    layout = resources["work_area"].layout
     result_files = sorted((layout.work_dir / "predictions").rglob("shard-*.parquet"))
     result_files[0].unlink()
-    requests = nightly_pending_work(context)
+    requests = _schedule_tick(instance, resources)
     assert [r.partition_key for r in requests] == [result_files[0].stem]
 
 
@@ -197,7 +205,7 @@ def test_the_downstream_assets_are_requested_once_after_every_pending_partition_
     result = _tick(instance, result.cursor)
     assert result.total_requested == 0  # a manifest alone: its new images have no outcome yet
 
-    manifest = read_manifest(resources["storage"].layout.manifest_path)
+    manifest = read_manifest(resources["work_area"].layout.manifest_path)
     first, second = sorted(set(manifest["partition"].to_pylist()))[:2]
     waiting = _queued_run(instance, second)  # e.g. the sensor requested both partitions
     _materialize(resources, instance, ["preprocessed_images", "prediction_files"], first)

@@ -10,9 +10,9 @@ from dagster import DagsterInstance, materialize
 
 from inference_assets.core.errors import ConfigError
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
-from inference_assets.resources import DeviceResource, ModelResource, StorageResource, WarehouseResource
+from inference_assets.resources import DeviceResource, ModelResource, PreprocessingResource, WarehouseResource
 from inference_assets.run import run_pipeline
-
+from inference_assets_tests.conftest import source_resource, work_area_resource
 from inference_assets_tests.support.environment import PROJECT_ROOT, pipeline_env
 
 
@@ -34,7 +34,7 @@ def test_missing_source_root(monkeypatch, tmp_path, image_root):
     message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(tmp_path / "nowhere"))
     assert message == (
         f"configuration error: image source root '{tmp_path / 'nowhere'}' is not a folder: "
-        "set INFERENCE_IMAGE_ROOT (or the 'storage' resource's image_root) to a folder of images or a bucket URI such as s3://bucket/prefix"
+        "set INFERENCE_IMAGE_ROOT (or the 'source' resource's image_root) to a folder of images or a bucket URI such as s3://bucket/prefix"
     )
 
 
@@ -115,9 +115,11 @@ def _failure_message(result) -> str:
 def test_the_same_errors_stop_dagster_steps_at_resource_setup(image_root, tmp_path):
     """Runs launched from the UI or the CLI (no preflight) fail when the step's resources are set up."""
     resources = {
-        "storage": StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")),
+        "source": source_resource(image_root=str(image_root)),
+        "work_area": work_area_resource(tmp_path / "work"),
         "model": ModelResource(name="efficientnet_b99"),
         "device": DeviceResource(device="cpu"),
+        "preprocessing": PreprocessingResource(),
         "duckdb": WarehouseResource(database=str(tmp_path / "missing" / "w.duckdb")),
     }
     with DagsterInstance.ephemeral() as instance:
@@ -133,14 +135,14 @@ def test_the_same_errors_stop_dagster_steps_at_resource_setup(image_root, tmp_pa
         assert not result.success
         assert _failure_message(result).startswith("unknown model 'efficientnet_b99'")
         resources["model"] = ModelResource()
-        resources["storage"] = StorageResource(image_root=str(image_root), work_dir="/etc/passwd")
+        resources["work_area"] = work_area_resource("/etc/passwd")
         result = materialize(
             [*ASSETS, *ASSET_CHECKS], selection=["image_manifest"], resources=resources, instance=instance,
             raise_on_error=False,
         )
         assert not result.success
         assert _failure_message(result).startswith("work folder '/etc/passwd' is a file")
-        resources["storage"] = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
+        resources["work_area"] = work_area_resource(tmp_path / "work")
         result = materialize(
             [*ASSETS, *ASSET_CHECKS], selection=["prediction_results"], resources=resources, instance=instance,
             raise_on_error=False,

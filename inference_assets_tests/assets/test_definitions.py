@@ -64,13 +64,37 @@ def test_every_config_field_shown_in_the_launchpad_has_a_description():
 def test_every_resource_field_has_a_description():
     checked = []
     for key, resource in defs.resources.items():
-        for name, field in type(resource).model_fields.items():
+        resource_class = getattr(resource, "resource_cls", type(resource))  # object_store: configured at launch
+        for name, field in resource_class.model_fields.items():
             checked.append(f"{key}.{name}")
+            if "resource_dependency" in field.metadata:  # a nested resource (object_store): described by its own
+                continue
             assert (field.description or "").strip(), f"resource field {key}.{name} has no description"
         schema = resource.get_resource_definition().config_schema.as_field().config_type
         for name, description in _described_fields(schema, key):
             assert (description or "").strip(), f"resource config field {name} has no description"
-    assert {"storage.work_dir", "model.name", "device.device", "duckdb.database"} <= set(checked)
+    assert {
+        "source.image_root", "work_area.work_dir", "object_store.secret_access_key",
+        "model.name", "device.device", "preprocessing.decode_workers", "duckdb.database",
+    } <= set(checked)
+
+
+@pytest.mark.fast
+def test_the_source_and_the_work_area_share_the_object_store_set_at_launch():
+    """One place for the S3 endpoint and credentials: the ``object_store`` resource, a nested
+    resource of both ``source`` and ``work_area``, configured in the Launchpad under its own key."""
+    from inference_assets.resources import ObjectStoreResource
+
+    resources = defs.resources
+    assert resources["source"].object_store is resources["work_area"].object_store is resources["object_store"]
+    # configured at launch: a run's config under object_store reaches both (test_sources.py runs one)
+    assert resources["object_store"].resource_cls is ObjectStoreResource
+    top_level = defs.get_repository_def().get_top_level_resources()
+    source_schema = top_level["source"].config_schema.as_field().config_type
+    assert "object_store" not in source_schema.fields and "image_root" in source_schema.fields
+    store_schema = top_level["object_store"].config_schema.as_field().config_type
+    assert set(store_schema.fields) == {"endpoint_url", "region", "access_key_id", "secret_access_key"}
+    assert not any(field.is_required for field in store_schema.fields.values())  # unset: the AWS_* variables
 
 
 @pytest.mark.fast

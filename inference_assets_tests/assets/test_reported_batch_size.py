@@ -27,7 +27,7 @@ def test_the_batch_size_used_is_the_one_the_partitions_that_predicted_ran_at():
 @pytest.mark.fast
 def test_prediction_files_reports_the_batch_size_it_ran_at_and_none_when_all_reused(resources, instance):
     assert materialize(ASSETS, selection=["image_manifest"], resources=resources, instance=instance).success
-    key = read_manifest(resources["storage"].layout.manifest_path)["partition"][0].as_py()
+    key = read_manifest(resources["work_area"].layout.manifest_path)["partition"][0].as_py()
     steps = ["preprocessed_images", "prediction_files"]
 
     def batch_size() -> object:

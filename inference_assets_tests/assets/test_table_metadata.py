@@ -11,9 +11,7 @@ from inference_assets.core.reporting.evaluation import EVALUATION_TABLES, evalua
 from inference_assets.core.storage.layout import Layout
 from inference_assets.core.warehouse.database import WAREHOUSE_TABLES, catalog_name, refresh_warehouse, table_columns
 from inference_assets.definitions import ASSETS, defs
-from inference_assets.resources import StorageResource
-
-from inference_assets_tests.conftest import cpu_resources
+from inference_assets_tests.conftest import cpu_resources, source_resource, work_area_resource
 
 # each asset that makes DuckDB tables: its main table (dagster/table_name) and all its tables
 ASSET_TABLES = {
@@ -65,8 +63,8 @@ def test_before_any_run_each_asset_names_and_describes_its_tables():
 
 def test_a_materialization_reports_the_real_tables_with_row_counts(image_root, tmp_path, instance):
     (image_root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
-    storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
-    resources = cpu_resources(storage, tmp_path / "results.v2.duckdb")  # DuckDB names this database "results"
+    source, work_area = source_resource(image_root=str(image_root)), work_area_resource(tmp_path / "work")
+    resources = cpu_resources(source, work_area, tmp_path / "results.v2.duckdb")  # DuckDB names this database "results"
     assert materialize(ASSETS, selection=["image_manifest"], resources=resources, instance=instance).success
     steps = ["preprocessed_images", "prediction_files"]
     keys = defs.resolve_assets_def(AssetKey("prediction_files")).partitions_def.get_partition_keys()

@@ -7,9 +7,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from inference_assets.resources import StorageResource
-
-from inference_assets_tests.conftest import cpu_resources, run_all_steps
+from inference_assets_tests.conftest import cpu_resources, run_all_steps, source_resource, work_area_resource
 from inference_assets_tests.support import browser
 from tools import screenshots
 
@@ -22,9 +20,10 @@ def test_the_report_in_a_real_browser(image_root, tmp_path):
     (image_root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
     (image_root / "holiday").mkdir()
     shutil.copy(image_root / "espresso" / "coffee.jpg", image_root / "holiday" / "coffee-copy.jpg")
-    storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
-    results = run_all_steps(cpu_resources(storage, tmp_path / "warehouse.duckdb"))
-    path = storage.layout.report_path
+    work_area = work_area_resource(tmp_path / "work")
+    source = source_resource(image_root=str(image_root))
+    results = run_all_steps(cpu_resources(source, work_area, tmp_path / "warehouse.duckdb"))
+    path = work_area.layout.report_path
     metadata = {k: v.value for k, v in results[-1].asset_materializations_for_node("report")[0].metadata.items()}
     assert (metadata["images"], metadata["predicted"], metadata["failed"], metadata["thumbnails"]) == (8, 7, 1, 14)  # 7 in the gallery + 7 least confident
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from inference_assets.core.images.decoding import DEFAULT_MAX_PIXELS, ImageTooLargeError, load_rgb
-from inference_assets.resources import StorageResource
+from inference_assets.resources import ImageSourceResource, ObjectStoreResource, PreprocessingResource
 
 from inference_assets_tests.support.environment import PROJECT_ROOT
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
 
 
 def test_decompression_bomb_limit_is_on_by_default(tmp_path):
-    assert StorageResource(image_root=".", work_dir=".").max_image_pixels == DEFAULT_MAX_PIXELS == 89_478_485
+    assert PreprocessingResource().max_image_pixels == DEFAULT_MAX_PIXELS == 89_478_485
     bomb = tmp_path / "bomb.png"
     Image.new("1", (10_000, 9_000)).save(bomb)  # 90 Mpx, a few kB on disk
     assert bomb.stat().st_size < 100_000
@@ -23,7 +23,7 @@ def test_decompression_bomb_limit_is_on_by_default(tmp_path):
 
 
 def test_external_symlinks_are_not_followed_by_default():
-    assert StorageResource(image_root=".", work_dir=".").follow_external_symlinks is False
+    assert ImageSourceResource(image_root=".", object_store=ObjectStoreResource()).follow_external_symlinks is False
 
 
 def test_the_dagster_ui_binds_to_loopback():

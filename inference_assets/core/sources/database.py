@@ -49,7 +49,7 @@ def _query_error(url: str, exc: Exception) -> ConfigError:
     first = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
     return ConfigError(
         f"the image query failed on {_safe(url)}: {first} "
-        "(check INFERENCE_DATABASE_URL and INFERENCE_IMAGE_QUERY, or the 'storage' resource's image_query)"
+        "(check INFERENCE_DATABASE_URL and INFERENCE_IMAGE_QUERY, or the 'source' resource's image_query)"
     )
 
 

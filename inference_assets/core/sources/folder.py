@@ -28,7 +28,7 @@ def check_source_root(root: Path) -> Path:
     if not is_dir:
         raise ConfigError(
             f"image source root {str(root)!r} is not a folder: set INFERENCE_IMAGE_ROOT "
-            "(or the 'storage' resource's image_root) to a folder of images or a bucket URI such as s3://bucket/prefix"
+            "(or the 'source' resource's image_root) to a folder of images or a bucket URI such as s3://bucket/prefix"
         )
     return root.resolve()
 

@@ -30,12 +30,12 @@ class ObjectStoreSource:
         except FileNotFoundError:
             raise ConfigError(
                 f"image source {self.root_uri!r} does not exist: check the bucket and prefix "
-                "(INFERENCE_IMAGE_ROOT or the 'storage' resource's image_root)"
+                "(INFERENCE_IMAGE_ROOT or the 'source' resource's image_root)"
             ) from None
         except OSError as exc:
             raise ConfigError(
                 f"cannot list {self.root_uri!r}: {' '.join(str(exc).split())} (check the endpoint and credentials: "
-                "AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the 'storage' resource's s3_* settings)"
+                "AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the 'object_store' resource)"
             ) from None
         prefix = self._base.rstrip("/") + "/" if self._base else ""
         found = []

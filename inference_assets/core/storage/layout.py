@@ -31,12 +31,13 @@ def check_work_dir(work_dir: Path) -> None:
     if not existing.is_dir():
         what = "is a file" if existing == path else f"is under a file ({existing})"
         raise ConfigError(
-            f"work folder {str(path)!r} {what}: set INFERENCE_WORK_DIR (or the 'storage' resource's work_dir) to a folder"
+            f"work folder {str(path)!r} {what}: "
+            "set INFERENCE_WORK_DIR (or the 'work_area' resource's work_dir) to a folder"
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(
             f"work folder {str(path)!r} cannot be written ({existing}: permission denied): "
-            "set INFERENCE_WORK_DIR (or the 'storage' resource's work_dir) to a folder this user can write"
+            "set INFERENCE_WORK_DIR (or the 'work_area' resource's work_dir) to a folder this user can write"
         )
 
 

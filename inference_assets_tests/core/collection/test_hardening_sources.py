@@ -23,9 +23,7 @@ from inference_assets.core.collection.manifest import build_manifest, read_manif
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.storage.hashing import file_sha256
 from inference_assets.core.storage.results import read_reusable
-from inference_assets.resources import StorageResource
-
-from inference_assets_tests.conftest import KNOWN_TOP1, cpu_resources
+from inference_assets_tests.conftest import KNOWN_TOP1, cpu_resources, source_resource, work_area_resource
 from inference_assets_tests.support.environment import PROJECT_ROOT, SAMPLE_IMAGES
 
 CAPS = "-dac_override,-dac_read_search"
@@ -103,14 +101,17 @@ import json, sys
 from pathlib import Path
 from dagster import DagsterInstance
 from dagster_duckdb import DuckDBResource
-from inference_assets.resources import StorageResource
-from inference_assets.resources import DeviceResource, ModelResource
+from inference_assets.resources import (
+    DeviceResource, ImageSourceResource, ModelResource, ObjectStoreResource, PreprocessingResource, WorkAreaResource,
+)
 from inference_assets.run import materialize_step, pipeline_steps
 root, work = Path(sys.argv[1]), Path(sys.argv[2])
 resources = {
-    "storage": StorageResource(image_root=str(root), work_dir=str(work / "work")),
+    "source": ImageSourceResource(image_root=str(root), object_store=ObjectStoreResource()),
+    "work_area": WorkAreaResource(work_dir=str(work / "work"), object_store=ObjectStoreResource()),
     "model": ModelResource(batch_size=4),
-    "device": DeviceResource(device="cpu", decode_workers=2),
+    "device": DeviceResource(device="cpu"),
+    "preprocessing": PreprocessingResource(decode_workers=2),
     "duckdb": DuckDBResource(database=str(work / "warehouse.duckdb")),
 }
 out = {}
@@ -134,7 +135,8 @@ def test_images_under_an_unlistable_folder_stay_as_list_failures(image_root, tmp
     """A folder that was listed before and one never seen, both chmod 000: a real Dagster run in a
     process the kernel refuses the listing; nothing vanishes, both show in `failures` at stage list."""
     resources = cpu_resources(
-        StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")), tmp_path / "warehouse.duckdb"
+        source_resource(image_root=str(image_root)), work_area_resource(tmp_path / "work"),
+        tmp_path / "warehouse.duckdb",
     )
     _steps(resources)  # every image known and predicted
     (image_root / "fresh").mkdir()
@@ -174,7 +176,8 @@ def test_an_image_that_vanishes_without_its_folder_being_listed_fails_the_check(
     """A folder replaced by a link leaving the root (not followed) hides its images: not a
     deletion, so the manifest counts them as vanished and the accounting check fails."""
     resources = cpu_resources(
-        StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")), tmp_path / "warehouse.duckdb"
+        source_resource(image_root=str(image_root)), work_area_resource(tmp_path / "work"),
+        tmp_path / "warehouse.duckdb",
     )
     _steps(resources)
     shutil.move(image_root / "tabby", tmp_path / "elsewhere")
@@ -187,7 +190,7 @@ def test_an_image_that_vanishes_without_its_folder_being_listed_fails_the_check(
     assert any("tabby/chelsea.png" in w for w in warnings)
     from inference_assets.core.collection.manifest import vanished_images
 
-    assert vanished_images(Path(resources["storage"].layout.manifest_path)) == 1
+    assert vanished_images(Path(resources["work_area"].layout.manifest_path)) == 1
 
 
 LISTING_ERRORS = """
@@ -246,7 +249,8 @@ def _rewrite_same_size_same_mtime(target: Path, donor: Path) -> None:
 
 def test_a_same_size_same_mtime_rewrite_is_predicted_again(image_root, tmp_path, monkeypatch):
     resources = cpu_resources(
-        StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")), tmp_path / "warehouse.duckdb"
+        source_resource(image_root=str(image_root)), work_area_resource(tmp_path / "work"),
+        tmp_path / "warehouse.duckdb",
     )
     _steps(resources)
     rocket = image_root / "missile" / "rocket.jpg"
@@ -264,7 +268,7 @@ def test_a_same_size_same_mtime_rewrite_is_predicted_again(image_root, tmp_path,
 
     # the setting that trusts nothing: every file is read and hashed again
     rehash = cpu_resources(
-        StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"), always_rehash=True),
+        source_resource(image_root=str(image_root), always_rehash=True), work_area_resource(tmp_path / "work"),
         tmp_path / "warehouse.duckdb",
     )
     from inference_assets.run import materialize_step, pipeline_steps
@@ -278,9 +282,9 @@ def test_a_same_size_same_mtime_rewrite_is_predicted_again(image_root, tmp_path,
     from inference_assets.definitions import default_resources
 
     monkeypatch.setenv("INFERENCE_ALWAYS_REHASH", "1")
-    assert default_resources()["storage"].always_rehash is True
+    assert default_resources()["source"].always_rehash is True
     monkeypatch.delenv("INFERENCE_ALWAYS_REHASH")
-    assert default_resources()["storage"].always_rehash is False
+    assert default_resources()["source"].always_rehash is False
 
 
 def test_a_replace_by_rename_with_same_size_and_mtime_is_hashed_again(image_root, tmp_path):
@@ -366,7 +370,8 @@ def test_a_damaged_manifest_is_a_one_line_error_for_readers_and_rebuilt_by_the_n
 def test_a_flipped_byte_in_a_result_file_is_not_reused(image_root, tmp_path, caplog):
     """Without page checksums the damaged values would read back as if they were fine."""
     resources = cpu_resources(
-        StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")), tmp_path / "warehouse.duckdb"
+        source_resource(image_root=str(image_root)), work_area_resource(tmp_path / "work"),
+        tmp_path / "warehouse.duckdb",
     )
     _steps(resources)
     [result_file] = sorted(
@@ -383,10 +388,11 @@ def test_a_flipped_byte_in_a_result_file_is_not_reused(image_root, tmp_path, cap
 @pytest.mark.parametrize("damage", [_flip_middle, _truncate], ids=["flipped", "truncated"])
 def test_a_rerun_rebuilds_a_damaged_manifest_and_result_file_and_warns_naming_them(image_root, tmp_path, damage):
     resources = cpu_resources(
-        StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")), tmp_path / "warehouse.duckdb"
+        source_resource(image_root=str(image_root)), work_area_resource(tmp_path / "work"),
+        tmp_path / "warehouse.duckdb",
     )
     _steps(resources)
-    manifest_path = resources["storage"].layout.manifest_path
+    manifest_path = resources["work_area"].layout.manifest_path
     result_files = sorted(
         (p for p in Path(tmp_path / "work" / "predictions").rglob("*.parquet") if pq.read_metadata(p).num_rows > 0),
         key=lambda p: -p.stat().st_size,
@@ -458,7 +464,8 @@ def test_the_warehouse_refresh_leaves_out_a_damaged_result_file_with_a_warning(i
     from inference_assets.run import materialize_step, pipeline_steps
 
     resources = cpu_resources(
-        StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")), tmp_path / "warehouse.duckdb"
+        source_resource(image_root=str(image_root)), work_area_resource(tmp_path / "work"),
+        tmp_path / "warehouse.duckdb",
     )
     _steps(resources)
     damaged = max(Path(tmp_path / "work" / "predictions").rglob("*.parquet"), key=lambda p: p.stat().st_size)

@@ -25,10 +25,8 @@ from inference_assets.core.images.pixel_store import INDEX_SCHEMA, read_pixel_sh
 from inference_assets.core.models.loading import ModelSpec, resolve_preprocessing
 from inference_assets.core.storage.results import read_results
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
-from inference_assets.resources import StorageResource
 from inference_assets.run import materialize_step, pipeline_steps
-
-from inference_assets_tests.conftest import cpu_resources, run_all_steps
+from inference_assets_tests.conftest import cpu_resources, run_all_steps, source_resource, work_area_resource
 from inference_assets_tests.support.environment import PROJECT_ROOT, SAMPLE_IMAGES
 
 MAX_PIXELS = 8_000_000  # the limit the memory test runs with (the default is 89,478,485)
@@ -173,13 +171,13 @@ def test_failure_reasons_name_no_path_and_group_by_kind(tmp_path):
     root = tmp_path / "images"
     _bad_files(root)
     database = tmp_path / "warehouse.duckdb"
-    storage = StorageResource(image_root=str(root), work_dir=str(tmp_path / "work"))
+    source, work_area = source_resource(image_root=str(root)), work_area_resource(tmp_path / "work")
 
     def delete():
         for folder in FOLDERS:
             (root / folder / f"deleted_{folder}.jpg").unlink()
 
-    run_all_steps(cpu_resources(storage, database), after_manifest=delete)
+    run_all_steps(cpu_resources(source, work_area, database), after_manifest=delete)
     with duckdb.connect(str(database), read_only=True) as conn:
         failed = conn.execute(
             "SELECT i.relative_path, f.stage, f.error FROM failures f JOIN images i USING (image_id)"
@@ -298,8 +296,10 @@ def _predictions_by_uri(paths) -> dict[str, tuple]:
 
 def test_damaged_pixels_fail_predictions_then_a_rerun_rebuilds_them(image_root, tmp_path):
     """A shard damaged without a size change once turned a 0.957 confidence into 0.138, silently."""
-    storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
-    resources = cpu_resources(storage, tmp_path / "warehouse.duckdb")
+    resources = cpu_resources(
+        source_resource(image_root=str(image_root)), work_area_resource(tmp_path / "work"),
+        tmp_path / "warehouse.duckdb",
+    )
     force = {"ops": {"prediction_files": {"config": {"force": True}}}}
     with DagsterInstance.ephemeral() as instance:
         for _, selection, tags in pipeline_steps()[:2]:

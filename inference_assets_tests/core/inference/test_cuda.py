@@ -162,14 +162,15 @@ def test_a_whole_dagster_run_on_the_gpu(image_root, tmp_path, record_property):
     import duckdb
     from dagster_duckdb import DuckDBResource
 
-    from inference_assets.resources import DeviceResource, ModelResource, StorageResource
-
-    from inference_assets_tests.conftest import KNOWN_TOP1, run_all_steps
+    from inference_assets.resources import DeviceResource, ModelResource, PreprocessingResource
+    from inference_assets_tests.conftest import KNOWN_TOP1, run_all_steps, source_resource, work_area_resource
 
     resources = {
-        "storage": StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")),
+        "source": source_resource(image_root=str(image_root)),
+        "work_area": work_area_resource(tmp_path / "work"),
         "model": ModelResource(),
         "device": DeviceResource(device="cuda"),
+        "preprocessing": PreprocessingResource(),
         "duckdb": DuckDBResource(database=str(tmp_path / "warehouse.duckdb")),
     }
     results = run_all_steps(resources)

@@ -141,14 +141,14 @@ def test_prediction_files_through_dagster_with_openvino_match_pytorch(resources,
     assert materialize([*ASSETS, *ASSET_CHECKS], selection=AssetSelection.assets("image_manifest"),
                        resources=resources, instance=instance).success
     tags = range_tags(keys[0], keys[-1])
-    resources = {**resources, "device": DeviceResource(device="cpu", decode_workers=2, runtime="openvino")}
+    resources = {**resources, "device": DeviceResource(device="cpu", runtime="openvino")}
     result = materialize([*ASSETS, *ASSET_CHECKS], selection=selection - AssetSelection.assets("image_manifest"),
                          resources=resources, instance=instance, tags=tags)
     assert result.success
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("prediction_files")[0].metadata.items()}
     assert metadata["runtime"].startswith("openvino") and metadata["runtime_asked"] == "openvino"
     assert "top-1 equal on 6/6 check images" in metadata["runtime_parity"]
-    work = Path(resources["storage"].work_dir)
+    work = Path(resources["work_area"].work_dir)
     assert len(list((work / "converted").iterdir())) == 1
     rows = [r for f in sorted((work / "predictions").rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     labels = {r["uri"].split("/images/")[-1]: r["class_label"] for r in rows}

@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from inference_assets.core.reporting.evaluation import stored_summary
-from inference_assets.resources import ModelResource, StorageResource
-
-from inference_assets_tests.conftest import cpu_resources, run_all_steps
+from inference_assets.resources import ModelResource
+from inference_assets_tests.conftest import cpu_resources, run_all_steps, source_resource, work_area_resource
 from inference_assets_tests.support.environment import SAMPLE_IMAGES
 from inference_assets_tests.support.own_models import (
     CLASS_NAMES,
@@ -61,8 +60,10 @@ FORM_NAMES = [
 
 
 def _resources(image_root: Path, tmp_path: Path, **model) -> dict:
-    storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work"))
-    resources = cpu_resources(storage, tmp_path / "warehouse.duckdb")
+    resources = cpu_resources(
+        source_resource(image_root=str(image_root)), work_area_resource(tmp_path / "work"),
+        tmp_path / "warehouse.duckdb",
+    )
     resources["model"] = ModelResource(batch_size=4, **model)
     return resources
 
@@ -206,7 +207,6 @@ def test_bad_model_input_stops_a_dagster_step_at_resource_setup_with_no_outputs(
     from dagster import DagsterInstance, materialize
 
     from inference_assets.definitions import ASSET_CHECKS, ASSETS
-
     from inference_assets_tests.assets.test_configuration_errors import _failure_message
 
     config, expected = bad_inputs["ONNX input rank"]
@@ -355,7 +355,6 @@ def test_dagster_asset_materialize_takes_your_model_from_launchpad_style_run_con
     import sys
 
     from inference_assets.partitions import IMAGE_SHARDS
-
     from inference_assets_tests.support.environment import pipeline_env
 
     form = forms["bare state_dict .pth + names.txt"]

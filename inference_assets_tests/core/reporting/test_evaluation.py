@@ -9,9 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from inference_assets.core.reporting.evaluation import evaluate, normalize, synonyms, truth_names
-from inference_assets.resources import StorageResource
-
-from inference_assets_tests.conftest import cpu_resources, run_all_steps
+from inference_assets_tests.conftest import cpu_resources, run_all_steps, source_resource, work_area_resource
 from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
 
@@ -47,8 +45,8 @@ def test_accuracy_per_class_and_confusions_from_a_predictions_table():
     assert conn.execute("SELECT count(*) FROM evaluation_images").fetchone() == (4,)
 
 
-def _run(storage, tmp_path):
-    results = run_all_steps(cpu_resources(storage, tmp_path / "warehouse.duckdb"))
+def _run(source, tmp_path):
+    results = run_all_steps(cpu_resources(source, work_area_resource(tmp_path / "work"), tmp_path / "warehouse.duckdb"))
     metadata = results[-1].asset_materializations_for_node("evaluation")[0].metadata
     return {k: v.value for k, v in metadata.items()}
 
@@ -60,7 +58,7 @@ def test_the_evaluation_asset_on_labelled_photos(image_root, tmp_path):
                            ("holiday", "astronaut.jpg")]:
         (image_root / folder).mkdir()
         shutil.copy(image_root / source, image_root / folder / f"copy{(image_root / source).suffix}")
-    metadata = _run(StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")), tmp_path)
+    metadata = _run(source_resource(image_root=str(image_root)), tmp_path)
     # chelsea is a tabby that the model calls 'tiger cat' (tabby is its third guess)
     assert (metadata["labelled_images"], metadata["evaluated_images"], metadata["unknown_labels"]) == (7, 6, 1)
     assert metadata["top1_accuracy"] == pytest.approx(5 / 6) and metadata["top5_accuracy"] == 1.0
@@ -76,6 +74,6 @@ def test_a_label_column_from_a_table(tmp_path):
             {"uri": str(SAMPLE_IMAGES / "tripod/camera.png"), "label": "n04485082"},  # tripod's WordNet id
             {"uri": str(SAMPLE_IMAGES / "missile/rocket.jpg"), "label": "space shuttle"}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "labelled.parquet")
-    metadata = _run(StorageResource(image_table=str(tmp_path / "labelled.parquet"), work_dir=str(tmp_path / "work")), tmp_path)
+    metadata = _run(source_resource(image_table=str(tmp_path / "labelled.parquet")), tmp_path)
     assert (metadata["evaluated_images"], metadata["top1_accuracy"]) == (3, pytest.approx(2 / 3))
     assert "| space shuttle | missile | 1 |" in metadata["most_confused"]

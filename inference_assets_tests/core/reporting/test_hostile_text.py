@@ -10,9 +10,7 @@ from dagster import DagsterEventType, MarkdownMetadataValue
 from markdown_it import MarkdownIt
 
 from inference_assets.core.reporting.markdown import Markdown, escape, table
-from inference_assets.resources import StorageResource
-
-from inference_assets_tests.conftest import cpu_resources, run_all_steps
+from inference_assets_tests.conftest import cpu_resources, run_all_steps, source_resource, work_area_resource
 from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
 # folder names become labels; file names become captions and alt texts
@@ -75,8 +73,10 @@ def hostile_collection(tmp_path):
 
 
 def test_hostile_names_and_labels_in_ui_metadata_and_report(hostile_collection, tmp_path):
-    storage = StorageResource(image_root=str(hostile_collection), work_dir=str(tmp_path / "work"))
-    results = run_all_steps(cpu_resources(storage, tmp_path / "warehouse.duckdb"))
+    work_area = work_area_resource(tmp_path / "work")
+    results = run_all_steps(
+        cpu_resources(source_resource(image_root=str(hostile_collection)), work_area, tmp_path / "warehouse.duckdb")
+    )
 
     seen = {}
     for result in results:
@@ -96,7 +96,7 @@ def test_hostile_names_and_labels_in_ui_metadata_and_report(hostile_collection, 
     assert any(name.replace("\n", "\\n") in names for name in HOSTILE_FILES), names
 
     # the report: no element or attribute from user data, names shown whole
-    report = storage.layout.report_path
+    report = work_area.layout.report_path
 
     class Elements(HTMLParser):
         tags, captions, sources, handlers, titles = [], [], [], [], []

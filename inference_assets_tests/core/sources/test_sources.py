@@ -17,21 +17,26 @@ from inference_assets.core.collection.manifest import build_manifest, read_manif
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.sources import SourceConfig, open_source
 from inference_assets.core.storage.filesystems import S3Options
-from inference_assets.resources import StorageResource
+from inference_assets.resources import ImageSourceResource, WorkAreaResource
 from inference_assets.run import materialize_step, pipeline_steps
-
-from inference_assets_tests.conftest import KNOWN_TOP1, cpu_resources, run_all_steps
+from inference_assets_tests.conftest import (
+    KNOWN_TOP1,
+    cpu_resources,
+    run_all_steps,
+    source_resource,
+    work_area_resource,
+)
 from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
 SAMPLES = sorted(p.relative_to(SAMPLE_IMAGES).as_posix() for p in SAMPLE_IMAGES.rglob("*") if p.is_file() and p.suffix != ".md")
 GARBAGE = b"\xff\xd8\xff\xe0 this is not really a JPEG" * 10
 
 
-def _run_pipeline(storage: StorageResource, tmp_path: Path, after_listing=None) -> tuple[list[tuple], list[tuple]]:
+def _run_pipeline(source: ImageSourceResource, tmp_path: Path, after_listing=None) -> tuple[list[tuple], list[tuple]]:
     """All three runs of `make run` through Dagster; returns (predictions, failures) from DuckDB.
     ``after_listing()`` is called between the manifest run and the rest."""
     database = tmp_path / "warehouse.duckdb"
-    run_all_steps(cpu_resources(storage, database), after_manifest=after_listing)
+    run_all_steps(cpu_resources(source, work_area_resource(tmp_path / "work"), database), after_manifest=after_listing)
     with duckdb.connect(str(database), read_only=True) as conn:
         predictions = conn.execute(
             "SELECT i.relative_path, p.class_label, i.label FROM predictions p JOIN images i USING (image_id) ORDER BY 1"
@@ -88,10 +93,10 @@ def test_a_bucket_prefix_through_the_whole_pipeline(s3_env, tmp_path):
     _upload(s3, "photos", objects)
 
     # credentials and endpoint from the usual AWS_* environment variables
-    storage = StorageResource(image_root="s3://photos/collection", work_dir=str(tmp_path / "work"))
+    source = source_resource(image_root="s3://photos/collection")
     # an object deleted after it was listed: a read failure for that image only
     deleted = lambda: s3.delete_object(Bucket="photos", Key="collection/missile/rocket.jpg")  # noqa: E731
-    predictions, failures = _run_pipeline(storage, tmp_path, after_listing=deleted)
+    predictions, failures = _run_pipeline(source, tmp_path, after_listing=deleted)
     by_key = {row[0]: row[1] for row in predictions}
     assert {k: by_key[k] for k in KNOWN_TOP1 if k != "missile/rocket.jpg"} == {
         k: v for k, v in KNOWN_TOP1.items() if k != "missile/rocket.jpg"
@@ -99,6 +104,61 @@ def test_a_bucket_prefix_through_the_whole_pipeline(s3_env, tmp_path):
     assert len(predictions) == len(SAMPLES) - 1
     assert [(r[0], r[1]) for r in failures] == [("broken/garbage.jpg", "decode"), ("missile/rocket.jpg", "read")]
     assert "FileNotFoundError" in failures[1][2] and "does not exist" in failures[1][2]
+
+
+S3_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+                "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_PROFILE")
+
+
+def test_the_object_store_set_once_at_launch_reaches_the_source_and_the_shared_work_area(
+    s3_server, tmp_path, monkeypatch
+):
+    """No AWS_* variables: the endpoint and credentials are given once, in the run config of the
+    code location's ``object_store`` resource (the secret as an env reference), and both the bucket
+    source and the work area's shared mirror in another bucket use them."""
+    for name in S3_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s3 = s3_server.client()
+    s3.create_bucket(Bucket="launch-photos")
+    s3.create_bucket(Bucket="launch-work")
+    _upload(s3, "launch-photos", {f"p/{relative}": (SAMPLE_IMAGES / relative).read_bytes() for relative in SAMPLES})
+    monkeypatch.setenv("INFERENCE_IMAGE_ROOT", "s3://launch-photos/p")
+    monkeypatch.setenv("INFERENCE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("INFERENCE_SHARED_DIR", "s3://launch-work/run")
+    monkeypatch.setenv("INFERENCE_DUCKDB_PATH", str(tmp_path / "warehouse.duckdb"))
+    monkeypatch.setenv("TEST_S3_SECRET", "testing")
+    from dagster import materialize
+
+    from inference_assets.definitions import ASSET_CHECKS, ASSETS, default_resources
+
+    store = {"endpoint_url": s3_server.endpoint, "region": "us-east-1", "access_key_id": "testing",
+             "secret_access_key": {"env": "TEST_S3_SECRET"}}
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize([*ASSETS, *ASSET_CHECKS], selection=["image_manifest"], resources=default_resources(),
+                             instance=instance, run_config={"resources": {"object_store": {"config": store}}})
+    assert result.success
+    metadata = result.asset_materializations_for_node("image_manifest")[0].metadata
+    assert metadata["images"].value == len(SAMPLES) and metadata["source_kind"].value == "bucket"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="launch-work", Prefix="run/")["Contents"]]
+    assert "run/manifest/image_manifest.parquet" in keys
+
+
+@pytest.mark.fast
+def test_outside_a_run_the_object_store_gives_the_values_it_was_given(tmp_path, monkeypatch):
+    """``make run``'s preflight and scripts use the resources without a run: the launch-time
+    ``object_store`` of ``default_resources`` (or a configured one) gives its values, an EnvVar read then."""
+    from dagster import EnvVar
+
+    from inference_assets.resources import ObjectStoreResource
+
+    monkeypatch.setenv("TEST_S3_SECRET", "s3cr3t")
+    given = {"endpoint_url": "http://minio.local:9000", "secret_access_key": EnvVar("TEST_S3_SECRET")}
+    expected = S3Options(endpoint_url="http://minio.local:9000", secret_access_key="s3cr3t")
+    for store in (ObjectStoreResource.configure_at_launch(**given), ObjectStoreResource(**given)):
+        assert ImageSourceResource(image_root="s3://b/p", object_store=store).source_config.s3 == expected
+        assert WorkAreaResource(work_dir=str(tmp_path), object_store=store).filesystems.s3 == expected
+    assert ImageSourceResource(object_store=ObjectStoreResource.configure_at_launch()).source_config.s3 == S3Options()
 
 
 # --- tables of image locations --------------------------------------------------------------
@@ -125,8 +185,7 @@ EXPECTED_TABLE_FAILURES = {"gone": "missing", "nobucket": "", "nouri": "no uri",
 def test_a_parquet_table_of_locations_through_the_whole_pipeline(s3_env, tmp_path):
     rows = _location_rows(s3_env)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "images.parquet")
-    storage = StorageResource(image_table=str(tmp_path / "images.parquet"), work_dir=str(tmp_path / "work"))
-    predictions, failures = _run_pipeline(storage, tmp_path)
+    predictions, failures = _run_pipeline(source_resource(image_table=str(tmp_path / "images.parquet")), tmp_path)
     assert [(key, label) for key, _, label in predictions] == [("camera", "tripod"), ("coffee", "espresso"), ("rocket", "missile")]
     assert {key: cls for key, cls, _ in predictions} == {"camera": "tripod", "coffee": "espresso", "rocket": "missile"}
     assert {key for key, _, _ in failures} == set(EXPECTED_TABLE_FAILURES)
@@ -186,8 +245,7 @@ def _check_blob_results(predictions, failures, key_of):
 def test_sqlite_blobs_through_the_whole_pipeline(tmp_path):
     url = f"sqlite:///{tmp_path / 'images.db'}"
     _fill_blob_table(sa.create_engine(url), "INTEGER")
-    storage = StorageResource(database_url=url, image_query=BLOB_QUERY, work_dir=str(tmp_path / "work"))
-    predictions, failures = _run_pipeline(storage, tmp_path)
+    predictions, failures = _run_pipeline(source_resource(database_url=url, image_query=BLOB_QUERY), tmp_path)
     numbers = {relative: str(n) for n, relative in enumerate(SAMPLES, start=1)}
     _check_blob_results(predictions, failures, lambda relative: numbers[relative])
     labels = {key: label for key, _, label in predictions}
@@ -199,8 +257,8 @@ def test_postgresql_blobs_through_the_whole_pipeline(postgres_server, tmp_path):
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE IF EXISTS photos"))
     _fill_blob_table(engine, "TEXT")
-    storage = StorageResource(database_url=postgres_server.url, image_query=BLOB_QUERY, work_dir=str(tmp_path / "work"))
-    predictions, failures = _run_pipeline(storage, tmp_path)
+    source = source_resource(database_url=postgres_server.url, image_query=BLOB_QUERY)
+    predictions, failures = _run_pipeline(source, tmp_path)
     _check_blob_results(predictions, failures, lambda relative: relative)
 
 
@@ -238,8 +296,8 @@ def test_steps_on_different_machines_cooperate_through_a_bucket(s3_env, image_ro
     s3_env.client().create_bucket(Bucket="work")
 
     def machine(name):
-        storage = StorageResource(image_root=str(image_root), work_dir=str(tmp_path / name), shared_dir="s3://work/run")
-        return cpu_resources(storage, tmp_path / "warehouse.duckdb")
+        work_area = work_area_resource(tmp_path / name, shared_dir="s3://work/run")
+        return cpu_resources(source_resource(image_root=str(image_root)), work_area, tmp_path / "warehouse.duckdb")
 
     steps = pipeline_steps()
     manifest_step, partition_step, refresh_step = steps

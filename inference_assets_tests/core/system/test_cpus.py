@@ -49,8 +49,8 @@ def test_torch_threads_are_lowered_to_the_cpus_available_never_raised():
         torch.set_num_threads(before)
 
 
-def test_the_device_resource_decodes_with_one_thread_per_available_cpu():
-    from inference_assets.resources import DeviceResource
+def test_the_preprocessing_resource_decodes_with_one_thread_per_available_cpu():
+    from inference_assets.resources import PreprocessingResource
 
-    assert DeviceResource(device="cpu").workers == available_cpus()
-    assert DeviceResource(device="cpu", decode_workers=3).workers == 3
+    assert PreprocessingResource().workers == available_cpus()
+    assert PreprocessingResource(decode_workers=3).workers == 3

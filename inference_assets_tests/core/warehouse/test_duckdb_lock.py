@@ -11,7 +11,8 @@ from dagster import AssetSelection, DagsterInstance, materialize
 from inference_assets.core.warehouse.database import WarehouseLockedError, connect_waiting_for_lock
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.partitions import IMAGE_SHARDS
-from inference_assets.resources import DeviceResource, ModelResource, StorageResource, WarehouseResource
+from inference_assets.resources import DeviceResource, ModelResource, PreprocessingResource, WarehouseResource
+from inference_assets_tests.conftest import source_resource, work_area_resource
 
 HOLD = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(float(sys.argv[2]))"
 
@@ -54,9 +55,11 @@ def test_connect_gives_up_naming_the_file_and_the_holder(tmp_path):
 def pipeline(image_root, tmp_path):
     database = tmp_path / "warehouse.duckdb"
     resources = {
-        "storage": StorageResource(image_root=str(image_root), work_dir=str(tmp_path / "work")),
+        "source": source_resource(image_root=str(image_root)),
+        "work_area": work_area_resource(tmp_path / "work"),
         "model": ModelResource(),
-        "device": DeviceResource(device="cpu", decode_workers=2),
+        "device": DeviceResource(device="cpu"),
+        "preprocessing": PreprocessingResource(decode_workers=2),
         "duckdb": WarehouseResource(database=str(database), lock_timeout_seconds=60),
     }
     keys = IMAGE_SHARDS.get_partition_keys()
@@ -87,7 +90,7 @@ def test_refresh_waits_for_another_process_then_succeeds(pipeline):
     holder.wait()
     assert result.success
     logs = [entry.user_message for entry in instance.all_logs(result.run_id)]
-    assert any(f"is locked by" in m and f"(PID {holder.pid})" in m for m in logs)
+    assert any("is locked by" in m and f"(PID {holder.pid})" in m for m in logs)
     with duckdb.connect(str(database), read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 6
 
