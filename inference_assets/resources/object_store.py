@@ -15,7 +15,7 @@ from pydantic import Field
 from inference_assets.core.storage.filesystems import S3Options
 
 
-def _value(value: Any) -> Any:
+def resolved_value(value: Any) -> Any:
     """A field's value; an ``EnvVar`` (read by Dagster when a run starts) is read here when the
     resource is used outside a run (``make run``'s preflight, a script)."""
     return value.get_value() if isinstance(value, EnvVar) else value
@@ -37,10 +37,10 @@ class ObjectStoreResource(ConfigurableResource):
     @property
     def options(self) -> S3Options:
         return S3Options(
-            endpoint_url=_value(self.endpoint_url) or None,
-            region=_value(self.region) or None,
-            access_key_id=_value(self.access_key_id) or None,
-            secret_access_key=_value(self.secret_access_key) or None,
+            endpoint_url=resolved_value(self.endpoint_url) or None,
+            region=resolved_value(self.region) or None,
+            access_key_id=resolved_value(self.access_key_id) or None,
+            secret_access_key=resolved_value(self.secret_access_key) or None,
         )
 
 

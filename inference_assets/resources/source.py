@@ -6,7 +6,7 @@ from pydantic import Field
 
 from inference_assets.core.sources import ImageSource, SourceConfig, open_source
 from inference_assets.core.sources.config import IMAGE_EXTENSIONS
-from inference_assets.resources.object_store import ObjectStoreResource, s3_options
+from inference_assets.resources.object_store import ObjectStoreResource, resolved_value, s3_options
 
 
 class ImageSourceResource(ConfigurableResource):
@@ -56,7 +56,7 @@ class ImageSourceResource(ConfigurableResource):
         return SourceConfig(
             image_root=self.image_root,
             image_table=self.image_table or None,
-            database_url=self.database_url or None,
+            database_url=resolved_value(self.database_url) or None,  # an EnvVar outside a run: its value
             image_query=self.image_query or None,
             extensions=tuple(self.extensions),
             follow_external_symlinks=self.follow_external_symlinks,

@@ -318,3 +318,23 @@ def test_steps_on_different_machines_cooperate_through_a_bucket(s3_env, image_ro
     index_files = [k for k in keys if k.startswith("run/preprocessed/") and k.endswith(".parquet")]
     pixel_files = [k for k in keys if k.startswith("run/preprocessed/") and k.endswith(".npy")]
     assert len(result_files) == len(index_files) == len(pixel_files) == 16
+
+
+@pytest.mark.fast
+def test_a_database_url_from_the_environment_passes_make_runs_preflight(monkeypatch, tmp_path):
+    """default_resources gives the URL as an EnvVar (kept out of the UI); the preflight, outside a run,
+    reads its value instead of taking the variable's name for a URL."""
+    from inference_assets.definitions import default_resources
+    from inference_assets.run import preflight
+    from inference_assets.settings import Settings
+
+    url = f"sqlite:///{tmp_path / 'images.db'}"
+    _fill_blob_table(sa.create_engine(url), "INTEGER")
+    monkeypatch.setenv("INFERENCE_DATABASE_URL", url)
+    monkeypatch.setenv("INFERENCE_IMAGE_QUERY", BLOB_QUERY)
+    monkeypatch.setenv("INFERENCE_WORK_DIR", str(tmp_path / "work"))
+    monkeypatch.setenv("INFERENCE_DUCKDB_PATH", str(tmp_path / "w.duckdb"))
+    resources = default_resources(Settings.from_environment())
+    assert "sqlite" not in repr(resources["source"].database_url)  # the variable, not its value
+    preflight(resources)
+    assert len(list(resources["source"].open_source().entries())) == len(SAMPLES) + 3
