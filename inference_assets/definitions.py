@@ -23,17 +23,13 @@ from inference_assets.resources import (
     WarehouseResource,
     WorkAreaResource,
 )
-from inference_assets.settings import SETTINGS, VARIABLES, Settings
+from inference_assets.settings import RESOURCE_FIELDS, SETTINGS, VARIABLES, Settings
 from inference_assets.warehouse import assets as warehouse_assets
 from inference_assets.warehouse import checks as warehouse_checks
 
 ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
 
-# The setting behind each resource field whose name differs from it, for error messages.
-_SETTING_OF = {"name": "model", "card": "model_card", "database": "duckdb_path"}
-
-
-def _configured(resource: type, **fields):
+def _configured(key: str, resource: type, **fields):
     """``resource(**fields)``, without the fields left unset (``None``: the resource's own default);
     a value its fields refuse is one line naming the environment variable."""
     try:
@@ -41,7 +37,8 @@ def _configured(resource: type, **fields):
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
-        variable = VARIABLES.get(_SETTING_OF.get(field, field), field)
+        setting = {where: name for name, where in RESOURCE_FIELDS.items()}.get(f"{key}.{field}")
+        variable = VARIABLES.get(setting, field)
         raise ConfigError(f"{variable}={error.get('input')!r} is not valid: {error['msg']}") from None
 
 
@@ -52,12 +49,14 @@ def default_resources(settings: Settings | None = None) -> dict:
     object_store = ObjectStoreResource.configure_at_launch()
     return {
         "work_area": _configured(
+            "work_area",
             WorkAreaResource,
             work_dir=settings.work_dir,
             shared_dir=settings.shared_dir,
             object_store=object_store,
         ),
         "source": _configured(
+            "source",
             ImageSourceResource,
             image_root=settings.image_root,
             image_table=settings.image_table,
@@ -69,6 +68,7 @@ def default_resources(settings: Settings | None = None) -> dict:
         ),
         "object_store": object_store,
         "model": _configured(
+            "model",
             ModelResource,
             name=settings.model,
             weights=settings.weights,
@@ -76,6 +76,7 @@ def default_resources(settings: Settings | None = None) -> dict:
             card=settings.model_card,
         ),
         "device": _configured(
+            "device",
             DeviceResource,
             device=settings.device,
             precision=settings.precision,
@@ -84,10 +85,11 @@ def default_resources(settings: Settings | None = None) -> dict:
             gpu_lock_dir=settings.gpu_lock_dir,
         ),
         "preprocessing": _configured(
+            "preprocessing",
             PreprocessingResource,
             decode_workers=settings.decode_workers,
         ),
-        "duckdb": _configured(WarehouseResource, database=settings.duckdb_path),
+        "duckdb": _configured("duckdb", WarehouseResource, database=settings.duckdb_path),
     }
 
 

@@ -6,7 +6,7 @@ what it accepts. The code location reads it once, when it loads (:data:`SETTINGS
 to the resources (``definitions.py``), the partitions, the sensor, the schedule and the quality
 gate; ``make run`` reads it again when it starts. The core never reads the environment: it takes
 values, and names a wrong one by its setting (``image_root``), which the Dagster layer turns into
-the variable's name (:func:`for_deployment`).
+the variable and the resource field (:func:`for_deployment`: ``INFERENCE_IMAGE_ROOT (source.image_root)``).
 
 - ``INFERENCE_IMAGE_ROOT``: folder of images, or a bucket URI such as ``s3://bucket/prefix``
   (default ``data/images`` in the project). S3 credentials and endpoint: the usual ``AWS_*``
@@ -106,6 +106,9 @@ def _number(minimum: float, kind: type = int, maximum: float | None = None) -> C
     return read
 
 
+_fraction = _number(0, float, maximum=1)
+
+
 def _cron(name: str, raw: str | None, default: str) -> str:
     from dagster._utils.schedules import is_valid_cron_string
 
@@ -137,9 +140,10 @@ def _one_of(*choices: str) -> Callable:
     return read
 
 
-def _from(variable: str, read: Callable = _text, default: object = None, secret: bool = False):
-    """A setting's field: the variable it comes from, how it is read, its default."""
-    return field(default=default, repr=not secret, metadata={"variable": variable, "read": read})
+def _from(variable: str, read: Callable = _text, default: object = None, secret: bool = False, resource: str = ""):
+    """A setting's field: the variable it comes from, how it is read, its default, and the resource
+    field (``key.field``) it configures, if any."""
+    return field(default=default, repr=not secret, metadata={"variable": variable, "read": read, "resource": resource})
 
 
 @dataclass(frozen=True)
@@ -149,36 +153,38 @@ class Settings:
     ``None`` means "not set": the resource keeps its own default (e.g. the bundled model)."""
 
     # where images come from
-    image_root: str = _from("INFERENCE_IMAGE_ROOT", default=str(DATA_DIR / "images"))
-    image_table: str | None = _from("INFERENCE_IMAGE_TABLE")
-    database_url: str | None = _from("INFERENCE_DATABASE_URL", secret=True)
-    image_query: str | None = _from("INFERENCE_IMAGE_QUERY")
-    always_rehash: bool = _from("INFERENCE_ALWAYS_REHASH", _flag, False)
+    image_root: str = _from("INFERENCE_IMAGE_ROOT", default=str(DATA_DIR / "images"), resource="source.image_root")
+    image_table: str | None = _from("INFERENCE_IMAGE_TABLE", resource="source.image_table")
+    database_url: str | None = _from("INFERENCE_DATABASE_URL", secret=True, resource="source.database_url")
+    image_query: str | None = _from("INFERENCE_IMAGE_QUERY", resource="source.image_query")
+    always_rehash: bool = _from("INFERENCE_ALWAYS_REHASH", _flag, False, resource="source.always_rehash")
     # where files go
-    work_dir: str = _from("INFERENCE_WORK_DIR", default=str(DATA_DIR / "work"))
-    shared_dir: str | None = _from("INFERENCE_SHARED_DIR")
-    converted_dir: str | None = _from("INFERENCE_CONVERTED_DIR")
-    duckdb_path: str = _from("INFERENCE_DUCKDB_PATH", default=str(DATA_DIR / "warehouse.duckdb"))
+    work_dir: str = _from("INFERENCE_WORK_DIR", default=str(DATA_DIR / "work"), resource="work_area.work_dir")
+    shared_dir: str | None = _from("INFERENCE_SHARED_DIR", resource="work_area.shared_dir")
+    converted_dir: str | None = _from("INFERENCE_CONVERTED_DIR", resource="device.converted_dir")
+    duckdb_path: str = _from("INFERENCE_DUCKDB_PATH", default=str(DATA_DIR / "warehouse.duckdb"),
+                             resource="duckdb.database")
     # the model and where it runs
-    model: str | None = _from("INFERENCE_MODEL")
-    weights: str | None = _from("INFERENCE_WEIGHTS")
-    class_names: str | None = _from("INFERENCE_CLASS_NAMES")
-    model_card: str | None = _from("INFERENCE_MODEL_CARD")
-    device: str = _from("INFERENCE_DEVICE", default="auto")
-    precision: str = _from("INFERENCE_PRECISION", default="fp32")
-    runtime: str = _from("INFERENCE_RUNTIME", default="auto")
-    gpu_lock_dir: str = _from("INFERENCE_GPU_LOCK_DIR", default=DEFAULT_GPU_LOCK_DIR)
+    model: str | None = _from("INFERENCE_MODEL", resource="model.name")
+    weights: str | None = _from("INFERENCE_WEIGHTS", resource="model.weights")
+    class_names: str | None = _from("INFERENCE_CLASS_NAMES", resource="model.class_names")
+    model_card: str | None = _from("INFERENCE_MODEL_CARD", resource="model.card")
+    device: str = _from("INFERENCE_DEVICE", default="auto", resource="device.device")
+    precision: str = _from("INFERENCE_PRECISION", default="fp32", resource="device.precision")
+    runtime: str = _from("INFERENCE_RUNTIME", default="auto", resource="device.runtime")
+    gpu_lock_dir: str = _from("INFERENCE_GPU_LOCK_DIR", default=DEFAULT_GPU_LOCK_DIR, resource="device.gpu_lock_dir")
     # in a container os.cpu_count() is the node's cores, not the pod's limit: set this there
-    decode_workers: int = _from("INFERENCE_DECODE_WORKERS", _number(0), 0)
+    decode_workers: int = _from("INFERENCE_DECODE_WORKERS", _number(0), 0, resource="preprocessing.decode_workers")
     # how the work is cut and run
     partitions: int = _from("INFERENCE_PARTITIONS", _number(1), DEFAULT_NUM_PARTITIONS)
     partitions_per_run: int = _from("INFERENCE_PARTITIONS_PER_RUN", _number(0), 0)
     executor: str = _from("INFERENCE_EXECUTOR", _one_of("multiprocess", "k8s"), "multiprocess")
     slot_wait_seconds: float = _from("INFERENCE_SLOT_WAIT_SECONDS", _number(0, float), 600)
     # the quality gates
-    max_failure_rate: float = _from("INFERENCE_MAX_FAILURE_RATE", _number(0, float, maximum=1), 1.0)
-    min_top1: float = _from("INFERENCE_MIN_TOP1", _number(0, float, maximum=1), 0.0)
-    max_class_share: float = _from("INFERENCE_MAX_CLASS_SHARE", _number(0, float, maximum=1), 1.0)
+    max_failure_rate: float = _from("INFERENCE_MAX_FAILURE_RATE", _fraction, 1.0,
+                                    resource="quality_gate.max_failure_rate")
+    min_top1: float = _from("INFERENCE_MIN_TOP1", _fraction, 0.0, resource="quality_gate.min_top1_accuracy")
+    max_class_share: float = _from("INFERENCE_MAX_CLASS_SHARE", _fraction, 1.0, resource="quality_gate.max_class_share")
     # automation
     sensor_listing_seconds: float = _from("INFERENCE_SENSOR_LISTING_SECONDS", _number(1, float), 20)
     sensor_interval_seconds: int = _from("INFERENCE_SENSOR_INTERVAL_SECONDS", _number(1), 60)
@@ -198,21 +204,31 @@ class Settings:
         return cls(**values)
 
 
-# The environment variable of each setting, for messages.
+# The environment variable of each setting, and the resource field (``key.field``) it sets, for messages.
 VARIABLES: dict[str, str] = {spec.name: spec.metadata["variable"] for spec in fields(Settings)}
+RESOURCE_FIELDS: dict[str, str] = {spec.name: spec.metadata["resource"] for spec in fields(Settings)
+                                   if spec.metadata["resource"]}
+
+
+def deployment_name(setting: str) -> str:
+    """How a deployment sets ``setting``: ``INFERENCE_WORK_DIR (work_area.work_dir)``."""
+    where = RESOURCE_FIELDS.get(setting)
+    return f"{VARIABLES[setting]} ({where})" if where else VARIABLES[setting]
 
 
 def for_deployment(error: ConfigError) -> ConfigError:
-    """``error`` with each setting it names by its ``settings`` (the core's words, such as
-    ``image_root``) also named by its environment variable: ``INFERENCE_IMAGE_ROOT (image_root)``."""
+    """``error`` with the settings it names in the core's words (its ``settings``, e.g. ``work_dir``)
+    named as a deployment sets them: ``INFERENCE_WORK_DIR (work_area.work_dir)``. The last mention of
+    each is the one replaced: the core names a setting in the fix, at the end of its message."""
     message = str(error)
     for setting in getattr(error, "settings", ()):
-        variable = VARIABLES.get(setting)
-        if variable:
-            message = re.sub(rf"(?<![\w']){re.escape(setting)}(?![\w'])", f"{variable} ({setting})", message, count=1)
-    renamed = type(error)(message)
-    renamed.settings = ()
-    return renamed
+        if setting not in VARIABLES:
+            continue
+        mentions = list(re.finditer(rf"(?<![\w'.]){re.escape(setting)}(?![\w'])", message))
+        if mentions:
+            last = mentions[-1]
+            message = message[:last.start()] + deployment_name(setting) + message[last.end():]
+    return type(error)(message)
 
 
 @contextmanager

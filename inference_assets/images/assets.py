@@ -14,6 +14,7 @@ from inference_assets.core.system.progress import Progress
 from inference_assets.metadata import markdown_table, rate
 from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS, NUM_PARTITIONS
 from inference_assets.resources import ImageSourceResource, ModelResource, PreprocessingResource, WorkAreaResource
+from inference_assets.settings import variables_named
 
 
 @asset(
@@ -27,7 +28,8 @@ def image_manifest(
 ) -> MaterializeResult:
     image_source = source.open_source()
     # the previous manifest's hashes are reused for unchanged images
-    with work_area.files.updating_manifest() as path, Progress("manifest", None, context.log.info) as progress:
+    with (work_area.files.updating_manifest() as path, Progress("manifest", None, context.log.info) as progress,
+          variables_named()):  # a source that cannot be listed, no images: one line naming the variable
         summary = build_manifest(
             image_source, path, NUM_PARTITIONS, source.extensions,
             progress=progress.advance, rehash=source.always_rehash,

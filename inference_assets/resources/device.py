@@ -10,6 +10,7 @@ from pydantic import Field, PrivateAttr
 from inference_assets.core.inference.devices import assign_device, needs_assignment, resolve_device
 from inference_assets.core.inference.gpu_assignment import DeviceLock, describe_holder
 from inference_assets.core.system.cpus import limit_torch_threads
+from inference_assets.settings import variables_named
 
 
 class DeviceResource(ConfigurableResource):
@@ -63,7 +64,8 @@ class DeviceResource(ConfigurableResource):
     _log: Any = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._device = resolve_device(self.device)
+        with variables_named():
+            self._device = resolve_device(self.device)
         limit_torch_threads()  # torch counts the host's cores, not the container's CPU limit
         self._lock = None
         self._run_id = context.run.run_id if context.run is not None else None
@@ -71,7 +73,8 @@ class DeviceResource(ConfigurableResource):
 
     def check_configuration(self) -> None:
         """Before any run: a device this machine has."""
-        resolve_device(self.device)
+        with variables_named():
+            resolve_device(self.device)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._lock is not None:  # the GPU is free for other steps once this one ends

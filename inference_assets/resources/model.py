@@ -1,7 +1,5 @@
 """The ``model`` resource: which classifier runs, with its class names, card, batch size and top-k."""
 
-
-
 import torch
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
@@ -17,6 +15,7 @@ from inference_assets.core.models.loading import (
     describe_model,
     load_classifier,
 )
+from inference_assets.settings import variables_named
 
 
 class ModelResource(ConfigurableResource):
@@ -64,14 +63,16 @@ class ModelResource(ConfigurableResource):
     _classifiers: dict = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._info = describe_model(self.spec)  # one-line ConfigErrors here, before any work
+        with variables_named():
+            self._info = describe_model(self.spec)  # one-line ConfigErrors here, before any work
         for warning in self._info.warnings:
             context.log.warning(warning)
 
     def check_configuration(self) -> None:
         """Before any run: unknown models, bad files, cards and class names; torchvision weights are
         fetched into the hub cache here."""
-        check_weights_available(self.spec)
+        with variables_named():
+            check_weights_available(self.spec)
 
     @property
     def spec(self) -> ModelSpec:

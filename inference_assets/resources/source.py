@@ -7,6 +7,7 @@ from pydantic import Field
 from inference_assets.core.sources import ImageSource, SourceConfig, open_source
 from inference_assets.core.sources.config import IMAGE_EXTENSIONS
 from inference_assets.resources.object_store import ObjectStoreResource, resolved_value, s3_options
+from inference_assets.settings import variables_named
 
 
 class ImageSourceResource(ConfigurableResource):
@@ -65,4 +66,5 @@ class ImageSourceResource(ConfigurableResource):
 
     def open_source(self) -> ImageSource:
         """The configured source (raises a one-line ConfigError when it cannot be used)."""
-        return open_source(self.source_config)
+        with variables_named():
+            return open_source(self.source_config)

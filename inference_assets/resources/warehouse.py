@@ -7,6 +7,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from inference_assets.core.warehouse.database import check_database_path, connect_waiting_for_lock
+from inference_assets.settings import variables_named
 
 
 class WarehouseResource(DuckDBResource):
@@ -22,7 +23,8 @@ class WarehouseResource(DuckDBResource):
 
     def check_configuration(self) -> None:
         """A database path whose folder exists and is not itself a folder."""
-        check_database_path(self.database)
+        with variables_named():
+            check_database_path(self.database)
 
     @contextmanager
     def get_connection(self):

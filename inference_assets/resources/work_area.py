@@ -11,6 +11,7 @@ from inference_assets.core.storage.layout import Layout, check_work_dir
 from inference_assets.core.storage.shared_storage import SharedStorage
 from inference_assets.core.storage.work_area import WorkArea
 from inference_assets.resources.object_store import ObjectStoreResource, s3_options
+from inference_assets.settings import variables_named
 
 
 class WorkAreaResource(ConfigurableResource):
@@ -27,11 +28,12 @@ class WorkAreaResource(ConfigurableResource):
     object_store: ObjectStoreResource
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        check_work_dir(self.layout.work_dir)  # a file, or a folder this user cannot write: one line
+        self.check_configuration()  # a file, or a folder this user cannot write: one line
 
     def check_configuration(self) -> None:
         """Before any run (``make run``'s preflight): a work folder this user can write."""
-        check_work_dir(self.layout.work_dir)
+        with variables_named():
+            check_work_dir(self.layout.work_dir)
 
     @property
     def layout(self) -> Layout:

@@ -34,7 +34,7 @@ def test_missing_source_root(monkeypatch, tmp_path, image_root):
     message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(tmp_path / "nowhere"))
     assert message == (
         f"configuration error: image source root '{tmp_path / 'nowhere'}' is not a folder: "
-        "set INFERENCE_IMAGE_ROOT (or the 'source' resource's image_root) to a folder of images or a bucket URI such as s3://bucket/prefix"
+        "set INFERENCE_IMAGE_ROOT (source.image_root) to a folder of images or a bucket URI such as s3://bucket/prefix"
     )
 
 
@@ -44,7 +44,7 @@ def test_empty_source_root(monkeypatch, tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(tmp_path / "empty"))
     assert f"no images found in '{tmp_path / 'empty'}'" in message
-    assert "point INFERENCE_IMAGE_ROOT (or the image table or query) at images" in message
+    assert "point INFERENCE_IMAGE_ROOT (source.image_root), or the image table or query, at images" in message
 
 
 @pytest.mark.fast
@@ -83,7 +83,7 @@ def test_cuda_asked_for_but_absent(monkeypatch, tmp_path, image_root):
     message = _run_fails_with(monkeypatch, tmp_path, INFERENCE_IMAGE_ROOT=str(image_root), INFERENCE_DEVICE="cuda:0")
     assert message == (
         "configuration error: device 'cuda:0' asked for but CUDA is not available here: "
-        "set INFERENCE_DEVICE=cpu (or auto)"
+        "set INFERENCE_DEVICE (device.device) to cpu (or auto)"
     )
 
 
@@ -97,7 +97,7 @@ def test_duckdb_path_in_a_missing_folder(monkeypatch, tmp_path, image_root):
         run_pipeline()
     assert str(exit_info.value.code) == (
         f"configuration error: DuckDB database '{database}' is in a folder that does not exist "
-        f"({database.parent}): create the folder or set INFERENCE_DUCKDB_PATH to a path in an existing one"
+        f"({database.parent}): create the folder or set INFERENCE_DUCKDB_PATH (duckdb.database) to a path in an existing one"
     )
 
 
@@ -167,8 +167,8 @@ BAD_SETTINGS = [
     ("INFERENCE_PRECISION", "fp8", "INFERENCE_PRECISION='fp8' is not valid: Input should be 'fp32', 'bf16' or 'fp16'"),
     ("INFERENCE_RUNTIME", "tensorrt",
      "INFERENCE_RUNTIME='tensorrt' is not valid: Input should be 'auto', 'torch', 'openvino', 'onnxruntime' or 'openvino-int8'"),
-    ("INFERENCE_WORK_DIR", "/etc/passwd", "work folder '/etc/passwd' is a file: set INFERENCE_WORK_DIR"),
-    ("INFERENCE_DUCKDB_PATH", "/tmp", "DuckDB database '/tmp' is a folder: set INFERENCE_DUCKDB_PATH to a file path"),
+    ("INFERENCE_WORK_DIR", "/etc/passwd", "work folder '/etc/passwd' is a file: set INFERENCE_WORK_DIR (work_area.work_dir)"),
+    ("INFERENCE_DUCKDB_PATH", "/tmp", "DuckDB database '/tmp' is a folder: set INFERENCE_DUCKDB_PATH (duckdb.database) to a file path"),
 ]
 THROUGH_MAKE_RUN = {("INFERENCE_PARTITIONS", "abc"), ("INFERENCE_SCHEDULE_TIMEZONE", "Mars/Olympus"),
                     ("INFERENCE_PRECISION", "fp8"), ("INFERENCE_WORK_DIR", "/etc/passwd"),
@@ -249,5 +249,33 @@ def test_a_core_error_names_the_setting_and_the_deployment_its_variable():
     assert str(error) == "work folder '/x' is a file: set work_dir to a folder"
     named = for_deployment(error)
     assert type(named) is ConfigError and "\n" not in str(named)
-    assert str(named) == "work folder '/x' is a file: set INFERENCE_WORK_DIR (work_dir) to a folder"
+    assert str(named) == "work folder '/x' is a file: set INFERENCE_WORK_DIR (work_area.work_dir) to a folder"
+    # the last mention is the setting: here the first "device" is the thing, the last the setting
+    error = ConfigError("device 'cuda:0' asked for but CUDA is not available here: set device to cpu", settings=["device"])
+    assert str(for_deployment(error)) == ("device 'cuda:0' asked for but CUDA is not available here: "
+                                          "set INFERENCE_DEVICE (device.device) to cpu")
+    # a setting without a resource field is named by its variable alone
+    assert str(for_deployment(ConfigError("raise partitions", settings=["partitions"]))) == "raise INFERENCE_PARTITIONS"
     assert str(for_deployment(ConfigError("plain"))) == "plain"
+
+
+@pytest.mark.fast
+def test_each_setting_names_the_resource_field_it_sets():
+    """The resource field a message names (settings.RESOURCE_FIELDS) is the one default_resources fills,
+    and the one docs/configuration.md's table gives for the variable."""
+    from inference_assets.definitions import default_resources
+    from inference_assets.warehouse.checks import QUALITY_GATE
+    from inference_assets.settings import RESOURCE_FIELDS, VARIABLES, Settings
+
+    settings = Settings.from_environment({"INFERENCE_MODEL": "resnet18", "INFERENCE_DECODE_WORKERS": "3",
+                                          "INFERENCE_MIN_TOP1": "0"})
+    resources = {**default_resources(settings), "quality_gate": QUALITY_GATE}
+    table = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
+    for setting, where in RESOURCE_FIELDS.items():
+        key, field = where.split(".")
+        assert field in type(resources[key]).model_fields, where
+        value = getattr(settings, setting)
+        if key != "quality_gate" and setting != "database_url" and value is not None:
+            assert getattr(resources[key], field) == value, where
+        assert f"| `{VARIABLES[setting]}` | " in table and f"| `{where}`" in table, where
+    assert resources["model"].name == "resnet18" and resources["preprocessing"].decode_workers == 3

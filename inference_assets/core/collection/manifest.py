@@ -154,7 +154,8 @@ def build_manifest(
         if summary.images == 0:  # raised before the rename: an earlier manifest stays in place
             raise ConfigError(
                 f"no images found in {source.description!r} (looked for {', '.join(sorted(set(extensions)))}): "
-                "point INFERENCE_IMAGE_ROOT (or the image table or query) at images, or widen the extensions"
+                "point image_root, or the image table or query, at images, or widen the extensions",
+                settings=["image_root"],
             )
     return summary
 

@@ -22,7 +22,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"device {name!r} asked for but CUDA is not available here: set INFERENCE_DEVICE=cpu (or auto)"
+                f"device {name!r} asked for but CUDA is not available here: set device to cpu (or auto)",
+                settings=["device"],
             )
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():

@@ -221,7 +221,8 @@ def _describe(spec: ModelSpec, device: torch.device | None = None):
         if spec.weights != DEFAULT_WEIGHTS:
             raise ConfigError(
                 f"weights {spec.weights!r} apply to an architecture, but model {spec.name!r} is a file or folder that "
-                "carries its own weights: leave weights unset (INFERENCE_WEIGHTS), or set model to the architecture"
+                "carries its own weights: leave weights unset, or set model to the architecture",
+                settings=["weights", "model"],
             )
         if not path.exists():
             raise ConfigError(f"model path {spec.name!r} not found: give an existing model file or folder")
@@ -286,7 +287,7 @@ def _labels(spec: ModelSpec, card: ModelCard, carried: list[str] | None, imagene
         return tuple(imagenet)
     warnings.append(
         f"model {model!r} has {outputs} outputs and no class names: classes are named class_0..class_{outputs - 1}; "
-        "set class_names (INFERENCE_CLASS_NAMES) to a .txt/.json/.csv file, or add class_names to a model card"
+        "set the class_names setting to a .txt/.json/.csv file, or add class_names to a model card"
     )
     return tuple(index_names(outputs))
 

@@ -44,8 +44,9 @@ def open_source(config: SourceConfig) -> ImageSource:
     if config.kind == "query":
         if not config.database_url:
             raise ConfigError(
-                "image_query is set but database_url is not: set INFERENCE_DATABASE_URL "
-                "(a SQLAlchemy URL such as sqlite:////path/images.db)"
+                "image_query is set but database_url is not: set database_url "
+                "(a SQLAlchemy URL such as sqlite:////path/images.db)",
+                settings=["database_url"],
             )
         return sql_source(config.database_url, config.image_query, filesystems)
     if config.kind == "table":

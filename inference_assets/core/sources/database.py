@@ -33,8 +33,9 @@ def make_engine(url: str) -> sa.Engine:
     except Exception as exc:
         raise ConfigError(
             f"cannot use database URL {_safe(url)!r}: {' '.join(str(exc).split())} "
-            "(set INFERENCE_DATABASE_URL to a SQLAlchemy URL such as sqlite:////path/images.db or "
-            "postgresql+psycopg://user@host/db; PostgreSQL needs pip install -e '.[postgres]')"
+            "(set database_url to a SQLAlchemy URL such as sqlite:////path/images.db or "
+            "postgresql+psycopg://user@host/db; PostgreSQL needs pip install -e '.[postgres]')",
+            settings=["database_url"],
         ) from None
 
 
@@ -49,7 +50,8 @@ def _query_error(url: str, exc: Exception) -> ConfigError:
     first = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
     return ConfigError(
         f"the image query failed on {_safe(url)}: {first} "
-        "(check INFERENCE_DATABASE_URL and INFERENCE_IMAGE_QUERY, or the 'source' resource's image_query)"
+        "(check database_url and image_query)",
+        settings=["database_url", "image_query"],
     )
 
 

@@ -23,12 +23,14 @@ def check_source_root(root: Path) -> Path:
     except OSError as exc:  # no permission on a parent, an I/O error: not "missing"
         raise ConfigError(
             f"cannot access the image source root {str(root)!r}: {_reason(exc)}: give the user running the "
-            "pipeline read access to it, or set INFERENCE_IMAGE_ROOT to a readable folder"
+            "pipeline read access to it, or set image_root to a readable folder",
+            settings=["image_root"],
         ) from None
     if not is_dir:
         raise ConfigError(
-            f"image source root {str(root)!r} is not a folder: set INFERENCE_IMAGE_ROOT "
-            "(or the 'source' resource's image_root) to a folder of images or a bucket URI such as s3://bucket/prefix"
+            f"image source root {str(root)!r} is not a folder: set image_root "
+            "to a folder of images or a bucket URI such as s3://bucket/prefix",
+            settings=["image_root"],
         )
     return root.resolve()
 

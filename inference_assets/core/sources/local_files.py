@@ -86,7 +86,8 @@ def walk_images(
             if not prefix:
                 raise ConfigError(
                     f"cannot list the image source root {folder!r}: {_reason(exc)}: give the user running the "
-                    "pipeline read access to it, or set INFERENCE_IMAGE_ROOT to a readable folder"
+                    "pipeline read access to it, or set image_root to a readable folder",
+                    settings=["image_root"],
                 ) from None
             yield FoundFile(folder, prefix, f"{LIST_ERROR_PREFIX}: {_reason(exc)}", unlisted=True)
             return

@@ -30,12 +30,14 @@ class ObjectStoreSource:
         except FileNotFoundError:
             raise ConfigError(
                 f"image source {self.root_uri!r} does not exist: check the bucket and prefix "
-                "(INFERENCE_IMAGE_ROOT or the 'source' resource's image_root)"
+                "(image_root)",
+                settings=["image_root"],
             ) from None
         except OSError as exc:
             raise ConfigError(
                 f"cannot list {self.root_uri!r}: {' '.join(str(exc).split())} (check the endpoint and credentials: "
-                "AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or the 'object_store' resource)"
+                "the object store's endpoint_url / access_key_id / secret_access_key, which default to "
+                "AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
             ) from None
         prefix = self._base.rstrip("/") + "/" if self._base else ""
         found = []

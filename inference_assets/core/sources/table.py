@@ -36,7 +36,8 @@ def read_location_file(location: str, filesystems: FileSystems) -> pa.Table:
     except (OSError, pa.ArrowInvalid) as exc:
         raise ConfigError(
             f"cannot read the image table {location!r}: {' '.join(str(exc).split())} "
-            "(set INFERENCE_IMAGE_TABLE to a readable .parquet or .csv file)"
+            "(set image_table to a readable .parquet or .csv file)",
+            settings=["image_table"],
         ) from None
     raise ConfigError(f"image table {location!r} is neither .parquet nor .csv: give a file with one of those endings")
 

@@ -32,12 +32,14 @@ def check_work_dir(work_dir: Path) -> None:
         what = "is a file" if existing == path else f"is under a file ({existing})"
         raise ConfigError(
             f"work folder {str(path)!r} {what}: "
-            "set INFERENCE_WORK_DIR (or the 'work_area' resource's work_dir) to a folder"
+            "set work_dir to a folder",
+            settings=["work_dir"],
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(
             f"work folder {str(path)!r} cannot be written ({existing}: permission denied): "
-            "set INFERENCE_WORK_DIR (or the 'work_area' resource's work_dir) to a folder this user can write"
+            "set work_dir to a folder this user can write",
+            settings=["work_dir"],
         )
 
 

@@ -47,14 +47,16 @@ def check_database_path(database: str) -> None:
     path = Path(database).expanduser().resolve()
     if path.is_dir():
         raise ConfigError(
-            f"DuckDB database {database!r} is a folder: set INFERENCE_DUCKDB_PATH to a file path such as "
-            f"{str(path / 'warehouse.duckdb')!r}"
+            f"DuckDB database {database!r} is a folder: set duckdb_path to a file path such as "
+            f"{str(path / 'warehouse.duckdb')!r}",
+            settings=["duckdb_path"],
         )
     folder = path.parent
     if not folder.is_dir():
         raise ConfigError(
             f"DuckDB database {database!r} is in a folder that does not exist ({folder}): "
-            "create the folder or set INFERENCE_DUCKDB_PATH to a path in an existing one"
+            "create the folder or set duckdb_path to a path in an existing one",
+            settings=["duckdb_path"],
         )
 
 

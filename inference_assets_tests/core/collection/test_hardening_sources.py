@@ -226,7 +226,7 @@ def test_an_unlistable_root_or_bucket_prefix_is_a_one_line_error_naming_the_os_r
     assert done.returncode == 0, done.stderr[-3000:]
     lines = dict(line.split(" |", 1) for line in done.stdout.strip().splitlines())
     assert "Permission denied" in lines["root"] and str(tmp_path / "locked") in lines["root"]
-    assert "no images found" not in lines["root"] and "INFERENCE_IMAGE_ROOT" in lines["root"]
+    assert "no images found" not in lines["root"] and "set image_root to a readable folder" in lines["root"]
     # a bucket-like listing never returns a partial listing: it stops with one line
     assert lines["bucket"].startswith("cannot list") and "Permission denied" in lines["bucket"]
     assert not (tmp_path / "m.parquet").exists()

@@ -75,4 +75,5 @@ def test_missing_source_root_is_a_one_line_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         build_manifest(tmp_path / "nope", tmp_path / "m.parquet", 4)
     message = str(err.value)
-    assert "nope" in message and "INFERENCE_IMAGE_ROOT" in message and "\n" not in message
+    assert "nope" in message and "set image_root to a folder" in message and "\n" not in message
+    assert err.value.settings == ("image_root",)

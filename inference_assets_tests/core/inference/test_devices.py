@@ -15,7 +15,7 @@ def test_auto_is_cuda_when_present_else_cpu():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_asked_for_without_cuda_is_a_one_line_error():
-    with pytest.raises(ConfigError, match="CUDA is not available here: set INFERENCE_DEVICE=cpu"):
+    with pytest.raises(ConfigError, match="CUDA is not available here: set device to cpu"):
         resolve_device("cuda:0")
 
 

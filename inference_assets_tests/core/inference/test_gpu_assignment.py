@@ -178,7 +178,7 @@ def test_an_unusable_lock_dir_is_a_one_line_config_error(tmp_path):
         acquire_device(1, tmp_path / "a-file" / "locks", timeout=0)
     assert error.value.settings == ("gpu_lock_dir",)
     # the deployment names the environment variable too
-    assert "set INFERENCE_GPU_LOCK_DIR (gpu_lock_dir) to a machine-local folder" in str(for_deployment(error.value))
+    assert "set INFERENCE_GPU_LOCK_DIR (device.gpu_lock_dir) to a machine-local folder" in str(for_deployment(error.value))
 
 
 def test_lock_dir_comes_from_the_settings(monkeypatch, tmp_path):

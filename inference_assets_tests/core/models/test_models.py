@@ -116,7 +116,7 @@ def test_a_model_without_class_names_names_classes_by_index_and_warns(tmp_path):
     info = describe_model(ModelSpec("resnet18", str(path)))
     assert info.labels == tuple(f"class_{i}" for i in range(10))
     assert len(info.warnings) == 1 and "has 10 outputs and no class names" in info.warnings[0]
-    assert "INFERENCE_CLASS_NAMES" in info.warnings[0]
+    assert "set the class_names setting to a .txt/.json/.csv file" in info.warnings[0]
 
 
 def test_class_names_files_in_every_format(tmp_path):

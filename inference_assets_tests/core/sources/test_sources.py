@@ -279,11 +279,16 @@ def test_a_sql_query_of_locations(tmp_path):
 @pytest.mark.fast
 def test_a_bad_query_or_url_is_a_one_line_error(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
-    with pytest.raises(ConfigError, match=r"^the image query failed on sqlite:///.*no such table: photos .*INFERENCE_IMAGE_QUERY"):
+    # the core names the settings; the source resource (the Dagster layer) names their variables too
+    with pytest.raises(ConfigError, match=r"^the image query failed on sqlite:///.*no such table: photos "
+                                          r"\(check database_url and image_query\)$"):
         open_source(SourceConfig(database_url=url, image_query=BLOB_QUERY))
+    with pytest.raises(ConfigError, match=r"no such table: photos \(check INFERENCE_DATABASE_URL \(source.database_url\) "
+                                          r"and INFERENCE_IMAGE_QUERY \(source.image_query\)\)$"):
+        source_resource(database_url=url, image_query=BLOB_QUERY).open_source()
     with pytest.raises(ConfigError, match=r"returns columns x: return either id and image"):
         open_source(SourceConfig(database_url=url, image_query="SELECT 1 AS x"))
-    with pytest.raises(ConfigError, match=r"^cannot use database URL .*INFERENCE_DATABASE_URL"):
+    with pytest.raises(ConfigError, match=r"^cannot use database URL .*\(set database_url to a SQLAlchemy URL"):
         open_source(SourceConfig(database_url="nosuchdialect://x", image_query="SELECT 1"))
 
 
