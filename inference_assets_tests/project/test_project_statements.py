@@ -113,3 +113,21 @@ def test_no_import_cycle_between_folders():
 
     cycles = sorted(f"{a} -> {b}" for a in graph for b in graph[a] if reaches(b, a, set()))
     assert not cycles, f"folders that import each other (directly or through others): {cycles}"
+
+
+@pytest.mark.fast
+def test_the_tests_mirror_the_code():
+    """inference_assets_tests/core/ has a folder per core folder (and no other); each test folder is named
+    in docs/development.md's layout; tools stay out of the test package."""
+    tests = PROJECT_ROOT / "inference_assets_tests"
+    core_parts = sorted(p.parent.name for p in (PROJECT_ROOT / "inference_assets" / "core").glob("*/__init__.py"))
+    test_parts = sorted(p.parent.name for p in (tests / "core").glob("*/__init__.py"))
+    assert test_parts == core_parts
+    assert all(list((tests / "core" / part).glob("test_*.py")) for part in test_parts), "a core part without tests"
+    assert not list(tests.glob("test_*.py")), "test files belong in a folder (core/<part>, assets, end_to_end...)"
+    layout = (PROJECT_ROOT / "docs" / "development.md").read_text()
+    folders = sorted(p.parent.name for p in tests.glob("*/__init__.py"))
+    assert {"assets", "browser", "core", "end_to_end", "project", "support"} <= set(folders)
+    assert all(f"  {folder}/ " in layout for folder in folders), folders
+    helpers = [p.name for p in tests.rglob("*.py") if re.search(r"^if __name__ == .__main__.:", p.read_text(), re.M)]
+    assert not helpers, f"command-line tools in the test package: {helpers}"
