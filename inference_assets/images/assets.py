@@ -7,8 +7,8 @@ import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from inference_assets.core.collection.manifest import build_manifest, read_manifest
-from inference_assets.core.images.pixel_store import write_pixel_shard
+from inference_assets.core.collection.manifest import build_manifest, read_manifest, read_manifest_partitions
+from inference_assets.core.images.partitions import preprocess_partitions
 from inference_assets.core.reporting.thumbnails import markdown_image, thumbnail_uri
 from inference_assets.core.system.progress import Progress
 from inference_assets.metadata import markdown_table, rate
@@ -111,45 +111,25 @@ def preprocessed_images(
     workers = preprocessing.workers * (1 if source.source_config.kind == "folder" else 4)
     pixels = preprocessing.pixels(model.preprocessing)
     start = time.perf_counter()
-    images = ok = failed = reused = decoded = 0
-    manifest = read_manifest(files.manifest())  # read once, split per partition in memory
-    partitions = [(key, manifest.filter(pc.equal(manifest["partition"], key))) for key in context.partition_keys]
+    partitions = read_manifest_partitions(files.manifest(), context.partition_keys)
     with Progress("preprocessing", sum(entries.num_rows for _, entries in partitions), context.log.info) as progress:
-        for key, entries in partitions:
-            with files.updating_pixels(pixels.fingerprint, key) as shard_dir:
-                summary = write_pixel_shard(
-                    entries,
-                    pixels,
-                    shard_dir,
-                    key,
-                    workers,
-                    preprocessing.max_image_pixels,
-                    reuse=not config.force,
-                    progress=progress.advance,
-                    opener=image_source.open,
-                )
-            for warning in summary.warnings:  # e.g. stored pixels damaged on disk, rebuilt
-                context.log.warning(f"{key}: {warning}")
-            images += summary.images
-            ok += summary.ok
-            failed += summary.failed
-            reused += summary.reused
-            decoded += summary.decoded
-            (context.log.info if summary.images else context.log.debug)(
-                f"{key}: {summary.decoded} decoded ({summary.failed} failed), {summary.reused} reused "
-                f"in {summary.seconds:.1f}s ({rate(summary.decoded, summary.seconds)} img/s)"
-            )
+        outcome = preprocess_partitions(
+            partitions, pixels, files, workers, preprocessing.max_image_pixels, reuse=not config.force,
+            opener=image_source.open, warn=context.log.warning,
+            info=lambda line, shown: (context.log.info if shown else context.log.debug)(line),
+            progress=progress.advance,
+        )
     seconds = time.perf_counter() - start
     return MaterializeResult(
         metadata={
             "partitions": len(context.partition_keys),
-            "images": images,
-            "ok": ok,
-            "failed": failed,
-            "reused": reused,
-            "computed": decoded,
+            "images": outcome.images,
+            "ok": outcome.ok,
+            "failed": outcome.failed,
+            "reused": outcome.reused,
+            "computed": outcome.decoded,
             "seconds": round(seconds, 3),
-            "images_per_second": rate(decoded, seconds),
+            "images_per_second": rate(outcome.decoded, seconds),
             "decode_workers": workers,
             "input_size": f"{pixels.input_size[0]}x{pixels.input_size[1]}",
             "jpeg_draft": pixels.jpeg_draft,

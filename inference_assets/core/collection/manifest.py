@@ -276,3 +276,10 @@ def read_manifest(path: Path, partition: str | None = None) -> pa.Table:
     if partition is not None:
         table = table.filter(pc.equal(table["partition"], partition))
     return table
+
+
+def read_manifest_partitions(path: Path, partitions: list[str]) -> list[tuple[str, pa.Table]]:
+    """(partition, its manifest rows) for each of ``partitions``, in that order: the manifest read
+    once and split in memory (a partition without images gets no rows)."""
+    table = read_manifest(path)
+    return [(key, table.filter(pc.equal(table["partition"], key))) for key in partitions]
