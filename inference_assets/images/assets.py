@@ -3,13 +3,16 @@
 
 import time
 
-import pyarrow.compute as pc
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 from pydantic import Field
 
-from inference_assets.core.collection.manifest import build_manifest, read_manifest, read_manifest_partitions
+from inference_assets.core.collection.manifest import (
+    build_manifest,
+    first_images_without_error,
+    read_manifest_partitions,
+)
 from inference_assets.core.images.partitions import preprocess_partitions
-from inference_assets.core.reporting.thumbnails import markdown_image, thumbnail_uri
+from inference_assets.core.reporting.thumbnails import thumbnails_markdown
 from inference_assets.core.system.progress import Progress
 from inference_assets.metadata import markdown_table, rate
 from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS, NUM_PARTITIONS
@@ -34,32 +37,10 @@ def image_manifest(
             image_source, path, NUM_PARTITIONS, source.extensions,
             progress=progress.advance, rehash=source.always_rehash,
         )
-    for warning in summary.warnings:
+    for warning in summary.warnings_to_log():
         context.log.warning(warning)
-    if summary.unlistable_folders:
-        context.log.warning(
-            f"{summary.unlistable_folders} folder(s) could not be listed: their "
-            f"{summary.images_under_unlistable_folders} known image(s) are kept as failures (stage list); "
-            "give the pipeline read access to them"
-        )
-    if summary.vanished:
-        context.log.warning(
-            f"{len(summary.vanished)} image(s) of the previous manifest are missing without their folder being "
-            f"listed (e.g. {', '.join(summary.vanished[:5])})"
-        )
-    context.log.info(
-        f"manifest: {summary.images} images, {summary.total_bytes} bytes "
-        f"({summary.hashed} hashed, {summary.hash_reused} unchanged, {summary.unreadable} unreadable) -> {path}"
-    )
-    per_partition = [(key, summary.per_partition.get(key, 0)) for key in IMAGE_SHARDS.get_partition_keys()]
-    samples = []
-    for row in read_manifest(path).filter(pc.is_null(pc.field("error"))).slice(0, 12).to_pylist():
-        picture = thumbnail_uri(image_source.open, row["uri"], 64)  # None for an image that does not decode
-        if picture is not None:
-            samples.append(markdown_image(picture, row["relative_path"]))
-        if len(samples) == 4:
-            break
-    samples = " ".join(samples)
+    context.log.info(summary.describe(path))
+    samples = thumbnails_markdown(image_source.open, first_images_without_error(path, 12), count=4, size=64)
     return MaterializeResult(
         metadata={
             "images": summary.images,
@@ -75,7 +56,7 @@ def image_manifest(
             "partitions": NUM_PARTITIONS,
             "source": image_source.description,
             "source_kind": source.source_config.kind,
-            "per_partition": markdown_table(("partition", "images"), per_partition),
+            "per_partition": markdown_table(("partition", "images"), summary.images_per_partition(NUM_PARTITIONS)),
             "sample_images": MetadataValue.md(samples or "no readable image"),
             "path": MetadataValue.path(str(path)),
         }

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from inference_assets.core.collection.partitioning import image_id_for_bytes, partition_for
+from inference_assets.core.collection.partitioning import image_id_for_bytes, partition_for, partition_keys
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.sources import ImageSource, SourceEntry
 from inference_assets.core.sources.config import IMAGE_EXTENSIONS
@@ -81,6 +81,34 @@ class ManifestSummary:
     warnings: list[str] = field(default_factory=list)
     per_partition: Counter = field(default_factory=Counter)
     labels: Counter = field(default_factory=Counter)
+
+    def warnings_to_log(self) -> list[str]:
+        """The build's warnings, then a line for the folders that could not be listed and one for the
+        previously known images now missing without their folder being listed, when there are any."""
+        lines = list(self.warnings)
+        if self.unlistable_folders:
+            lines.append(
+                f"{self.unlistable_folders} folder(s) could not be listed: their "
+                f"{self.images_under_unlistable_folders} known image(s) are kept as failures (stage list); "
+                "give the pipeline read access to them"
+            )
+        if self.vanished:
+            lines.append(
+                f"{len(self.vanished)} image(s) of the previous manifest are missing without their folder being "
+                f"listed (e.g. {', '.join(self.vanished[:5])})"
+            )
+        return lines
+
+    def describe(self, path: Path) -> str:
+        """One line for the log: the images and bytes, how many were hashed, and where the manifest is."""
+        return (
+            f"manifest: {self.images} images, {self.total_bytes} bytes "
+            f"({self.hashed} hashed, {self.hash_reused} unchanged, {self.unreadable} unreadable) -> {path}"
+        )
+
+    def images_per_partition(self, num_partitions: int) -> list[tuple[str, int]]:
+        """(partition, images) for every one of the ``num_partitions`` partitions, the empty ones included."""
+        return [(key, self.per_partition.get(key, 0)) for key in partition_keys(num_partitions)]
 
 
 def _previous_manifest(previous: Path | None, warnings: list[str]) -> pa.Table | None:
@@ -283,3 +311,10 @@ def read_manifest_partitions(path: Path, partitions: list[str]) -> list[tuple[st
     once and split in memory (a partition without images gets no rows)."""
     table = read_manifest(path)
     return [(key, table.filter(pc.equal(table["partition"], key))) for key in partitions]
+
+
+def first_images_without_error(path: Path, count: int) -> list[tuple[str, str]]:
+    """(uri, relative_path) of the manifest's first ``count`` images that were listed and read
+    without an error (fewer when the manifest has fewer)."""
+    rows = read_manifest(path).filter(pc.is_null(pc.field("error"))).slice(0, count)
+    return list(zip(rows.column("uri").to_pylist(), rows.column("relative_path").to_pylist(), strict=True))

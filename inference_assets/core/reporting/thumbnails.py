@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from PIL import Image
 
@@ -40,3 +40,19 @@ def thumbnail_uri(opener: Callable[[str], object], uri: str, size: int = 96) -> 
 def markdown_image(data_uri: str | None, alt: str) -> Markdown:
     """A thumbnail for Markdown metadata, its alt text (a file name) escaped (see :mod:`.markdown`)."""
     return image(data_uri, alt)
+
+
+def thumbnails_markdown(
+    opener: Callable[[str], object], images: Iterable[tuple[str, str]], count: int, size: int = 96
+) -> str:
+    """Markdown of the first ``count`` of ``images`` ((uri, alt text)) that can be read, as ``size``
+    thumbnails separated by spaces; images are opened only until ``count`` have decoded, and the
+    text is empty when none does."""
+    pictures = []
+    for uri, alt in images:
+        picture = thumbnail_uri(opener, uri, size)  # None for an image that does not decode
+        if picture is not None:
+            pictures.append(markdown_image(picture, alt))
+        if len(pictures) == count:
+            break
+    return " ".join(pictures)

@@ -5,8 +5,13 @@ import pytest
 
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.storage.hashing import file_sha256
-from inference_assets.core.collection.manifest import build_manifest, read_manifest
-from inference_assets.core.collection.partitioning import image_id_for, partition_for
+from inference_assets.core.collection.manifest import (
+    ManifestSummary,
+    build_manifest,
+    first_images_without_error,
+    read_manifest,
+)
+from inference_assets.core.collection.partitioning import image_id_for, partition_for, partition_keys
 
 
 pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
@@ -77,3 +82,37 @@ def test_missing_source_root_is_a_one_line_error(tmp_path):
     message = str(err.value)
     assert "nope" in message and "set image_root to a folder" in message and "\n" not in message
     assert err.value.settings == ("image_root",)
+
+
+def test_the_summary_counts_every_partition_and_names_the_manifest_and_the_first_readable_images(
+    image_root, tmp_path
+):
+    os.symlink(tmp_path / "nowhere.jpg", image_root / "dangling.jpg")  # listed, with an error
+    out = tmp_path / "m.parquet"
+    summary = build_manifest(image_root, out, num_partitions=16)
+    counts = summary.images_per_partition(16)
+    assert [key for key, _ in counts] == partition_keys(16)
+    assert sum(n for _, n in counts) == 7 and 0 in {n for _, n in counts}  # the empty partitions are listed too
+    assert dict(counts) == {key: summary.per_partition.get(key, 0) for key in partition_keys(16)}
+    assert summary.describe(out) == (
+        f"manifest: 7 images, {summary.total_bytes} bytes (6 hashed, 0 unchanged, 1 unreadable) -> {out}"
+    )
+    rows = read_manifest(out).to_pylist()
+    readable = [(row["uri"], row["relative_path"]) for row in rows if row["error"] is None]
+    assert len(readable) == 6 and "dangling.jpg" not in {relative for _, relative in readable}
+    assert first_images_without_error(out, 3) == readable[:3]
+    assert first_images_without_error(out, 12) == readable
+
+
+def test_the_summarys_warnings_to_log_add_unlistable_folders_and_vanished_images():
+    assert ManifestSummary().warnings_to_log() == []
+    summary = ManifestSummary(warnings=["the previous manifest is damaged"], unlistable_folders=2,
+                              images_under_unlistable_folders=3, vanished=[f"v{i}.jpg" for i in range(7)])
+    assert summary.warnings_to_log() == [
+        "the previous manifest is damaged",
+        "2 folder(s) could not be listed: their 3 known image(s) are kept as failures (stage list); "
+        "give the pipeline read access to them",
+        "7 image(s) of the previous manifest are missing without their folder being listed "
+        "(e.g. v0.jpg, v1.jpg, v2.jpg, v3.jpg, v4.jpg)",
+    ]
+    assert summary.warnings == ["the previous manifest is damaged"]  # the build's own list is left as it is

@@ -1,13 +1,14 @@
 """Thumbnails for metadata and the report: upright, at most the asked size, and a large JPEG is
 decoded at a reduced scale (draft mode) rather than in full."""
 
+import base64
 import io
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from inference_assets.core.reporting.thumbnails import thumbnail_png
+from inference_assets.core.reporting.thumbnails import thumbnail_png, thumbnails_markdown
 
 from inference_assets_tests.support.environment import SAMPLE_IMAGES
 
@@ -53,3 +54,24 @@ def test_small_images_and_pngs_keep_their_thumbnail(tmp_path):
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tiny)
     small = Image.open(io.BytesIO(thumbnail_png(str(tiny), 96)))
     assert small.size == (40, 30)  # never enlarged
+
+
+def test_thumbnails_markdown_skips_images_that_do_not_decode_and_stops_at_the_count(tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    images = [(str(tmp_path / "broken.jpg"), "broken.jpg"), (str(SAMPLE_IMAGES / "astronaut.jpg"), "astronaut.jpg"),
+              (str(SAMPLE_IMAGES / "tripod" / "camera.png"), "camera.png"),
+              (str(SAMPLE_IMAGES / "espresso" / "coffee.jpg"), "coffee.jpg")]
+    opened = []
+
+    def opener(uri):
+        opened.append(uri)
+        return uri
+
+    text = thumbnails_markdown(opener, images, count=2, size=32)
+    pictures = text.split(" ")
+    assert [picture.split("]")[0] for picture in pictures] == ["![astronaut.jpg", "![camera.png"], text
+    assert all(picture.endswith(")") and "](data:image/png;base64," in picture for picture in pictures)
+    assert opened == [uri for uri, _ in images[:3]]  # coffee.jpg is never opened
+    thumb = Image.open(io.BytesIO(base64.b64decode(pictures[0].split("base64,")[1][:-1])))
+    assert max(thumb.size) == 32
+    assert thumbnails_markdown(opener, images[:1], count=2, size=32) == ""
