@@ -16,6 +16,24 @@ from inference_assets.resources import ModelResource
 
 ALL = [*ASSETS, *ASSET_CHECKS]
 
+# the metadata keys each asset's materialization shows (the UI, the browser tests and users rely on them)
+MANIFEST_METADATA = {
+    "images", "total_bytes", "files_hashed", "hashes_reused", "unreadable", "unlistable_folders",
+    "images_under_unlistable_folders", "vanished_images", "labelled_images", "distinct_labels", "partitions",
+    "source", "source_kind", "per_partition", "sample_images", "path",
+}
+PREPROCESSED_METADATA = {
+    "partitions", "images", "ok", "failed", "reused", "computed", "seconds", "images_per_second",
+    "decode_workers", "input_size", "jpeg_draft", "preprocessing", "path",
+}
+PREDICTION_METADATA = {
+    "partitions", "predicted", "reused", "failed", "seconds", "images_per_second", "model", "weights",
+    "model_format", "model_id", "runtime", "runtime_asked", "runtime_parity", "runtime_settled_by_pytorch",
+    "classes", "class_names", "multi_label", "device", "precision", "channels_last", "compiled", "jpeg_draft",
+    "batch_size", "top_k", "top_labels", "sample_predictions", "predict_seconds", "read_seconds",
+    "model_seconds", "write_seconds", "per_partition", "path",
+}
+
 
 
 def _metadata(result, asset_name):
@@ -56,6 +74,7 @@ def test_manifest_asset_metadata(resources, instance):
     assert metadata["images"] == 6 and metadata["labelled_images"] == 4 and metadata["partitions"] == 16
     assert metadata["total_bytes"] > 1_000_000
     assert "| shard-00 |" in metadata["per_partition"]
+    assert set(metadata) == MANIFEST_METADATA
     assert all(check.passed for check in result.get_asset_check_evaluations())
 
 
@@ -68,7 +87,10 @@ def test_one_partition_end_to_end_then_results_and_checks(resources, instance, t
     )
     assert result.success
     assert _metadata(result, "preprocessed_images")["ok"] == count
+    assert set(_metadata(result, "preprocessed_images")) == PREPROCESSED_METADATA
     predicted = _metadata(result, "prediction_files")
+    assert set(predicted) == PREDICTION_METADATA
+    assert predicted["partitions"] == 1 and f"| {key} | {count} | {count} | 0 | 0 |" in predicted["per_partition"]
     assert predicted["predicted"] == count and predicted["failed"] == 0
     assert predicted["device"] == "cpu" and predicted["precision"] == "fp32" and predicted["batch_size"] == 4
     assert {m.partition for m in result.get_asset_materialization_events() if m.partition} == {key}
