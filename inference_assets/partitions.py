@@ -1,13 +1,13 @@
 """Partitions: fixed shards of the image manifest, and how backfills over them run.
 
-The shard count is the ``partitions`` setting (``$INFERENCE_PARTITIONS``, default 16). An image's shard is a
-hash of its stable id modulo the count, so a growing collection never moves an image;
-changing the count reshuffles everything, so pick it once per collection.
+The shard count is the ``partitions`` setting (``$INFERENCE_PARTITIONS``, default 16). An
+image's shard is a hash of its stable id modulo the count, so a growing collection never moves
+an image; changing the count reshuffles everything, so pick it once per collection.
 
-The ``partitions_per_run`` setting (``$INFERENCE_PARTITIONS_PER_RUN``) sets how a backfill (or ``--partition-range``) over the
-partitioned assets is split into runs: ``0`` (default) runs the whole range as one run (the
-model loads once); ``N`` runs at most N partitions per run, so the run queue can spread them
-over processes, GPUs or Kubernetes pods.
+The ``partitions_per_run`` setting (``$INFERENCE_PARTITIONS_PER_RUN``) sets how a backfill (or
+``--partition-range``) over the partitioned assets is split into runs: ``0`` (default) runs the
+whole range as one run (the model loads once); ``N`` runs at most N partitions per run, so the
+run queue can spread them over processes, GPUs or Kubernetes pods.
 """
 
 import warnings

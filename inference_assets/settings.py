@@ -100,7 +100,9 @@ def _number(minimum: float, kind: type = int, maximum: float | None = None) -> C
                               f"(default {default})")
         if number is None or not math.isfinite(number) or number < minimum:
             what = "a whole number" if kind is int else "a number"
-            raise ConfigError(f"{name}={raw!r} is not valid: set it to {what} of at least {minimum} (default {default})")
+            raise ConfigError(
+                f"{name}={raw!r} is not valid: set it to {what} of at least {minimum} (default {default})"
+            )
         return number
 
     return read

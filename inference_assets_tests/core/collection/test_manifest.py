@@ -3,8 +3,6 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from inference_assets.core.errors import ConfigError
-from inference_assets.core.storage.hashing import file_sha256
 from inference_assets.core.collection.manifest import (
     ManifestSummary,
     build_manifest,
@@ -12,7 +10,8 @@ from inference_assets.core.collection.manifest import (
     read_manifest,
 )
 from inference_assets.core.collection.partitioning import image_id_for, partition_for, partition_keys
-
+from inference_assets.core.errors import ConfigError
+from inference_assets.core.storage.hashing import file_sha256
 
 pytestmark = pytest.mark.fast  # the whole module is in `make test-fast`
 
