@@ -23,10 +23,6 @@ def markdown_table(headers: tuple[str, ...], rows: Iterable[tuple]) -> MetadataV
     return MetadataValue.md(markdown.table(headers, rows))
 
 
-def rate(count: int, seconds: float) -> float:
-    return round(count / seconds, 2) if seconds > 0 else 0.0
-
-
 def table_schema(table: TableDescription, columns: list[Column] | None = None) -> TableSchema:
     """The Dagster column schema of ``table``: its described columns, or the real table's ``columns``
     (``core.warehouse.database.table_columns``) with the descriptions of the described ones."""

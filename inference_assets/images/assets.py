@@ -13,8 +13,8 @@ from inference_assets.core.collection.manifest import (
 )
 from inference_assets.core.images.partitions import preprocess_partitions
 from inference_assets.core.reporting.thumbnails import thumbnails_markdown
-from inference_assets.core.system.progress import Progress
-from inference_assets.metadata import markdown_table, rate
+from inference_assets.core.system.progress import Progress, rate
+from inference_assets.metadata import markdown_table
 from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS, NUM_PARTITIONS
 from inference_assets.resources import ImageSourceResource, ModelResource, PreprocessingResource, WorkAreaResource
 from inference_assets.settings import variables_named

@@ -11,7 +11,8 @@ from inference_assets.core.inference.batches import InferenceSettings
 from inference_assets.core.inference.partitions import PartitionsPrediction
 from inference_assets.core.models.converted_models import RuntimeChoice
 from inference_assets.core.reporting.thumbnails import markdown_image, thumbnail_uri
-from inference_assets.metadata import markdown_table, rate
+from inference_assets.core.system.progress import rate
+from inference_assets.metadata import markdown_table
 from inference_assets.resources import DeviceResource, ModelResource, PreprocessingResource
 
 

@@ -13,6 +13,7 @@ from inference_assets.core.images.decoding import DEFAULT_MAX_PIXELS
 from inference_assets.core.images.pixel_store import ShardWriteSummary, write_pixel_shard
 from inference_assets.core.images.preprocessing import Preprocessing
 from inference_assets.core.storage.work_area import WorkArea
+from inference_assets.core.system.progress import rate
 
 
 @dataclass
@@ -71,7 +72,7 @@ def preprocess_partitions(
         if info is not None:
             info(
                 f"{key}: {summary.decoded} decoded ({summary.failed} failed), {summary.reused} reused "
-                f"in {summary.seconds:.1f}s ({summary.decoded_per_second} img/s)",
+                f"in {summary.seconds:.1f}s ({rate(summary.decoded, summary.seconds)} img/s)",
                 bool(summary.images),
             )
     return outcome

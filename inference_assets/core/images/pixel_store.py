@@ -170,11 +170,6 @@ class ShardWriteSummary:
     bytes_written: int
     warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. damaged stored pixels that were rebuilt
 
-    @property
-    def decoded_per_second(self) -> float:
-        """Images decoded per second, to two decimals (0.0 when no time was measured)."""
-        return round(self.decoded / self.seconds, 2) if self.seconds > 0 else 0.0
-
 
 def _prepare(
     preprocessing: Preprocessing,

@@ -30,6 +30,11 @@ DisplayFactory = Callable[[str, int | None], Display]  # (label, total or None) 
 _display_factory: DisplayFactory | None = None
 
 
+def rate(count: int, seconds: float) -> float:
+    """Images per second, to two decimals (0.0 when no time was measured): what logs and metadata show."""
+    return round(count / seconds, 2) if seconds > 0 else 0.0
+
+
 @contextmanager
 def progress_display(factory: DisplayFactory | None) -> Iterator[None]:
     """Within the block, each new ``Progress`` also drives ``factory(label, total)`` (None: none)."""
