@@ -39,7 +39,7 @@ try:  # the code location reads its settings (settings.py: partitions, schedule.
     from inference_assets.instance_guard import SlotWatch, free_dead_runs, identity_tags, open_instance, say
     from inference_assets.jobs import PIPELINE
     from inference_assets.partitions import IMAGE_SHARDS, range_tags
-    from inference_assets.settings import Settings, for_deployment
+    from inference_assets.settings import Settings
 except ConfigError as exc:
     raise SystemExit(f"configuration error: {exc}") from None
 
@@ -76,14 +76,11 @@ def _configuration_error(result) -> str | None:
 def preflight(resources: dict) -> None:
     """Check the configuration before any work, with each resource's own checks (work_area, source,
     model, device, duckdb, in that order): each problem is one line naming it, its environment
-    variable and the fix."""
+    variable (each check names it) and the fix."""
     for resource in resources.values():
         check = getattr(resource, "check_configuration", None)
         if check is not None:
-            try:
-                check()
-            except ConfigError as error:
-                raise for_deployment(error) from None
+            check()
 
 
 def pipeline_steps() -> list[tuple[str, AssetSelection, dict[str, str]]]:

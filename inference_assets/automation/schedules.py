@@ -24,7 +24,7 @@ from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext
 from inference_assets.core.collection.pending import changed_partitions, listing_digest, manifest_digests, scan_listing
 from inference_assets.partitions import NUM_PARTITIONS, range_tags
 from inference_assets.resources import ImageSourceResource, ModelResource, WorkAreaResource
-from inference_assets.settings import SETTINGS, variables_named
+from inference_assets.settings import SETTINGS
 
 from .pending_work import EVERYTHING, missing_results, partition_run_requests
 
@@ -45,8 +45,7 @@ TIMEZONE = SETTINGS.schedule_timezone
 def nightly_pending_work(
     context: ScheduleEvaluationContext, source: ImageSourceResource, work_area: WorkAreaResource, model: ModelResource
 ):
-    with variables_named():
-        scan = scan_listing(source.open_source().entries(), NUM_PARTITIONS)
+    scan = scan_listing(source.entries(), NUM_PARTITIONS)
     changed = changed_partitions(scan.digests, manifest_digests(work_area.layout.manifest_path, NUM_PARTITIONS))
     if changed:
         return RunRequest(

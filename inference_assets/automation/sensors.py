@@ -36,7 +36,7 @@ from inference_assets.core.collection.pending import (
 from inference_assets.jobs import REFRESHED_ASSETS
 from inference_assets.partitions import NUM_PARTITIONS
 from inference_assets.resources import ImageSourceResource, ModelResource, WorkAreaResource
-from inference_assets.settings import SETTINGS, variables_named
+from inference_assets.settings import SETTINGS
 
 from .pending_work import EVERYTHING, MANIFEST, missing_results, partition_run_requests
 
@@ -56,13 +56,12 @@ def new_images(
     context: SensorEvaluationContext, source: ImageSourceResource, work_area: WorkAreaResource, model: ModelResource
 ):
     state = json.loads(context.cursor) if context.cursor else {}
-    with variables_named():
-        scan = scan_listing(
-            source.open_source().entries(),
-            NUM_PARTITIONS,
-            ListingScan.from_json(state.get("scan")),
-            budget_seconds=LISTING_SECONDS,
-        )
+    scan = scan_listing(
+        source.entries(),
+        NUM_PARTITIONS,
+        ListingScan.from_json(state.get("scan")),
+        budget_seconds=LISTING_SECONDS,
+    )
     requests: list[RunRequest] = []
     if not scan.complete:
         context.log.info(f"listed {scan.scanned} images so far; going on next tick")

@@ -1,10 +1,12 @@
 """The ``source`` resource: where images come from (a folder, a bucket prefix, an image table or a
 SQL query)."""
 
+from collections.abc import Iterator
+
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from inference_assets.core.sources import ImageSource, SourceConfig, open_source
+from inference_assets.core.sources import ImageSource, SourceConfig, SourceEntry, open_source
 from inference_assets.core.sources.config import IMAGE_EXTENSIONS
 from inference_assets.resources.object_store import ObjectStoreResource, resolved_value, s3_options
 from inference_assets.settings import variables_named
@@ -68,3 +70,9 @@ class ImageSourceResource(ConfigurableResource):
         """The configured source (raises a one-line ConfigError when it cannot be used)."""
         with variables_named():
             return open_source(self.source_config)
+
+    def entries(self) -> Iterator[SourceEntry]:
+        """The source's listing; one that cannot be listed stops with a one-line ConfigError naming the
+        variable to set (the sensor and the schedule list through this)."""
+        with variables_named():
+            yield from self.open_source().entries()
