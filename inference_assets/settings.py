@@ -62,10 +62,10 @@ from pathlib import Path
 
 from inference_assets.core.collection.partitioning import DEFAULT_NUM_PARTITIONS
 from inference_assets.core.errors import ConfigError
+from inference_assets.core.inference.gpu_assignment import DEFAULT_LOCK_DIR
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
-DEFAULT_GPU_LOCK_DIR = "/tmp/inference_assets-gpu-locks"
 
 # --- readers: (variable, raw value or None, default) -> value, or a one-line ConfigError ---------
 
@@ -174,7 +174,7 @@ class Settings:
     device: str = _from("INFERENCE_DEVICE", default="auto", resource="device.device")
     precision: str = _from("INFERENCE_PRECISION", default="fp32", resource="device.precision")
     runtime: str = _from("INFERENCE_RUNTIME", default="auto", resource="device.runtime")
-    gpu_lock_dir: str = _from("INFERENCE_GPU_LOCK_DIR", default=DEFAULT_GPU_LOCK_DIR, resource="device.gpu_lock_dir")
+    gpu_lock_dir: str = _from("INFERENCE_GPU_LOCK_DIR", default=DEFAULT_LOCK_DIR, resource="device.gpu_lock_dir")
     # in a container os.cpu_count() is the node's cores, not the pod's limit: set this there
     decode_workers: int = _from("INFERENCE_DECODE_WORKERS", _number(0), 0, resource="preprocessing.decode_workers")
     # how the work is cut and run
