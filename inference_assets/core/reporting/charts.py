@@ -61,3 +61,31 @@ def confidence_histogram_png(confidences: Sequence[float], title: str = "Top-1 c
     axes.set_title(title)
     axes.yaxis.get_major_locator().set_params(integer=True)
     return _png(figure)
+
+
+def reliability_diagram_png(bins: Sequence, title: str = "Reliability", scaled: Sequence | None = None) -> bytes:
+    """A reliability diagram: per confidence bin (objects with ``lower``, ``upper``, ``images``,
+    ``confidence`` and ``accuracy``, as :func:`.calibration.reliability_bins` makes), a bar of its
+    accuracy, the gap to its mean confidence outlined in red, and the diagonal of perfect
+    calibration; ``scaled`` (the bins after temperature scaling) is drawn as a line on top."""
+    figure = _figure((4.8, 4.2))
+    axes = figure.add_subplot()
+    filled = [b for b in bins if b.images]
+    widths = [b.upper - b.lower for b in filled]
+    axes.bar([b.lower for b in filled], [b.accuracy for b in filled], width=widths, align="edge",
+             color=_BLUE, edgecolor="white", label="accuracy")
+    gaps = [b.confidence - b.accuracy for b in filled]
+    axes.bar([b.lower for b in filled], gaps, bottom=[b.accuracy for b in filled], width=widths, align="edge",
+             color="none", edgecolor="#c0392b", hatch="//", label="gap to confidence")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfect calibration")
+    if scaled:
+        points = [(b.confidence, b.accuracy) for b in scaled if b.images]
+        axes.plot([x for x, _ in points], [y for _, y in points], marker="o", markersize=3, color="#e67e22",
+                  label="after temperature scaling")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("confidence of the top-1 class")
+    axes.set_ylabel("accuracy")
+    axes.set_title(title)
+    axes.legend(loc="upper left", fontsize="small")
+    return _png(figure)

@@ -30,3 +30,12 @@ def test_without_matplotlib_there_are_no_charts_and_a_line_saying_why(conn, monk
     assert not charts.available()
     assert results_charts(conn) is None
     assert charts.MISSING == "charts need matplotlib, which is not installed here (pip install matplotlib)"
+
+
+def test_a_reliability_diagram_is_a_png_with_or_without_scaled_bins():
+    from inference_assets.core.reporting.calibration import reliability_bins
+
+    bins = reliability_bins([0.95, 0.9, 0.6, 0.55, 0.2], [True, False, True, True, False], bins=5)  # some empty
+    assert charts.reliability_diagram_png(bins, "Reliability").startswith(b"\x89PNG")
+    assert charts.reliability_diagram_png(bins, "Reliability", scaled=bins).startswith(b"\x89PNG")
+    assert charts.reliability_diagram_png([], "nothing evaluated").startswith(b"\x89PNG")

@@ -1,0 +1,404 @@
+"""Calibration: does a model's top-1 confidence match how often it is right, on the labelled images?
+
+A model is calibrated when, of the images it predicts with confidence 0.8, about 80 % are right.
+The reliability diagram groups images into equal-width confidence bins over (0, 1] and compares
+each bin's mean confidence with its accuracy; the expected calibration error (ECE) is the gap
+averaged over images: ``sum over bins of |accuracy - confidence| * images_in_bin / images``.
+
+Temperature scaling (Guo et al., 2017) is the one-parameter fix: divide the logits by a
+temperature T > 0 fitted to minimize the negative log-likelihood (NLL) of the labels. T > 1
+softens an over-confident model, T < 1 sharpens an under-confident one; the top-1 class never
+changes. The stored probabilities are softmax outputs, and ``log p`` differs from the logits by a
+constant per image, so ``softmax(log p / T) == softmax(logits / T)``: T is fitted on the stored
+probabilities. It is fitted on the labelled images and applied only to the calibrated columns;
+the stored probabilities themselves are never replaced.
+
+Labels match classes as in :mod:`.evaluation` (``truth_names(label) & synonyms(class_name)``);
+a label that matches none of the classes is left out.
+
+Tables (replaced together in one transaction by :func:`store_calibration`):
+
+- ``calibration_summary``: one row per model: images, ece, temperature, ece_after_scaling, nll,
+  nll_after_scaling, note;
+- ``calibration_bins``: the reliability diagram's bins per model, before (``scaled`` false) and
+  after temperature scaling.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from inference_assets.core.reporting import charts
+from inference_assets.core.reporting.evaluation import synonyms, truth_names
+from inference_assets.core.reporting.thumbnails import png_data_uri
+from inference_assets.core.warehouse.database import Column, TableDescription, tables_by_name
+
+BINS = 15  # reliability bins over (0, 1], as in Guo et al.
+MIN_FIT_IMAGES = 20  # fewer labelled images than this: no temperature is fitted
+PROBABILITY_FLOOR = 1e-12  # probabilities are clipped to this before their log (a stored 0 would be -inf)
+TEMPERATURE_RANGE = (0.01, 100.0)  # the search interval for T
+_CHUNK = 8192  # rows per block when evaluating the NLL, so a large (N, C) array is not copied whole
+
+_MODEL = "The configured model name (model_predictions.model_name)."
+_IMAGES = "Labelled images whose label is one of the model's classes (the evaluated images)."
+
+# The tables store_calibration() makes; a test checks them against the real tables (duckdb_columns()).
+CALIBRATION_TABLES: dict[str, TableDescription] = tables_by_name(
+    TableDescription(
+        "calibration_summary",
+        "One row per model: how well its top-1 confidence matches its accuracy on the labelled images, "
+        "before and after temperature scaling.",
+        (
+            Column("model_name", "VARCHAR", _MODEL),
+            Column("images", "BIGINT", _IMAGES),
+            Column("ece", "DOUBLE", f"Expected calibration error of the stored probabilities ({BINS} equal-width "
+                   "bins): sum of |accuracy - confidence| * bin images / images. Null when no image was evaluated."),
+            Column("temperature", "DOUBLE", "The fitted temperature T (logits / T) minimizing the labels' negative "
+                   "log-likelihood; > 1 softens an over-confident model. Null when none was fitted (see note)."),
+            Column("ece_after_scaling", "DOUBLE", "Expected calibration error after temperature scaling; null "
+                   "without a temperature."),
+            Column("nll", "DOUBLE", "Mean negative log-likelihood of the labels under the stored probabilities."),
+            Column("nll_after_scaling", "DOUBLE", "Mean negative log-likelihood after temperature scaling; null "
+                   "without a temperature."),
+            Column("note", "VARCHAR", "Why no temperature was fitted, or why it is unreliable; null otherwise."),
+        ),
+    ),
+    TableDescription(
+        "calibration_bins",
+        "The reliability diagram: per model, equal-width top-1 confidence bins over (0, 1], each with its "
+        "images, mean confidence and accuracy, before and after temperature scaling.",
+        (
+            Column("model_name", "VARCHAR", _MODEL),
+            Column("scaled", "BOOLEAN", "Whether the bin is of the temperature-scaled probabilities."),
+            Column("lower", "DOUBLE", "The bin's lower confidence bound (exclusive)."),
+            Column("upper", "DOUBLE", "The bin's upper confidence bound (inclusive)."),
+            Column("images", "BIGINT", "Evaluated images whose top-1 confidence falls in the bin."),
+            Column("confidence", "DOUBLE", "Their mean top-1 confidence; null for an empty bin."),
+            Column("accuracy", "DOUBLE", "The fraction of them whose top-1 class is the label; null for an empty bin."),
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Bin:
+    """One reliability bin: the images whose top-1 confidence is in (lower, upper]."""
+
+    lower: float
+    upper: float
+    images: int
+    confidence: float | None  # mean top-1 confidence; None when the bin is empty
+    accuracy: float | None  # fraction correct; None when the bin is empty
+
+
+@dataclass
+class Calibration:
+    """One model's calibration on its evaluated (labelled, known-label) images."""
+
+    images: int
+    ece_before: float | None  # None when no image was evaluated
+    temperature: float | None = None  # None when not fitted: ``note`` says why
+    ece_after: float | None = None
+    nll_before: float | None = None
+    nll_after: float | None = None
+    bins_before: list[Bin] = field(default_factory=list)
+    bins_after: list[Bin] = field(default_factory=list)
+    accuracy: float | None = None  # top-1 accuracy over the evaluated images
+    confidence: float | None = None  # mean top-1 confidence over them
+    note: str | None = None
+
+
+def label_targets(labels: Sequence[str | None], class_names: Sequence[str]) -> np.ndarray:
+    """Each label's class index (int64), -1 when the label is missing or matches none of the classes.
+
+    A label matches a class as in :mod:`.evaluation` (``truth_names(label) & synonyms(class_name)``:
+    spelling variants, comma-separated synonyms, ImageNet WordNet ids); a label matching several
+    classes (ImageNet's two "crane"s) gets the first. Each distinct label is resolved once."""
+    first: dict[str, int] = {}
+    for index, name in enumerate(class_names):
+        for synonym in synonyms(name):
+            first.setdefault(synonym, index)
+    resolved: dict[str, int] = {}
+    targets = np.full(len(labels), -1, dtype=np.int64)
+    for row, label in enumerate(labels):
+        if label is None:
+            continue
+        if label not in resolved:
+            matches = [first[name] for name in truth_names(label) if name in first]
+            resolved[label] = min(matches) if matches else -1
+        targets[row] = resolved[label]
+    return targets
+
+
+def _edges(bins: int) -> np.ndarray:
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    return np.linspace(0.0, 1.0, bins + 1)
+
+
+def _bin_index(confidences: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin i holds (edges[i], edges[i + 1]]; a confidence of exactly 0 goes to the first bin."""
+    return np.clip(np.searchsorted(edges, confidences, side="left") - 1, 0, len(edges) - 2)
+
+
+def _checked(confidences, correct) -> tuple[np.ndarray, np.ndarray]:
+    confidences = np.asarray(confidences, dtype=np.float64).reshape(-1)
+    correct = np.asarray(correct, dtype=bool).reshape(-1)
+    if confidences.shape != correct.shape:
+        raise ValueError(f"{confidences.size} confidences but {correct.size} correctness values")
+    return confidences, correct
+
+
+def reliability_bins(confidences, correct, bins: int = BINS) -> list[Bin]:
+    """The reliability diagram's ``bins`` equal-width bins over (0, 1], empty ones included."""
+    confidences, correct = _checked(confidences, correct)
+    edges = _edges(bins)
+    index = _bin_index(confidences, edges)
+    counts = np.bincount(index, minlength=bins)
+    confidence_sums = np.bincount(index, weights=confidences, minlength=bins)
+    correct_sums = np.bincount(index, weights=correct.astype(np.float64), minlength=bins)
+    return [
+        Bin(
+            lower=float(edges[i]),
+            upper=float(edges[i + 1]),
+            images=int(counts[i]),
+            confidence=float(confidence_sums[i] / counts[i]) if counts[i] else None,
+            accuracy=float(correct_sums[i] / counts[i]) if counts[i] else None,
+        )
+        for i in range(bins)
+    ]
+
+
+def expected_calibration_error(confidences, correct, bins: int = BINS) -> float:
+    """ECE: sum over the bins of |accuracy - mean confidence| * bin images / images (0 for no images)."""
+    confidences, correct = _checked(confidences, correct)
+    if not confidences.size:
+        return 0.0
+    return sum(
+        abs(b.accuracy - b.confidence) * b.images for b in reliability_bins(confidences, correct, bins) if b.images
+    ) / confidences.size
+
+
+def _log(probabilities: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), PROBABILITY_FLOOR, None))
+
+
+def _checked_targets(log_probs: np.ndarray, targets) -> np.ndarray:
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+    if log_probs.ndim != 2 or log_probs.shape[0] != targets.size:
+        raise ValueError(f"expected (N, C) log-probabilities for {targets.size} targets, got shape {log_probs.shape}")
+    if targets.size and (targets.min() < 0 or targets.max() >= log_probs.shape[1]):
+        raise ValueError(f"targets must be class indices in [0, {log_probs.shape[1]}): leave unlabelled images out")
+    return targets
+
+
+def _nll(log_probs: np.ndarray, targets: np.ndarray, temperature: float) -> float:
+    """Mean -log softmax(log_probs / T)[target], a block of rows at a time."""
+    total = 0.0
+    for start in range(0, len(targets), _CHUNK):
+        z = np.asarray(log_probs[start:start + _CHUNK], dtype=np.float64) / temperature
+        top = z.max(axis=1)
+        log_norm = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+        total += float((log_norm - z[np.arange(len(z)), targets[start:start + _CHUNK]]).sum())
+    return total / len(targets)
+
+
+def fit_temperature(log_probs: np.ndarray, targets: np.ndarray, tolerance: float = 1e-5) -> float:
+    """The temperature T in :data:`TEMPERATURE_RANGE` minimizing the mean NLL of softmax(log_probs / T)
+    on ``targets`` (class indices, all >= 0).
+
+    The NLL is convex in 1/T, hence unimodal in log T: a golden-section search on log T finds its
+    minimum to ``tolerance`` (in log T) without derivatives. An optimum outside the range ends at
+    its bound (all predictions right and confident: T -> 0; all wrong: T -> infinity)."""
+    log_probs = np.asarray(log_probs)
+    targets = _checked_targets(log_probs, targets)
+    if not targets.size:
+        raise ValueError("no labelled images to fit a temperature on")
+    a, b = math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+
+    def loss(log_t: float) -> float:
+        return _nll(log_probs, targets, math.exp(log_t))
+
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = loss(c), loss(d)
+    while b - a > tolerance:
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = loss(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = loss(d)
+    # the bounds themselves are candidates too (a monotone loss ends there)
+    candidates = [(fc, c), (fd, d), (loss(a), a), (loss(b), b)]
+    return math.exp(min(candidates)[1])
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log(probabilities) / T) row by row (float64; each row sums to 1)."""
+    if not temperature > 0:
+        raise ValueError(f"the temperature must be > 0, got {temperature}")
+    z = _log(probabilities) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    scaled = np.exp(z)
+    return scaled / scaled.sum(axis=-1, keepdims=True)
+
+
+def calibrated_confidences(probabilities: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 class index, its temperature-scaled probability) per row: the class is the stored top-1
+    (scaling never reorders classes); only the confidence changes."""
+    scaled = apply_temperature(probabilities, temperature)
+    index = scaled.argmax(axis=-1)
+    return index, np.take_along_axis(scaled, index[..., None], axis=-1)[..., 0]
+
+
+def _top1(probabilities: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return probabilities.max(axis=1), probabilities.argmax(axis=1) == targets
+
+
+def calibrate(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS, fit: bool = True) -> Calibration:
+    """The calibration of one model on the rows whose target is a class (>= 0; -1 rows are left out):
+    ECE, NLL and reliability bins of the stored probabilities and, when ``fit`` and at least
+    :data:`MIN_FIT_IMAGES` rows, a fitted temperature and the same after scaling."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+    if probabilities.ndim != 2 or probabilities.shape[0] != targets.size:
+        raise ValueError(f"expected (N, C) probabilities for {targets.size} targets, got shape {probabilities.shape}")
+    known = targets >= 0
+    probabilities, targets = probabilities[known], targets[known]
+    if not targets.size:
+        return Calibration(images=0, ece_before=None, note="no labelled image has a label among the model's classes")
+    log_probs = _log(probabilities)
+    _checked_targets(log_probs, targets)
+    confidence, correct = _top1(probabilities, targets)
+    result = Calibration(
+        images=int(targets.size),
+        ece_before=expected_calibration_error(confidence, correct, bins),
+        nll_before=_nll(log_probs, targets, 1.0),
+        bins_before=reliability_bins(confidence, correct, bins),
+        accuracy=float(correct.mean()),
+        confidence=float(confidence.mean()),
+    )
+    if not fit:
+        result.note = "temperature scaling not requested"
+        return result
+    if targets.size < MIN_FIT_IMAGES:
+        result.note = (f"only {targets.size} labelled images: a temperature is fitted from {MIN_FIT_IMAGES} "
+                       "labelled images up")
+        return result
+    temperature = fit_temperature(log_probs, targets)
+    scaled_confidence = apply_temperature(probabilities, temperature).max(axis=1)
+    result.temperature = temperature
+    result.ece_after = expected_calibration_error(scaled_confidence, correct, bins)
+    result.nll_after = _nll(log_probs, targets, temperature)
+    result.bins_after = reliability_bins(scaled_confidence, correct, bins)
+    low, high = TEMPERATURE_RANGE
+    if math.isclose(temperature, low, rel_tol=1e-3) or math.isclose(temperature, high, rel_tol=1e-3):
+        result.note = (f"the temperature reached the end of its search range ({low:g} to {high:g}): the labelled "
+                       "images are too few or too uniform (all right or all wrong) to fit it reliably")
+    return result
+
+
+def store_calibration(conn: duckdb.DuckDBPyConnection, results: dict[str, Calibration]) -> None:
+    """Replace ``calibration_summary`` and ``calibration_bins`` with ``results`` (model name -> its
+    calibration), together in one transaction."""
+    names = list(results)
+    summary = {
+        "model_name": pa.array(names, pa.string()),  # typed even when empty
+        "images": pa.array([results[n].images for n in names], pa.int64()),
+        "ece": pa.array([results[n].ece_before for n in names], pa.float64()),
+        "temperature": pa.array([results[n].temperature for n in names], pa.float64()),
+        "ece_after_scaling": pa.array([results[n].ece_after for n in names], pa.float64()),
+        "nll": pa.array([results[n].nll_before for n in names], pa.float64()),
+        "nll_after_scaling": pa.array([results[n].nll_after for n in names], pa.float64()),
+        "note": pa.array([results[n].note for n in names], pa.string()),
+    }
+    rows = [(name, scaled, b) for name in names
+            for scaled, bins in ((False, results[name].bins_before), (True, results[name].bins_after)) for b in bins]
+    bins = {
+        "model_name": pa.array([name for name, _, _ in rows], pa.string()),
+        "scaled": pa.array([scaled for _, scaled, _ in rows], pa.bool_()),
+        "lower": pa.array([b.lower for _, _, b in rows], pa.float64()),
+        "upper": pa.array([b.upper for _, _, b in rows], pa.float64()),
+        "images": pa.array([b.images for _, _, b in rows], pa.int64()),
+        "confidence": pa.array([b.confidence for _, _, b in rows], pa.float64()),
+        "accuracy": pa.array([b.accuracy for _, _, b in rows], pa.float64()),
+    }
+    tables = {"calibration_summary": pa.table(summary), "calibration_bins": pa.table(bins)}
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for name, table in tables.items():
+            conn.register("_calibration_rows", table)
+            conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _calibration_rows")
+            conn.unregister("_calibration_rows")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _number(value: float | None, form: str) -> str:
+    return "—" if value is None else format(value, form)
+
+
+def _model_order(conn: duckdb.DuckDBPyConnection, names: list[str]) -> list[str]:
+    """``names`` in configuration order (the ``models`` table's position) where that table exists."""
+    if not conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'models'").fetchone()[0]:
+        return names
+    position = dict(conn.execute("SELECT model_name, position FROM models").fetchall())
+    return sorted(names, key=lambda name: (position.get(name, len(position)), names.index(name)))
+
+
+def calibration_html(conn: duckdb.DuckDBPyConnection, results: dict[str, Calibration]) -> str:
+    """The report's calibration section: per model, ECE and NLL before and after temperature scaling,
+    the temperature, and its reliability diagram (or why charts are missing)."""
+    parts = [
+        '<h2>Calibration</h2><div id="calibration">',
+        f"<p>How well each model's top-1 confidence matches its accuracy on the labelled images: the expected "
+        f"calibration error (ECE) is the gap between confidence and accuracy over {BINS} equal-width confidence "
+        "bins, weighted by their images (0 is perfectly calibrated). Temperature scaling divides the logits by "
+        "one number T, fitted on the labelled images to minimize the negative log-likelihood of their labels "
+        "(T &gt; 1: the model was over-confident). It never changes the predicted class, and it is applied to "
+        "the stored probabilities only in the calibrated columns: the stored probabilities are never replaced.</p>",
+    ]
+    if not results:
+        parts.append("<p>No model has labelled images whose labels are among its classes.</p></div>")
+        return "\n".join(parts)
+    drawable = charts.available()
+    for name in _model_order(conn, list(results)):
+        c = results[name]
+        parts.append(f"<h3>{_e(name)}</h3>")
+        parts.append("<table><tr><th></th><th>stored probabilities</th><th>after temperature scaling</th></tr>")
+        rows = [("images", _e(c.images), _e(c.images)),
+                ("ECE", _number(c.ece_before, ".3f"), _number(c.ece_after, ".3f")),
+                ("NLL", _number(c.nll_before, ".3f"), _number(c.nll_after, ".3f")),
+                ("temperature T", "1", _number(c.temperature, ".3f"))]
+        parts += [f"<tr><td>{what}</td><td>{before}</td><td>{after}</td></tr>" for what, before, after in rows]
+        parts.append("</table>")
+        if c.accuracy is not None and c.confidence is not None:
+            parts.append(f"<p>Top-1 accuracy {c.accuracy:.1%}, mean top-1 confidence {c.confidence:.1%}.</p>")
+        if c.note:
+            parts.append(f"<p>{_e(c.note)}.</p>")
+        if not c.images:
+            continue
+        if drawable:
+            png = charts.reliability_diagram_png(c.bins_before, f"Reliability: {name}", scaled=c.bins_after or None)
+            parts.append(f'<img id="reliability-{_e(name)}" src="{png_data_uri(png)}" '
+                         f'alt="{_e(f"reliability diagram of {name}")}">')
+        else:
+            parts.append(f"<p>{_e(charts.MISSING)}</p>")
+    parts.append("</div>")
+    return "\n".join(parts)
