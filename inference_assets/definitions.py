@@ -1,11 +1,14 @@
 """The Dagster code location: assets, checks and resources."""
 
-from dagster import Definitions, EnvVar, load_asset_checks_from_modules, load_assets_from_modules
+from dagster import AssetKey, Definitions, EnvVar, load_asset_checks_from_modules, load_assets_from_modules
 from pydantic import ValidationError
 
 from inference_assets.automation.schedules import nightly_pending_work
+from inference_assets.comparison import assets as comparison_assets
 from inference_assets.automation.sensors import new_images, refresh_results
 from inference_assets.core.errors import ConfigError
+from inference_assets.core.models.loading import DEFAULT_WEIGHTS, ModelSpec
+from inference_assets.core.models.model_list import ModelList
 from inference_assets.core.models.versions import asset_versions
 from inference_assets.executor import steps_executor
 from inference_assets.images import assets as image_assets
@@ -17,6 +20,7 @@ from inference_assets.report import assets as report_assets
 from inference_assets.resources import (
     DeviceResource,
     ImageSourceResource,
+    ModelListResource,
     ModelResource,
     ObjectStoreResource,
     PreprocessingResource,
@@ -75,6 +79,7 @@ def default_resources(settings: Settings | None = None) -> dict:
             class_names=settings.class_names,
             card=settings.model_card,
         ),
+        "models": _configured("models", ModelListResource, entries=settings.models),
         "device": _configured(
             "device",
             DeviceResource,
@@ -100,15 +105,26 @@ def default_executor(settings: Settings):
     return kubernetes_executor() if settings.executor == "k8s" else steps_executor
 
 
-def with_model_versions(assets: list, model: ModelResource, preprocessing: PreprocessingResource) -> list:
-    """``assets`` with the code versions of the configured model (``core/models/versions.py``) on
-    preprocessed_images and prediction_files: a partition made with another model, weights, class
-    names or preprocessing shows in the UI as stale ("has a new code version"), before any run."""
+def with_model_versions(
+    assets: list, model: ModelResource, preprocessing: PreprocessingResource, model_list: ModelList = ModelList()
+) -> list:
+    """``assets`` with the code versions of the configured models (``core/models/versions.py``) on
+    preprocessed_images and each model's prediction_files: a partition made with another model, weights,
+    class names or preprocessing shows in the UI as stale ("has a new code version"), before any run.
+    preprocessed_images' version is the set of the models' pixel versions: a model whose preprocessing
+    another has already does not make it stale."""
     versions = asset_versions(model.spec, jpeg_draft=preprocessing.jpeg_draft)
-    by_key = {
-        image_assets.preprocessed_images.key: versions.pixels,
-        prediction_assets.prediction_files.key: versions.predictions,
-    }
+    by_key = {prediction_assets.prediction_files.key: _with_tta(versions.predictions, model.tta)}
+    pixels = {versions.pixels}
+    for listed in model_list.models:
+        spec = ModelSpec(name=listed.model, weights=listed.weights or DEFAULT_WEIGHTS,
+                         class_names=listed.class_names, card=listed.card)
+        listed_versions = asset_versions(spec, jpeg_draft=preprocessing.jpeg_draft)
+        pixels.add(listed_versions.pixels)
+        by_key[AssetKey([listed.name, "prediction_files"])] = _with_tta(listed_versions.predictions, listed.tta)
+    by_key[image_assets.preprocessed_images.key] = (
+        versions.pixels if len(pixels) == 1 else "+".join(sorted(pixels))
+    )
 
     def versioned(spec):
         return spec.replace_attributes(code_version=by_key[spec.key]) if spec.key in by_key else spec
@@ -116,11 +132,17 @@ def with_model_versions(assets: list, model: ModelResource, preprocessing: Prepr
     return [asset.map_asset_specs(versioned) for asset in assets]
 
 
+def _with_tta(version: str, tta: str | None) -> str:
+    return f"{version}-{tta}" if tta else version
+
+
 RESOURCES = default_resources(SETTINGS)
 ASSETS = with_model_versions(
-    load_assets_from_modules([image_assets, prediction_assets, warehouse_assets, report_assets]),
+    [*load_assets_from_modules([image_assets, prediction_assets, warehouse_assets, comparison_assets, report_assets]),
+     *prediction_assets.MODEL_LIST_ASSETS],
     RESOURCES["model"],
     RESOURCES["preprocessing"],
+    SETTINGS.model_list,
 )
 
 defs = Definitions(

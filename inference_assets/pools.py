@@ -1,9 +1,10 @@
 """Concurrency pools: steps that share a scarce resource take a slot of its pool.
 
-- ``gpu``: the ``prediction_files`` step (one slot per accelerator; on a CPU-only machine one slot,
+- ``gpu``: the ``prediction_files`` steps, the model list's too (one slot per accelerator; on a CPU-only machine one slot,
   since a forward pass already uses every core).
 - ``duckdb``: the steps that open the DuckDB file: ``prediction_results`` (the refresh),
-  ``evaluation`` and ``report`` (one process at a time may open it for writing: one slot).
+  ``evaluation``, ``model_comparison``, ``calibration``, ``review_queue`` and ``report`` (one process
+  at a time may open it for writing: one slot).
 
 Limits are set on the instance (``dagster.yaml``'s ``concurrency.pools.default_limit``, or per
 pool with ``dagster instance concurrency set gpu 4``); see docs/scaling.md.

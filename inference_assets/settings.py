@@ -32,6 +32,9 @@ the variable and the resource field (:func:`for_deployment`: ``INFERENCE_IMAGE_R
 - ``INFERENCE_MODEL`` / ``INFERENCE_WEIGHTS``: architecture and weights (default the bundled
   EfficientNet-Lite0), or a model file or folder as ``INFERENCE_MODEL``;
   ``INFERENCE_CLASS_NAMES`` / ``INFERENCE_MODEL_CARD``: a class names file and a model card.
+- ``INFERENCE_MODELS``: more models run beside that one over the same images, compared with it, and
+  ensembles of them: ``lite1=tf_efficientnet_lite1,lite2=tf_efficientnet_lite2`` or a YAML/JSON file
+  (``core/models/model_list.py``); each gets its own ``<name>/prediction_files`` asset.
 - ``INFERENCE_PARTITIONS``: number of shards (default 16; see ``partitions.py``);
   ``INFERENCE_PARTITIONS_PER_RUN``: 0 (default) runs a backfill as one run, N as runs of N.
 - ``INFERENCE_SHARED_DIR``: a shared location (``s3://bucket/prefix``) mirroring the work folder,
@@ -63,6 +66,7 @@ from pathlib import Path
 from inference_assets.core.collection.partitioning import DEFAULT_NUM_PARTITIONS
 from inference_assets.core.errors import ConfigError
 from inference_assets.core.inference.gpu_assignment import DEFAULT_LOCK_DIR
+from inference_assets.core.models.model_list import ModelList, parse_model_list
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
@@ -131,6 +135,15 @@ def _timezone(name: str, raw: str | None, default: str) -> str:
     return value
 
 
+def _model_list(name: str, raw: str | None, default: str) -> str:
+    """A model list (``core/models/model_list.py``): inline ``name=model`` pairs or a YAML/JSON file, checked."""
+    try:
+        parse_model_list(raw)
+    except ConfigError as error:
+        raise for_deployment(error) from None
+    return raw or default
+
+
 def _one_of(*choices: str) -> Callable:
     def read(name: str, raw: str | None, default: str) -> str:
         value = raw if raw is not None else default
@@ -171,6 +184,7 @@ class Settings:
     weights: str | None = _from("INFERENCE_WEIGHTS", resource="model.weights")
     class_names: str | None = _from("INFERENCE_CLASS_NAMES", resource="model.class_names")
     model_card: str | None = _from("INFERENCE_MODEL_CARD", resource="model.card")
+    models: str = _from("INFERENCE_MODELS", _model_list, "", resource="models.entries")
     device: str = _from("INFERENCE_DEVICE", default="auto", resource="device.device")
     precision: str = _from("INFERENCE_PRECISION", default="fp32", resource="device.precision")
     runtime: str = _from("INFERENCE_RUNTIME", default="auto", resource="device.runtime")
@@ -192,6 +206,11 @@ class Settings:
     sensor_interval_seconds: int = _from("INFERENCE_SENSOR_INTERVAL_SECONDS", _number(1), 60)
     schedule_cron: str = _from("INFERENCE_SCHEDULE_CRON", _cron, "0 2 * * *")
     schedule_timezone: str = _from("INFERENCE_SCHEDULE_TIMEZONE", _timezone, "UTC")
+
+    @property
+    def model_list(self) -> ModelList:
+        """The ``models`` setting read: the models beside the primary one, and the ensembles."""
+        return parse_model_list(self.models)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -13,7 +13,7 @@ from inference_assets.core.models.loading import ModelSpec, load_classifier
 from inference_assets.resources import (
     DeviceResource,
     ImageSourceResource,
-    ModelResource,
+    ModelListResource, ModelResource,
     ObjectStoreResource,
     PreprocessingResource,
     WorkAreaResource,
@@ -89,6 +89,7 @@ def cpu_resources(source: ImageSourceResource, work_area: WorkAreaResource, data
         "source": source,
         "work_area": work_area,
         "model": ModelResource(batch_size=4),
+        "models": ModelListResource(),
         "device": DeviceResource(device="cpu", converted_dir=os.environ.get("INFERENCE_CONVERTED_DIR", "")),
         "preprocessing": PreprocessingResource(decode_workers=2),
         "duckdb": DuckDBResource(database=str(database)),

@@ -60,7 +60,8 @@ def main() -> None:
                 raise SystemExit(f"{name} failed")
             for event in result.get_asset_materialization_events():
                 values = {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
-                stage = stage_of[event.asset_key.to_user_string()]
+                key = event.asset_key.to_user_string()
+                stage = stage_of.get(key, key)
                 stage_seconds[stage] = values.get("seconds")
                 metadata[stage] = {k: values[k] for k in values
                                    if k in ("computed", "predicted", "reused", "images", "batch_size", "channels_last",

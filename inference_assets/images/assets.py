@@ -17,6 +17,7 @@ from inference_assets.core.system.progress import Progress, rate
 from inference_assets.metadata import markdown_table
 from inference_assets.partitions import BACKFILL_POLICY, IMAGE_SHARDS, NUM_PARTITIONS
 from inference_assets.resources import ImageSourceResource, ModelResource, PreprocessingResource, WorkAreaResource
+from inference_assets.resources.models import ModelListResource
 from inference_assets.settings import variables_named
 
 
@@ -76,7 +77,8 @@ class PreprocessConfig(Config):
     deps=[image_manifest],
     kinds={"numpy", "parquet"},
     description="Each partition's images decoded (EXIF orientation, RGB) and resized/cropped exactly as "
-    "the model's own transform does, stored as uint8 in a memory-mappable .npy with a per-image status.",
+    "the model's own transform does, stored as uint8 in a memory-mappable .npy with a per-image status; "
+    "one set per distinct preprocessing of the models (models of the list that preprocess alike share theirs).",
 )
 def preprocessed_images(
     context: AssetExecutionContext,
@@ -84,37 +86,46 @@ def preprocessed_images(
     source: ImageSourceResource,
     work_area: WorkAreaResource,
     model: ModelResource,
+    models: ModelListResource,
     preprocessing: PreprocessingResource,
 ) -> MaterializeResult:
     files = work_area.files
     image_source = source.open_source()
     # a remote source spends most of an image's time waiting on the network: more fetches in flight
     workers = preprocessing.workers * (1 if source.source_config.kind == "folder" else 4)
-    pixels = preprocessing.pixels(model.preprocessing)
+    # one set of pixels per distinct preprocessing among the models (the primary model's first)
+    needed = [model.preprocessing, *(models.model(m.name).preprocessing for m in models.model_list.models)]
+    pixel_sets = list({p.fingerprint: p for p in (preprocessing.pixels(n) for n in needed)}.values())
     start = time.perf_counter()
     partitions = read_manifest_partitions(files.manifest(), context.partition_keys)
-    with Progress("preprocessing", sum(entries.num_rows for _, entries in partitions), context.log.info) as progress:
-        outcome = preprocess_partitions(
-            partitions, pixels, files, workers, preprocessing.max_image_pixels, reuse=not config.force,
-            opener=image_source.open, warn=context.log.warning,
-            info=lambda line, shown: (context.log.info if shown else context.log.debug)(line),
-            progress=progress.advance,
-        )
+    total = sum(entries.num_rows for _, entries in partitions) * len(pixel_sets)
+    with Progress("preprocessing", total, context.log.info) as progress:
+        outcomes = [
+            preprocess_partitions(
+                partitions, pixels, files, workers, preprocessing.max_image_pixels, reuse=not config.force,
+                opener=image_source.open, warn=context.log.warning,
+                info=lambda line, shown: (context.log.info if shown else context.log.debug)(line),
+                progress=progress.advance,
+            )
+            for pixels in pixel_sets
+        ]
     seconds = time.perf_counter() - start
+    outcome, decoded = outcomes[0], sum(o.decoded for o in outcomes)
     return MaterializeResult(
         metadata={
             "partitions": len(context.partition_keys),
             "images": outcome.images,
             "ok": outcome.ok,
             "failed": outcome.failed,
-            "reused": outcome.reused,
-            "computed": outcome.decoded,
+            "reused": sum(o.reused for o in outcomes),
+            "computed": decoded,
             "seconds": round(seconds, 3),
-            "images_per_second": rate(outcome.decoded, seconds),
+            "images_per_second": rate(decoded, seconds),
             "decode_workers": workers,
-            "input_size": f"{pixels.input_size[0]}x{pixels.input_size[1]}",
-            "jpeg_draft": pixels.jpeg_draft,
-            "preprocessing": pixels.description,
-            "path": MetadataValue.path(str(files.pixel_dir(pixels.fingerprint))),
+            "input_size": ", ".join(f"{p.input_size[0]}x{p.input_size[1]}" for p in pixel_sets),
+            "jpeg_draft": pixel_sets[0].jpeg_draft,
+            "preprocessing": "; ".join(p.description for p in pixel_sets),
+            "pixel_sets": len(pixel_sets),
+            "path": MetadataValue.path(str(files.pixel_dir(pixel_sets[0].fingerprint))),
         }
     )

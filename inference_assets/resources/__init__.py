@@ -8,6 +8,8 @@
   ``source`` and ``work_area`` (set once, at launch);
 - ``model``: :class:`ModelResource`: which classifier runs, its class names and card, the batch
   size and top-k;
+- ``models``: :class:`ModelListResource`: the model list: more models run beside the primary one,
+  and ensembles of them (``core/models/model_list.py``);
 - ``device``: :class:`DeviceResource`: where and how inference runs (device, precision, runtime,
   a GPU taken by an explicit ``acquire_device``);
 - ``preprocessing``: :class:`PreprocessingResource`: how images are decoded (threads, JPEG draft
@@ -21,6 +23,7 @@
 
 from inference_assets.resources.device import DeviceResource
 from inference_assets.resources.model import ModelResource
+from inference_assets.resources.models import ModelListResource
 from inference_assets.resources.object_store import ObjectStoreResource
 from inference_assets.resources.preprocessing import PreprocessingResource
 from inference_assets.resources.quality_gate import QualityGateResource
@@ -31,6 +34,7 @@ from inference_assets.resources.work_area import WorkAreaResource
 __all__ = [
     "DeviceResource",
     "ImageSourceResource",
+    "ModelListResource",
     "ModelResource",
     "ObjectStoreResource",
     "PreprocessingResource",

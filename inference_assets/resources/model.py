@@ -1,9 +1,11 @@
 """The ``model`` resource: which classifier runs, with its class names, card, batch size and top-k."""
 
+from collections.abc import Callable
 import torch
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
+from inference_assets.core.errors import ConfigError
 from inference_assets.core.images.preprocessing import Preprocessing
 from inference_assets.core.models.loading import (
     DEFAULT_MODEL,
@@ -15,6 +17,7 @@ from inference_assets.core.models.loading import (
     describe_model,
     load_classifier,
 )
+from inference_assets.core.models.model_list import TTA_CHOICES
 from inference_assets.settings import variables_named
 
 
@@ -58,15 +61,27 @@ class ModelResource(ConfigurableResource):
         "fits in the GPU's memory, found by a probe (256 for a model that is not a torch module, e.g. ONNX).",
     )
     top_k: int = Field(default=5, gt=0, description="How many classes to keep per image.")
+    tta: str | None = Field(
+        default=None,
+        description="Test-time augmentation: 'flip' predicts each image and its mirror image and keeps the mean "
+        "of both probabilities (two forward passes; its results are kept apart from the plain model's).",
+    )
 
     _info: ModelInfo = PrivateAttr()
     _classifiers: dict = PrivateAttr(default_factory=dict)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
+        self.prepare(context.log.warning)
+
+    def prepare(self, warn: Callable[[str], None]) -> "ModelResource":
+        """Check the model (one-line ConfigErrors here, before any work) and describe it; returns itself."""
+        if self.tta not in (None, *TTA_CHOICES):
+            raise ConfigError(f"model tta {self.tta!r} is not known: use 'flip' or leave it unset")
         with variables_named():
-            self._info = describe_model(self.spec)  # one-line ConfigErrors here, before any work
+            self._info = describe_model(self.spec)
         for warning in self._info.warnings:
-            context.log.warning(warning)
+            warn(warning)
+        return self
 
     def check_configuration(self) -> None:
         """Before any run: unknown models, bad files, cards and class names; torchvision weights are
@@ -95,8 +110,8 @@ class ModelResource(ConfigurableResource):
     @property
     def slug(self) -> str:
         """Names the folder of this model's per-partition result files (changes with weights, classes,
-        preprocessing or activation)."""
-        return self._info.slug
+        preprocessing, activation or test-time augmentation)."""
+        return self._info.slug + (f"-{self.tta}" if self.tta else "")
 
     def load(self, device: torch.device) -> Classifier:
         """The classifier on ``device``, loaded on first use in this step."""

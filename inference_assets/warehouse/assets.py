@@ -9,17 +9,19 @@ from inference_assets.core.reporting.evaluation import EVALUATION_TABLES, evalua
 from inference_assets.core.storage.results import intact_result_files
 from inference_assets.core.warehouse.database import (
     WAREHOUSE_TABLES,
+    ModelResults,
     catalog_name,
     current_catalog,
     refresh_warehouse,
     top_labels,
 )
 from inference_assets.images.assets import image_manifest
-from inference_assets.inference.assets import prediction_files
+from inference_assets.inference.assets import MODEL_LIST_ASSETS, prediction_files, results_slug
 from inference_assets.metadata import markdown_table, results_pictures, tables_metadata
 from inference_assets.partitions import IMAGE_SHARDS
 from inference_assets.pools import DUCKDB_POOL
 from inference_assets.resources import ModelResource, WorkAreaResource
+from inference_assets.resources.models import ModelListResource
 from inference_assets.settings import SETTINGS
 from inference_assets.warehouse.conditions import AFTER_NEW_PREDICTIONS, AFTER_UPSTREAM
 
@@ -35,24 +37,51 @@ def loaded_result_files(work_area: WorkAreaResource, model: ModelResource):
     return work_area.files.result_files(model.slug, IMAGE_SHARDS.get_partition_keys())
 
 
+def every_model_results(
+    work_area: WorkAreaResource, model: ModelResource, models: ModelListResource, warn
+) -> list[ModelResults]:
+    """Every model's intact result files, the primary model first, then the model list's models and ensembles."""
+    keys = IMAGE_SHARDS.get_partition_keys()
+    listed = models.model_list
+    entries = []
+    for position, name in enumerate(models.names(model)):
+        files = intact_result_files(work_area.files.result_files(results_slug(name, model, models), keys), warn)
+        if position == 0:
+            entries.append(ModelResults(name, files, model.name, tta=model.tta))
+        elif name in {m.name for m in listed.models}:
+            entries.append(ModelResults(name, files, listed.model(name).model, tta=listed.model(name).tta))
+        else:
+            ensemble = models.ensemble(name)
+            entries.append(ModelResults(name, files, ensemble.description, "ensemble",
+                                        members=ensemble.members, member_weights=ensemble.weights))
+    return entries
+
+
 @asset(
     group_name="warehouse",
-    deps=[image_manifest, prediction_files],
+    deps=[image_manifest, prediction_files, *MODEL_LIST_ASSETS],
     pool=DUCKDB_POOL,
     automation_condition=AFTER_NEW_PREDICTIONS,
     kinds={"duckdb"},
-    description="DuckDB tables images, predictions, failures and model_classes, replaced in one transaction "
-    "from the manifest and the per-partition result files of the configured model (single writer).",
+    description="DuckDB tables images, predictions, failures and model_classes (the primary model), models and "
+    "model_predictions (every model of the model list and ensemble), replaced in one transaction from the manifest "
+    "and the per-partition result files (single writer).",
     metadata=tables_metadata(WAREHOUSE_TABLES, "predictions", _CATALOG),
 )
 def prediction_results(
-    context: AssetExecutionContext, work_area: WorkAreaResource, model: ModelResource, duckdb: DuckDBResource
+    context: AssetExecutionContext,
+    work_area: WorkAreaResource,
+    model: ModelResource,
+    models: ModelListResource,
+    duckdb: DuckDBResource,
 ) -> MaterializeResult:
     files = intact_result_files(loaded_result_files(work_area, model), context.log.warning)
     manifest = work_area.layout.manifest_path  # fetched with the result files
     read_manifest(manifest)  # a missing or damaged manifest: a one-line error, not DuckDB's
+    every_model = every_model_results(work_area, model, models, context.log.warning)
     with duckdb.get_connection() as conn:
-        summary = refresh_warehouse(conn, manifest, files)
+        summary = refresh_warehouse(conn, manifest, files, every_model)
+        per_model = conn.execute("SELECT model_name, kind, model, predictions FROM models ORDER BY position").fetchall()
         labels = top_labels(conn, limit=10)
         pictures = results_pictures(conn)
         tables = tables_metadata(WAREHOUSE_TABLES, "predictions", current_catalog(conn), conn)
@@ -67,6 +96,7 @@ def prediction_results(
             "failures": summary.failures,
             "partitions_loaded": summary.partitions_loaded,
             "model": model.spec.name,
+            "models": markdown_table(("name", "kind", "model", "predictions"), per_model),
             "top_labels": markdown_table(("label", "images"), labels),
             **pictures,
             **tables,

@@ -22,7 +22,7 @@ seen: materialize the downstream assets by hand then (``make run`` does everythi
 
 from dagster import AssetSelection, AutomationCondition
 
-from inference_assets.inference.assets import prediction_files
+from inference_assets.inference.assets import MODEL_LIST_ASSETS, prediction_files
 
 
 def _once_upstream_settles(updated: AutomationCondition) -> AutomationCondition:
@@ -35,7 +35,7 @@ def _once_upstream_settles(updated: AutomationCondition) -> AutomationCondition:
 
 # prediction_results: new prediction files (a manifest refresh alone is not enough)
 AFTER_NEW_PREDICTIONS = _once_upstream_settles(
-    AutomationCondition.any_deps_updated().allow(AssetSelection.assets(prediction_files))
+    AutomationCondition.any_deps_updated().allow(AssetSelection.assets(prediction_files, *MODEL_LIST_ASSETS))
 ).with_label("after new prediction files, once no upstream partition is in progress")
 
 # evaluation, report: prediction_results (or evaluation) updated or requested in the same tick

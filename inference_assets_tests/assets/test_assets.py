@@ -24,7 +24,7 @@ MANIFEST_METADATA = {
 }
 PREPROCESSED_METADATA = {
     "partitions", "images", "ok", "failed", "reused", "computed", "seconds", "images_per_second",
-    "decode_workers", "input_size", "jpeg_draft", "preprocessing", "path",
+    "decode_workers", "input_size", "jpeg_draft", "preprocessing", "pixel_sets", "path",
 }
 PREDICTION_METADATA = {
     "partitions", "predicted", "reused", "failed", "seconds", "images_per_second", "model", "weights",

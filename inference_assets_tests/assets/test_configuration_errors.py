@@ -10,7 +10,7 @@ from dagster import DagsterInstance, materialize
 
 from inference_assets.core.errors import ConfigError
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
-from inference_assets.resources import DeviceResource, ModelResource, PreprocessingResource, WarehouseResource
+from inference_assets.resources import DeviceResource, ModelListResource, ModelResource, PreprocessingResource, WarehouseResource
 from inference_assets.run import run_pipeline
 from inference_assets_tests.conftest import source_resource, work_area_resource
 from inference_assets_tests.support.environment import PROJECT_ROOT, pipeline_env
@@ -118,6 +118,7 @@ def test_the_same_errors_stop_dagster_steps_at_resource_setup(image_root, tmp_pa
         "source": source_resource(image_root=str(image_root)),
         "work_area": work_area_resource(tmp_path / "work"),
         "model": ModelResource(name="efficientnet_b99"),
+        "models": ModelListResource(),
         "device": DeviceResource(device="cpu"),
         "preprocessing": PreprocessingResource(),
         "duckdb": WarehouseResource(database=str(tmp_path / "missing" / "w.duckdb")),

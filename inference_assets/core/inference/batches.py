@@ -2,7 +2,9 @@
 
 Per batch: read rows from the stored shard (on a prefetch thread, pinned when the device is
 CUDA), copy to the device without blocking, normalize there, run the forward pass
-under autocast for ``bf16``/``fp16``, softmax in fp32, keep the top-k.
+under autocast for ``bf16``/``fp16``, softmax in fp32, keep the top-k and every class's probability.
+With test-time augmentation (``tta="flip"``) each batch also goes through mirrored, and the
+probabilities are the mean of both passes'.
 Memory is bounded by the batch size and the prefetch depth, not by the partition size.
 """
 
@@ -36,6 +38,7 @@ class InferenceSettings:
     batch_size: int = 0  # 0: automatic: 8 on CPU, probed on CUDA (devices.default_batch_size, batch_size.py)
     top_k: int = 5
     compile: bool = False  # torch.compile the model (batches are padded to one shape)
+    tta: str | None = None  # "flip": the mean of the probabilities of each image and of its mirror image
 
     @property
     def effective_batch_size(self) -> int:
@@ -139,10 +142,10 @@ def classify(
     on_backoff: Callable[[int, int], None] | None = None,
     on_batch_size: Callable[[int], None] | None = None,
     stages: StageSeconds | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, list[list[int]] | None]]:
-    """Yield ``(rows, top_probs, top_indices, positives)`` per batch for the given (ascending) rows of the
-    shard; ``positives`` lists, for a multi-label model, each image's classes at or above its threshold
-    (None otherwise).
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, list[list[int]] | None, np.ndarray]]:
+    """Yield ``(rows, top_probs, top_indices, positives, probabilities)`` per batch for the given
+    (ascending) rows of the shard; ``positives`` lists, for a multi-label model, each image's classes at
+    or above its threshold (None otherwise); ``probabilities`` holds every class's, one row per image.
 
     ``stages``, if given, gets the seconds spent waiting for pixels and in the model added.
 
@@ -177,7 +180,7 @@ def classify(
     # float) and is normalized there.
     threshold = classifier.info.threshold if classifier.info.multi_label else None
 
-    def forward(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[list[int]] | None]:
+    def forward(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray, list[list[int]] | None, np.ndarray]:
         with torch.inference_mode():
             x = classifier.preprocessing.normalize(batch.to(device, non_blocking=pin))
             if settings.channels_last and classifier.is_torch:
@@ -187,14 +190,17 @@ def classify(
                 x = torch.cat([x, x.new_zeros((limit - count, *x.shape[1:]))])
             with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 outputs = module(x)[:count]
+                mirrored = module(x.flip(-1))[:count] if settings.tta == "flip" else None
             probs = classifier.probabilities(outputs)
+            if mirrored is not None:
+                probs = (probs + classifier.probabilities(mirrored)) / 2
             top = probs.topk(k, dim=-1)
             positives = None
             if threshold is not None:  # multi-label: every class at or above the threshold, most probable first
                 order = probs.argsort(dim=-1, descending=True).cpu().numpy()
                 passed = (probs >= threshold).cpu().numpy()
                 positives = [[int(i) for i in row if ok[i]] for row, ok in zip(order, passed)]
-        return top.values.cpu().numpy(), top.indices.cpu().numpy(), positives
+        return top.values.cpu().numpy(), top.indices.cpu().numpy(), positives, probs.float().cpu().numpy()
     stages = stages if stages is not None else StageSeconds()
     batches = prefetch(_batches(shard, rows, limit, pin))
     while True:
@@ -211,7 +217,7 @@ def classify(
                 continue
             try:
                 with stages.timed("model"):
-                    probs, indices, positives = forward(part)
+                    probs, indices, positives, every = forward(part)
             except torch.cuda.OutOfMemoryError:
                 if len(part_rows) == 1:
                     raise
@@ -222,7 +228,7 @@ def classify(
                     on_backoff(old, limit)
                 pending.append((part_rows, part))
                 continue
-            yield part_rows, probs, indices, positives
+            yield part_rows, probs, indices, positives, every
 
 
 def check_runtime(classifier: Classifier, settings: InferenceSettings) -> None:
@@ -346,7 +352,7 @@ def predict_shard(
             if reused:
                 writer.write_rows(previous.take(pa.array(sorted(reused))))
         progress(len(image_ids) - len(to_compute))
-        for rows, probs, indices, positives in classify(
+        for rows, probs, indices, positives, every in classify(
             classifier, shard, to_compute, settings, on_backoff, on_batch_size, stages
         ):
             picked = rows.tolist()
@@ -359,6 +365,7 @@ def predict_shard(
                     probs,
                     classifier.labels,
                     positives,
+                    every,
                 )
             progress(len(picked))
         closing = time.perf_counter()

@@ -30,14 +30,17 @@ import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from inference_assets.core.reporting import charts
 from inference_assets.core.reporting.evaluation import synonyms, truth_names
 from inference_assets.core.reporting.thumbnails import png_data_uri
+from inference_assets.core.storage.results import STATUS_PREDICTED, read_class_names, read_results
 from inference_assets.core.warehouse.database import Column, TableDescription, tables_by_name
 
 BINS = 15  # reliability bins over (0, 1], as in Guo et al.
@@ -68,6 +71,8 @@ CALIBRATION_TABLES: dict[str, TableDescription] = tables_by_name(
             Column("nll_after_scaling", "DOUBLE", "Mean negative log-likelihood after temperature scaling; null "
                    "without a temperature."),
             Column("note", "VARCHAR", "Why no temperature was fitted, or why it is unreliable; null otherwise."),
+            Column("accuracy", "DOUBLE", "Top-1 accuracy over the evaluated images."),
+            Column("confidence", "DOUBLE", "Mean top-1 confidence over the evaluated images."),
         ),
     ),
     TableDescription(
@@ -321,6 +326,8 @@ def store_calibration(conn: duckdb.DuckDBPyConnection, results: dict[str, Calibr
         "nll": pa.array([results[n].nll_before for n in names], pa.float64()),
         "nll_after_scaling": pa.array([results[n].nll_after for n in names], pa.float64()),
         "note": pa.array([results[n].note for n in names], pa.string()),
+        "accuracy": pa.array([results[n].accuracy for n in names], pa.float64()),
+        "confidence": pa.array([results[n].confidence for n in names], pa.float64()),
     }
     rows = [(name, scaled, b) for name in names
             for scaled, bins in ((False, results[name].bins_before), (True, results[name].bins_after)) for b in bins]
@@ -402,3 +409,100 @@ def calibration_html(conn: duckdb.DuckDBPyConnection, results: dict[str, Calibra
             parts.append(f"<p>{_e(charts.MISSING)}</p>")
     parts.append("</div>")
     return "\n".join(parts)
+
+
+def _labelled_probabilities(files: Sequence[Path], labels: dict[str, str]) -> tuple[np.ndarray, list[str]]:
+    """The stored probabilities of the predicted images that carry a label, and their labels, from a
+    model's result files (only those rows are kept in memory)."""
+    blocks, kept = [], []
+    for path in files:
+        table = read_results(path).select(["image_id", "status", "probabilities"])
+        ids = table.column("image_id").to_pylist()
+        status = table.column("status").to_pylist()
+        rows = [i for i, (image_id, s) in enumerate(zip(ids, status)) if s == STATUS_PREDICTED and image_id in labels]
+        if not rows:
+            continue
+        column = table.column("probabilities").take(pa.array(rows, pa.int64())).combine_chunks()
+        if column.null_count:
+            raise ValueError(f"{path} was written without every class's probability (an earlier version): "
+                             "materialize its model's prediction_files again with force to calibrate it")
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        blocks.append(values.reshape(len(rows), -1))
+        kept += [labels[ids[i]] for i in rows]
+    return (np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)), kept
+
+
+def calibrate_result_files(files: Sequence[Path], labels: dict[str, str], fit: bool = True,
+                           bins: int = BINS) -> Calibration:
+    """One model's calibration from its result files, on the images of ``labels`` (image id -> label)
+    whose label is one of its classes."""
+    if not files:
+        return Calibration(images=0, ece_before=None, note="no predictions loaded")
+    probabilities, kept = _labelled_probabilities(files, labels)
+    class_names = read_class_names(files[0]) or []
+    if not kept:
+        return Calibration(images=0, ece_before=None, note="no predicted image carries a label")
+    return calibrate(probabilities, label_targets(kept, class_names), bins=bins, fit=fit)
+
+
+def calibrated_rows(files: Sequence[Path], temperature: float) -> pa.Table:
+    """Every predicted image of a model's result files with its stored top-1 confidence and the one
+    after temperature scaling (the class never changes), one partition file at a time."""
+    parts = []
+    for path in files:
+        table = read_results(path).filter(pc.equal(pc.field("status"), STATUS_PREDICTED))
+        if not table.num_rows:
+            continue
+        column = table.column("probabilities").combine_chunks()
+        if column.null_count:
+            raise ValueError(f"{path} was written without every class's probability (an earlier version): "
+                             "materialize its model's prediction_files again with force to calibrate it")
+        probabilities = column.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
+        _, confidence = calibrated_confidences(probabilities, temperature)
+        parts.append(pa.table({
+            "image_id": table.column("image_id"),
+            "class_label": table.column("class_label"),
+            "confidence": table.column("confidence"),
+            "calibrated_confidence": pa.array(confidence, pa.float32()),
+        }))
+    schema = pa.schema([("image_id", pa.string()), ("class_label", pa.string()), ("confidence", pa.float32()),
+                        ("calibrated_confidence", pa.float32())])
+    return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
+
+
+def store_calibrated_predictions(conn: duckdb.DuckDBPyConnection, rows: dict[str, tuple[float, pa.Table]]) -> int:
+    """Replace ``calibrated_predictions`` with each model's (temperature, calibrated_rows); returns its rows."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute("CREATE OR REPLACE TABLE calibrated_predictions (model_name VARCHAR NOT NULL, image_id VARCHAR "
+                     "NOT NULL, temperature DOUBLE NOT NULL, class_label VARCHAR, confidence FLOAT, "
+                     "calibrated_confidence FLOAT, PRIMARY KEY (model_name, image_id))")
+        for name, (temperature, table) in rows.items():
+            conn.register("_calibrated_rows", table)
+            conn.execute("INSERT INTO calibrated_predictions SELECT ?, image_id, ?, class_label, confidence, "
+                         "calibrated_confidence FROM _calibrated_rows", [name, temperature])
+            conn.unregister("_calibrated_rows")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return conn.execute("SELECT count(*) FROM calibrated_predictions").fetchone()[0]
+
+
+def stored_calibrations(conn: duckdb.DuckDBPyConnection) -> dict[str, Calibration]:
+    """The calibrations ``store_calibration`` stored, by model name (empty before the first)."""
+    if not conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'calibration_summary'").fetchone()[0]:
+        return {}
+    results = {}
+    for name, images, ece, temperature, ece_after, nll, nll_after, note, accuracy, confidence in conn.execute(
+        "SELECT model_name, images, ece, temperature, ece_after_scaling, nll, nll_after_scaling, note, accuracy, "
+        "confidence FROM calibration_summary"
+    ).fetchall():
+        bins = conn.execute("SELECT scaled, lower, upper, images, confidence, accuracy FROM calibration_bins "
+                            "WHERE model_name = ? ORDER BY scaled, lower", [name]).fetchall()
+        results[name] = Calibration(
+            images=images, ece_before=ece, temperature=temperature, ece_after=ece_after, nll_before=nll,
+            nll_after=nll_after, bins_before=[Bin(*b[1:]) for b in bins if not b[0]],
+            bins_after=[Bin(*b[1:]) for b in bins if b[0]], accuracy=accuracy, confidence=confidence, note=note,
+        )
+    return results

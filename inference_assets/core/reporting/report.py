@@ -15,7 +15,10 @@ import duckdb
 
 from inference_assets.core.reporting import charts
 from inference_assets.core.reporting.charts import class_distribution_png, confidence_histogram_png
+from inference_assets.core.reporting.calibration import calibration_html, stored_calibrations
+from inference_assets.core.reporting.comparison import comparison_html
 from inference_assets.core.reporting.evaluation import stored_summary
+from inference_assets.core.reporting.review_queue import review_html
 from inference_assets.core.reporting.thumbnails import png_data_uri
 from inference_assets.core.storage.atomic import atomic_output
 from inference_assets.core.warehouse.database import failure_reasons, outcome_counts
@@ -78,6 +81,10 @@ def results_charts(conn: duckdb.DuckDBPyConnection, classes: int = 15) -> tuple[
     )
 
 
+def _has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0])
+
+
 def build_report(
     conn: duckdb.DuckDBPyConnection,
     thumbnail: Callable[[str], str | None],
@@ -85,8 +92,10 @@ def build_report(
     classes_in_gallery: int = 12,
     images_per_class: int = 8,
     least_confident: int = 12,
+    review_files: dict[str, str] | None = None,
 ) -> tuple[str, ReportSummary]:
-    """The report's HTML, and what it shows (for metadata)."""
+    """The report's HTML, and what it shows (for metadata); with several models, their comparison,
+    calibration and the review queue (``review_files``: the queue's exported files) follow."""
     images, predicted, failed = outcome_counts(conn)
     models = [r[0] for r in conn.execute("SELECT DISTINCT model || ' (' || weights || ')' FROM predictions").fetchall()]
     counts = conn.execute(
@@ -205,6 +214,13 @@ def build_report(
             parts += [f"<tr><td>{_e(l)}</td><td>{_e(p)}</td><td>{n}</td></tr>" for l, p, n in confusions]
             parts.append("</table>")
         parts.append("</div>")
+    calibrations = stored_calibrations(conn)
+    sections = (
+        comparison_html(conn, thumbnail),
+        calibration_html(conn, calibrations) if calibrations else "",
+        review_html(conn, thumbnail, files=review_files) if _has_table(conn, "review_queue") else "",
+    )
+    parts += [section for section in sections if section]
     parts.append("</body></html>")
     text = "\n".join(parts)
     summary = ReportSummary(images, predicted, failed, len(counts), thumbs, evaluation.evaluated if evaluation else 0, len(text.encode()))

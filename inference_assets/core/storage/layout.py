@@ -6,6 +6,7 @@
     <work_dir>/preprocessed/<preprocessing fingerprint>/<partition>.parquet + .npy
     <work_dir>/predictions/<model slug>/<partition>.parquet
     <work_dir>/report/index.html
+    <work_dir>/review/review_queue.csv, label_studio_tasks.jsonl, label_studio_config.xml
     <work_dir>/converted/<model slug>-<input size>-<runtime and versions>/  (OpenVINO / ONNX networks)
 
 Pixels are keyed by the preprocessing they were made with and results by model + weights,
@@ -54,6 +55,11 @@ class Layout:
     @property
     def report_path(self) -> Path:
         return self.work_dir / "report" / "index.html"
+
+    @property
+    def review_dir(self) -> Path:
+        """The review queue's exports: a CSV, Label Studio tasks (JSON Lines) and its labelling config."""
+        return self.work_dir / "review"
 
     @property
     def converted_dir(self) -> Path:

@@ -42,6 +42,9 @@ RESULT_SCHEMA = pa.schema(
         ("topk_labels", pa.list_(pa.string())),
         ("topk_probs", pa.list_(pa.float32())),
         ("positive_labels", pa.list_(pa.string())),  # multi-label models: classes at or above the threshold
+    # every class's probability, in output order (ensembles, calibration); null for failures and for
+    # files written before it was kept
+    ("probabilities", pa.list_(pa.float32())),
         ("model", pa.string()),
         ("weights", pa.string()),
         ("model_id", pa.string()),  # ModelInfo.identity: weights, class names, preprocessing, activation
@@ -58,7 +61,7 @@ RESULT_SCHEMA = pa.schema(
 # Rows per Parquet row group of a result file. Rows arrive a batch (8 images on CPU) at a time; one
 # row group per batch made files of 150+ row groups a partition, which DuckDB's refresh loaded at about
 # 25 KB of memory a row (+480 MiB at 20,000 images). A row is about 500 bytes, so the rows waiting for
-# their row group stay under a few MiB.
+# their row group stay under a few MiB; with every class's probability (4 KB a row for 1000 classes) under 40 MiB.
 ROW_GROUP_ROWS = 8192
 
 
@@ -144,6 +147,8 @@ class ResultFileWriter:
                 pending.extend([self._constants[name]] * count)
             elif name == "predicted_at":
                 pending.extend([now] * count)
+            elif name == "probabilities" and value is not None:
+                pending.extend(np.asarray(value, dtype=np.float32))  # one float32 row each, converted by Arrow
             else:
                 pending.extend([None] * count if value is None else value)
         self._pending_rows += count
@@ -165,8 +170,10 @@ class ResultFileWriter:
         top_probs: np.ndarray,
         labels: list[str],
         positives: list[list[int]] | None = None,
+        probabilities: np.ndarray | None = None,
     ) -> None:
-        """One row per image; ``positives``: a multi-label model's classes at or above its threshold."""
+        """One row per image; ``positives``: a multi-label model's classes at or above its threshold;
+        ``probabilities``: every class's probability, one row per image."""
         count = len(image_ids)
         if count == 0:
             return
@@ -185,6 +192,7 @@ class ResultFileWriter:
                 "topk_labels": top_labels,
                 "topk_probs": top_probs.astype(np.float32).tolist(),
                 "positive_labels": positive_labels,
+                "probabilities": probabilities,
             },
             count,
         )
@@ -248,13 +256,17 @@ def intact_result_files(paths: list[Path], warn: Callable[[str], None] | None = 
     return intact
 
 
+# What a result file keeps (2: every class's probability too); files of an earlier version are not reused.
+OUTPUTS_VERSION = "2"
+
+
 def settings_key(precision: str, top_k: int, pixels: str) -> str:
     """The settings a stored prediction must share with the current run to be reused.
 
     ``pixels`` is the preprocessing fingerprint of the stored pixels predicted from (exact or
     JPEG draft mode decoding, say).
     """
-    return f"precision={precision};top_k={top_k};pixels={pixels}"
+    return f"precision={precision};top_k={top_k};pixels={pixels};outputs={OUTPUTS_VERSION}"
 
 
 def read_reusable(

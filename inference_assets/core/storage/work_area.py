@@ -81,7 +81,17 @@ class WorkArea:
         """The default cache of converted networks (local to each machine: it is not mirrored)."""
         return self.layout.converted_dir
 
-    # the report ---------------------------------------------------------------------------------
+    # the report and the review queue ----------------------------------------------------------
+
+    @contextmanager
+    def updating_review(self, names: tuple[str, ...]) -> Iterator[dict[str, Path]]:
+        """The review queue's files to write (by name, in the review folder); published once written."""
+        folder = self.layout.review_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {name: folder / name for name in names}
+        yield paths
+        for path in paths.values():
+            self.shared.publish(path)
 
     @contextmanager
     def updating_report(self) -> Iterator[Path]:

@@ -4,10 +4,13 @@ Tables (each replaced as a whole inside one transaction, so readers see the old 
 new contents, never a mix, and re-running never duplicates a row):
 
 - ``images``: the manifest.
-- ``predictions``: one row per predicted image (primary key ``image_id``).
+- ``predictions``: one row per image predicted by the primary model (primary key ``image_id``).
 - ``failures``: one row per image that could not be predicted, with the stage and error (stage
   ``list`` for an image under a folder that could not be listed, see :mod:`.manifest`).
 - ``model_classes``: the model's classes (index, name), in output order.
+- ``models``: every model loaded (the primary one, the model list's, the ensembles), in order.
+- ``model_predictions``: every model's predictions, one row per model and image (key
+  ``model_name``, ``image_id``); the primary model's are those of ``predictions``.
 
 A result row counts only while it matches the manifest (same ``image_id`` and content
 hash): results for deleted or changed files drop out until their partition is re-run.
@@ -192,6 +195,39 @@ WAREHOUSE_TABLES: dict[str, TableDescription] = tables_by_name(
         Column("class_index", "INTEGER", "Index in the model's output.", nullable=False, unique=True),
         Column("class_label", "VARCHAR", "The class name.", nullable=False),
     )),
+    TableDescription("models", "Every model whose predictions are loaded: the primary one (the predictions table), the "
+                     "models of the model list and the ensembles, in configuration order.", (
+        _key("model_name", "The model's name (model_predictions.model_name)."),
+        Column("position", "INTEGER", "Its place in the configuration: 0 for the primary model.", nullable=False),
+        Column("kind", "VARCHAR", "model (a forward pass) or ensemble (a mean of members' stored probabilities).",
+               nullable=False),
+        Column("is_primary", "BOOLEAN", "Whether it is the primary model, whose rows the predictions table holds.",
+               nullable=False),
+        Column("model", "VARCHAR", "The architecture or model file; ensemble(members) for an ensemble.", nullable=False),
+        Column("tta", "VARCHAR", "Test-time augmentation (flip); null when none."),
+        Column("members", "VARCHAR[]", "An ensemble's members; null for a model."),
+        Column("member_weights", "DOUBLE[]", "An ensemble's members' weights, as configured; null for a model."),
+        Column("predictions", "BIGINT", "Its rows in model_predictions.", nullable=False),
+    )),
+    TableDescription("model_predictions", "Every model's predictions, one row per model and predicted image whose "
+                     "result matches the manifest; the primary model's rows are those of the predictions table.", (
+        Column("model_name", "VARCHAR", "The model's name (models.model_name).", nullable=False),
+        Column("image_id", "VARCHAR", "The image (images.image_id).", nullable=False),
+        Column("uri", "VARCHAR", _URI, nullable=False),
+        Column("partition", "VARCHAR", _PARTITION, nullable=False),
+        Column("label", "VARCHAR", "The image's own label from the manifest; null when it has none."),
+        Column("class_index", "INTEGER", "Index of the top-1 class in the model's output.", nullable=False),
+        Column("class_label", "VARCHAR", "Name of the top-1 class.", nullable=False),
+        Column("confidence", "FLOAT", "Probability of the top-1 class (0 to 1).", nullable=False),
+        Column("topk_indices", "INTEGER[]", "Indices of the top-k classes, most probable first.", nullable=False),
+        Column("topk_labels", "VARCHAR[]", "Names of the top-k classes, most probable first.", nullable=False),
+        Column("topk_probs", "FLOAT[]", "Probabilities of the top-k classes.", nullable=False),
+        Column("model", "VARCHAR", "The architecture or model file; ensemble(members) for an ensemble.", nullable=False),
+        Column("model_id", "VARCHAR", "The model's identity: weights, class names, preprocessing, activation."),
+        Column("runtime", "VARCHAR", "What ran the forward pass; 'ensemble of stored probabilities' for an ensemble."),
+        Column("content_hash", "VARCHAR", "Hash of the image bytes the prediction was made from.", nullable=False),
+        Column("predicted_at", _TIME, _WRITTEN_AT),
+    )),
 )
 
 
@@ -276,6 +312,36 @@ CREATE OR REPLACE TABLE model_classes (
     class_index INTEGER PRIMARY KEY,
     class_label VARCHAR NOT NULL
 );
+CREATE OR REPLACE TABLE models (
+    model_name VARCHAR PRIMARY KEY,
+    position INTEGER NOT NULL,
+    kind VARCHAR NOT NULL,
+    is_primary BOOLEAN NOT NULL,
+    model VARCHAR NOT NULL,
+    tta VARCHAR,
+    members VARCHAR[],
+    member_weights DOUBLE[],
+    predictions BIGINT NOT NULL
+);
+CREATE OR REPLACE TABLE model_predictions (
+    model_name VARCHAR NOT NULL,
+    image_id VARCHAR NOT NULL,
+    uri VARCHAR NOT NULL,
+    partition VARCHAR NOT NULL,
+    label VARCHAR,
+    class_index INTEGER NOT NULL,
+    class_label VARCHAR NOT NULL,
+    confidence FLOAT NOT NULL,
+    topk_indices INTEGER[] NOT NULL,
+    topk_labels VARCHAR[] NOT NULL,
+    topk_probs FLOAT[] NOT NULL,
+    model VARCHAR NOT NULL,
+    model_id VARCHAR,
+    runtime VARCHAR,
+    content_hash VARCHAR NOT NULL,
+    predicted_at TIMESTAMPTZ,
+    PRIMARY KEY (model_name, image_id)
+);
 CREATE OR REPLACE TABLE failures (
     image_id VARCHAR PRIMARY KEY,
     uri VARCHAR NOT NULL,
@@ -314,6 +380,49 @@ WHERE r.status = 'failed'
 """
 
 
+_INSERT_MODEL_PREDICTIONS = """
+INSERT INTO model_predictions
+SELECT $name, r.image_id, r.uri, r.partition, m.label, r.class_index, r.class_label, r.confidence,
+       r.topk_indices, r.topk_labels, r.topk_probs, r.model, r.model_id, {runtime}, r.content_hash, r.predicted_at
+FROM read_parquet($files, union_by_name = true) r
+JOIN images m ON m.image_id = r.image_id AND m.content_hash = r.content_hash
+WHERE r.status = 'predicted'
+"""
+
+
+@dataclass(frozen=True)
+class ModelResults:
+    """A model's result files to load into ``model_predictions``, and what ``models`` says of it."""
+
+    name: str
+    files: list[Path]
+    model: str = ""
+    kind: str = "model"  # or "ensemble"
+    tta: str | None = None
+    members: tuple[str, ...] | None = None
+    member_weights: tuple[float, ...] | None = None
+
+
+def _runtime_column(files: list[Path]) -> str:
+    # files written before `runtime` was recorded have no such column (null for their rows)
+    return "r.runtime" if any("runtime" in pq.read_schema(p).names for p in files) else "NULL"
+
+
+def _load_models(conn: duckdb.DuckDBPyConnection, models: list[ModelResults]) -> None:
+    for position, entry in enumerate(models):
+        if entry.files:
+            files = [str(p) for p in entry.files]
+            conn.execute(_INSERT_MODEL_PREDICTIONS.format(runtime=_runtime_column(entry.files)),
+                         {"name": entry.name, "files": files})
+        count = conn.execute("SELECT count(*) FROM model_predictions WHERE model_name = ?", [entry.name]).fetchone()[0]
+        conn.execute(
+            "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [entry.name, position, entry.kind, position == 0, entry.model, entry.tta,
+             list(entry.members) if entry.members else None,
+             list(entry.member_weights) if entry.member_weights else None, count],
+        )
+
+
 @dataclass
 class WarehouseSummary:
     images: int
@@ -323,24 +432,28 @@ class WarehouseSummary:
 
 
 def refresh_warehouse(
-    conn: duckdb.DuckDBPyConnection, manifest_path: Path, result_files: list[Path]
+    conn: duckdb.DuckDBPyConnection, manifest_path: Path, result_files: list[Path],
+    models: list[ModelResults] | None = None,
 ) -> WarehouseSummary:
-    """Replace the ``images``, ``predictions``, ``failures`` and ``model_classes`` tables in one transaction."""
+    """Replace the ``images``, ``predictions``, ``failures``, ``model_classes``, ``models`` and
+    ``model_predictions`` tables in one transaction. ``result_files`` are the primary model's;
+    ``models`` every model's, the primary one first (default: the primary model alone, named
+    ``primary``): a model no longer listed leaves no row."""
+    models = models if models is not None else [ModelResults("primary", result_files)]
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute(_CREATE_TABLES)
         conn.execute(_INSERT_IMAGES, {"manifest": str(manifest_path)})
         if result_files:
             files = [str(p) for p in result_files]
-            # files written before `runtime` was recorded have no such column (null for their rows)
-            recorded = any("runtime" in pq.read_schema(p).names for p in result_files)
-            conn.execute(_INSERT_PREDICTIONS.format(runtime="r.runtime" if recorded else "NULL"), {"files": files})
+            conn.execute(_INSERT_PREDICTIONS.format(runtime=_runtime_column(result_files)), {"files": files})
             conn.execute(_INSERT_FAILURES, {"files": files})
             names = read_class_names(result_files[0]) or []
             classes = pa.table({"class_index": pa.array(range(len(names)), pa.int32()), "class_label": names})
             conn.register("_model_classes", classes)
             conn.execute("INSERT INTO model_classes SELECT * FROM _model_classes")
             conn.unregister("_model_classes")
+        _load_models(conn, models)
     except BaseException:
         conn.execute("ROLLBACK")
         raise

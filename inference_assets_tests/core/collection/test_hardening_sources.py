@@ -102,7 +102,7 @@ from pathlib import Path
 from dagster import DagsterInstance
 from dagster_duckdb import DuckDBResource
 from inference_assets.resources import (
-    DeviceResource, ImageSourceResource, ModelResource, ObjectStoreResource, PreprocessingResource, WorkAreaResource,
+    DeviceResource, ImageSourceResource, ModelListResource, ModelResource, ObjectStoreResource, PreprocessingResource, WorkAreaResource,
 )
 from inference_assets.run import materialize_step, pipeline_steps
 root, work = Path(sys.argv[1]), Path(sys.argv[2])
@@ -110,6 +110,7 @@ resources = {
     "source": ImageSourceResource(image_root=str(root), object_store=ObjectStoreResource()),
     "work_area": WorkAreaResource(work_dir=str(work / "work"), object_store=ObjectStoreResource()),
     "model": ModelResource(batch_size=4),
+    "models": ModelListResource(),
     "device": DeviceResource(device="cpu"),
     "preprocessing": PreprocessingResource(decode_workers=2),
     "duckdb": DuckDBResource(database=str(work / "warehouse.duckdb")),

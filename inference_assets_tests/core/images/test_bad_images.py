@@ -19,7 +19,7 @@ from inference_assets.core.inference.batches import InferenceSettings, predict_s
 from inference_assets.core.storage.results import read_results
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.partitions import IMAGE_SHARDS
-from inference_assets.resources import DeviceResource, ModelResource, PreprocessingResource
+from inference_assets.resources import DeviceResource, ModelListResource, ModelResource, PreprocessingResource
 from inference_assets_tests.conftest import KNOWN_TOP1, source_resource, work_area_resource
 from inference_assets_tests.support.corpus import make_corpus
 from inference_assets_tests.support.environment import PROJECT_ROOT, SAMPLE_IMAGES
@@ -50,6 +50,7 @@ def test_every_awkward_file_gets_a_prediction_or_exactly_one_failure(image_root,
         "source": source_resource(image_root=str(image_root)),
         "work_area": work_area_resource(tmp_path / "work"),
         "model": ModelResource(batch_size=64),
+        "models": ModelListResource(),
         "device": DeviceResource(device="cpu"),
         "preprocessing": PreprocessingResource(decode_workers=2, max_image_pixels=10_000_000),
         "duckdb": DuckDBResource(database=str(database)),

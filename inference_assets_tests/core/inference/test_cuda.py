@@ -162,13 +162,14 @@ def test_a_whole_dagster_run_on_the_gpu(image_root, tmp_path, record_property):
     import duckdb
     from dagster_duckdb import DuckDBResource
 
-    from inference_assets.resources import DeviceResource, ModelResource, PreprocessingResource
+    from inference_assets.resources import DeviceResource, ModelListResource, ModelResource, PreprocessingResource
     from inference_assets_tests.conftest import KNOWN_TOP1, run_all_steps, source_resource, work_area_resource
 
     resources = {
         "source": source_resource(image_root=str(image_root)),
         "work_area": work_area_resource(tmp_path / "work"),
         "model": ModelResource(),
+        "models": ModelListResource(),
         "device": DeviceResource(device="cuda"),
         "preprocessing": PreprocessingResource(),
         "duckdb": DuckDBResource(database=str(tmp_path / "warehouse.duckdb")),

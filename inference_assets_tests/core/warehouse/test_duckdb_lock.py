@@ -11,7 +11,7 @@ from dagster import AssetSelection, DagsterInstance, materialize
 from inference_assets.core.warehouse.database import WarehouseLockedError, connect_waiting_for_lock
 from inference_assets.definitions import ASSET_CHECKS, ASSETS
 from inference_assets.partitions import IMAGE_SHARDS
-from inference_assets.resources import DeviceResource, ModelResource, PreprocessingResource, WarehouseResource
+from inference_assets.resources import DeviceResource, ModelListResource, ModelResource, PreprocessingResource, WarehouseResource
 from inference_assets_tests.conftest import source_resource, work_area_resource
 
 HOLD = "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(float(sys.argv[2]))"
@@ -58,6 +58,7 @@ def pipeline(image_root, tmp_path):
         "source": source_resource(image_root=str(image_root)),
         "work_area": work_area_resource(tmp_path / "work"),
         "model": ModelResource(),
+        "models": ModelListResource(),
         "device": DeviceResource(device="cpu"),
         "preprocessing": PreprocessingResource(decode_workers=2),
         "duckdb": WarehouseResource(database=str(database), lock_timeout_seconds=60),
