@@ -23,10 +23,10 @@ from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext
 
 from inference_assets.core.collection.pending import changed_partitions, listing_digest, manifest_digests, scan_listing
 from inference_assets.partitions import NUM_PARTITIONS, range_tags
-from inference_assets.resources import ImageSourceResource, ModelResource, WorkAreaResource
+from inference_assets.resources import ImageSourceResource, ModelListResource, ModelResource, WorkAreaResource
 from inference_assets.settings import SETTINGS
 
-from .pending_work import EVERYTHING, missing_results, partition_run_requests
+from .pending_work import EVERYTHING, missing_results, partition_run_requests, work_key
 
 CRON = SETTINGS.schedule_cron
 TIMEZONE = SETTINGS.schedule_timezone
@@ -43,7 +43,8 @@ TIMEZONE = SETTINGS.schedule_timezone
     "evaluation and report follow once (refresh_results).",
 )
 def nightly_pending_work(
-    context: ScheduleEvaluationContext, source: ImageSourceResource, work_area: WorkAreaResource, model: ModelResource
+    context: ScheduleEvaluationContext, source: ImageSourceResource, work_area: WorkAreaResource, model: ModelResource,
+    models: ModelListResource,
 ):
     scan = scan_listing(source.entries(), NUM_PARTITIONS)
     changed = changed_partitions(scan.digests, manifest_digests(work_area.layout.manifest_path, NUM_PARTITIONS))
@@ -53,5 +54,5 @@ def nightly_pending_work(
             asset_selection=EVERYTHING,
             tags=range_tags(changed[0], changed[-1]),
         )
-    requests = partition_run_requests(missing_results(work_area, model))
+    requests = partition_run_requests(missing_results(work_area, model, models), work_key(model, models))
     return requests or SkipReason(f"nothing pending: {scan.scanned} images listed, all predicted")

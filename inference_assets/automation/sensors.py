@@ -35,10 +35,10 @@ from inference_assets.core.collection.pending import (
 )
 from inference_assets.jobs import REFRESHED_ASSETS
 from inference_assets.partitions import NUM_PARTITIONS
-from inference_assets.resources import ImageSourceResource, ModelResource, WorkAreaResource
+from inference_assets.resources import ImageSourceResource, ModelListResource, ModelResource, WorkAreaResource
 from inference_assets.settings import SETTINGS
 
-from .pending_work import EVERYTHING, MANIFEST, missing_results, partition_run_requests
+from .pending_work import EVERYTHING, MANIFEST, missing_results, partition_run_requests, work_key
 
 LISTING_SECONDS = SETTINGS.sensor_listing_seconds
 INTERVAL_SECONDS = SETTINGS.sensor_interval_seconds
@@ -53,7 +53,8 @@ INTERVAL_SECONDS = SETTINGS.sensor_interval_seconds
     "manifest run when images were added, changed or removed, and a run per partition with pending work.",
 )
 def new_images(
-    context: SensorEvaluationContext, source: ImageSourceResource, work_area: WorkAreaResource, model: ModelResource
+    context: SensorEvaluationContext, source: ImageSourceResource, work_area: WorkAreaResource, model: ModelResource,
+    models: ModelListResource,
 ):
     state = json.loads(context.cursor) if context.cursor else {}
     scan = scan_listing(
@@ -73,7 +74,7 @@ def new_images(
             context.log.info(f"{scan.scanned} images listed; {len(changed)} partitions changed: {', '.join(changed)}")
             requests.append(RunRequest(run_key=f"manifest:{listing_digest(scan.digests)}", asset_selection=MANIFEST))
     if not requests:  # the manifest is current: work on what it lists
-        requests = partition_run_requests(missing_results(work_area, model))
+        requests = partition_run_requests(missing_results(work_area, model, models), work_key(model, models))
     cursor = json.dumps(state)
     if not requests:
         return SensorResult(skip_reason=SkipReason("no new images and no partition with pending work"), cursor=cursor)

@@ -36,7 +36,7 @@ from inference_assets.run import materialize_step, pipeline_steps
 
 def _automation_resources(resources) -> dict:
     """The resources the sensor and the schedule take."""
-    return {key: resources[key] for key in ("source", "work_area", "model")}
+    return {key: resources[key] for key in ("source", "work_area", "model", "models")}
 
 
 def _sensor_tick(instance, resources, cursor=None):

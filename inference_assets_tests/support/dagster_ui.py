@@ -140,7 +140,7 @@ class DagsterDev:
                 "repositoryLocationName": LOCATION,
                 "repositoryName": REPOSITORY,
                 "pipelineName": ASSET_JOB,
-                "assetSelection": [{"path": [name]} for name in assets],
+                "assetSelection": [{"path": name.split("/")} for name in assets],
                 "assetCheckSelection": [],
             },
             "mode": "default",

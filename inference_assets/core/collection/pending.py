@@ -122,8 +122,24 @@ class MissingResults:
     digest: str  # of the partition's manifest rows: names this piece of work
 
 
-def partitions_missing_results(manifest_path: Path, result_file: Callable[[str], Path]) -> list[MissingResults]:
-    """Partitions whose manifest images are not all in their result file (by id and content hash)."""
+def _stored(path: Path) -> set[tuple[str, str]]:
+    """The (image_id, content_hash) pairs of a result file; none when it is absent or damaged
+    (its partition is predicted again)."""
+    if not path.exists():
+        return set()
+    try:
+        results = read_verified(path, columns=["image_id", "content_hash"])
+    except READ_ERRORS:
+        return set()
+    return set(zip(results.column("image_id").to_pylist(), results.column("content_hash").to_pylist()))
+
+
+def partitions_missing_results(
+    manifest_path: Path, result_file: Callable[[str], Path | list[Path]]
+) -> list[MissingResults]:
+    """Partitions whose manifest images are not all in their result file (by id and content hash);
+    ``result_file`` may give several files for a partition (one per model): an image missing from
+    any of them counts."""
     if not manifest_path.exists():
         return []
     try:
@@ -135,15 +151,10 @@ def partitions_missing_results(manifest_path: Path, result_file: Callable[[str],
         wanted.setdefault(row["partition"], set()).add((row["image_id"], row["content_hash"]))
     pending = []
     for partition in sorted(wanted):
-        path = result_file(partition)
-        have = set()
-        if path.exists():
-            try:
-                results = read_verified(path, columns=["image_id", "content_hash"])
-            except READ_ERRORS:  # damaged: as if absent, the partition is predicted again
-                results = pa.table({"image_id": pa.array([], pa.string()), "content_hash": pa.array([], pa.string())})
-            have = set(zip(results.column("image_id").to_pylist(), results.column("content_hash").to_pylist()))
-        missing = wanted[partition] - have
+        paths = result_file(partition)
+        missing = set()
+        for path in paths if isinstance(paths, list) else [paths]:
+            missing |= wanted[partition] - _stored(path)
         if missing:
             digest = hashlib.sha256(repr(sorted(wanted[partition], key=str)).encode()).hexdigest()[:16]
             pending.append(MissingResults(partition, len(missing), digest))
