@@ -72,7 +72,18 @@ def predict_ensemble_partition(
         tables.append(table)
     weights = np.array([m.weight for m in members], dtype=np.float64)
     weights = weights / weights.sum()
-    first = tables[0].select(["image_id", "uri", "content_hash"]).to_pydict()
+    # every image of any member, once, in the first member's order and then the others': an image the
+    # first member has not predicted yet is a failure row too, not left out of the ensemble's file
+    first: dict[str, list] = {"image_id": [], "uri": [], "content_hash": []}
+    seen: set[str] = set()
+    for table in tables:
+        columns = table.select(["image_id", "uri", "content_hash"]).to_pydict()
+        for image_id, uri, content_hash in zip(columns["image_id"], columns["uri"], columns["content_hash"]):
+            if image_id not in seen:
+                seen.add(image_id)
+                first["image_id"].append(image_id)
+                first["uri"].append(uri)
+                first["content_hash"].append(content_hash)
     rows_of = [
         {(i, h): r for r, (i, h, s) in enumerate(zip(
             t.column("image_id").to_pylist(), t.column("content_hash").to_pylist(), t.column("status").to_pylist()))}
@@ -80,7 +91,7 @@ def predict_ensemble_partition(
     ]
     status_of = [t.column("status").to_pylist() for t in tables]
     errors_of = [(t.column("stage").to_pylist(), t.column("error").to_pylist()) for t in tables]
-    predicted: list[tuple[int, list[int]]] = []  # (row in the first member, rows in each member)
+    predicted: list[tuple[int, list[int]]] = []  # (row in ``first``, rows in each member)
     failed: list[tuple[int, str, str]] = []
     for row, key in enumerate(zip(first["image_id"], first["content_hash"])):
         rows = [found.get(key) for found in rows_of]

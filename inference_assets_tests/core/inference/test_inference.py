@@ -82,6 +82,33 @@ def test_non_contiguous_rows_and_channels_last(shard, classifier):
     assert np.allclose(plain[0][1], cl[0][1], atol=1e-4)
 
 
+def _by_hand(classifier, shard, rows, mirrored: bool) -> np.ndarray:
+    """Every class's probability of the shard's stored pixels, computed by hand (mirrored left-right)."""
+    x = classifier.preprocessing.normalize(torch.from_numpy(shard.read_rows(int(rows[0]), int(rows[-1]) + 1)))
+    x = x[torch.from_numpy(rows - rows[0])]
+    with torch.inference_mode():
+        return classifier.probabilities(classifier.module(x.flip(-1) if mirrored else x)).numpy()
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("tta", [None, "flip"])
+def test_flip_tta_is_the_mean_of_the_image_and_its_mirror(shard, classifier, tta):
+    rows = shard.ok_rows
+    parts = list(classify(classifier, shard, rows, InferenceSettings(CPU, batch_size=4, top_k=3, tta=tta)))
+    assert np.concatenate([p[0] for p in parts]).tolist() == rows.tolist()
+    top_probs, top_indices = np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+    every = np.concatenate([p[4] for p in parts])
+    assert every.shape == (len(rows), len(classifier.labels)) and every.dtype == np.float32
+    assert all(p[3] is None for p in parts)  # single-label: no positives
+    plain, mirror = _by_hand(classifier, shard, rows, False), _by_hand(classifier, shard, rows, True)
+    assert not np.allclose(plain, mirror, atol=1e-3)  # the mirror image gives other probabilities
+    assert np.allclose(every, (plain + mirror) / 2 if tta == "flip" else plain, atol=1e-5)
+    assert np.allclose(every.sum(axis=1), 1, atol=1e-5)
+    for row, probs, indices in zip(every, top_probs, top_indices):
+        assert np.allclose(probs, np.sort(row)[::-1][:3], atol=1e-6)  # the row's top 3, most probable first
+        assert np.allclose(row[indices], probs, atol=1e-6)  # and the indices name them
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_autocast_runs_and_keeps_confident_top1(shard, classifier, precision):
     rows = shard.ok_rows
