@@ -31,7 +31,7 @@ from inference_assets.resources import (
     WorkAreaResource,
 )
 from inference_assets.resources.models import ModelListResource
-from inference_assets.settings import SETTINGS
+from inference_assets.settings import SETTINGS, variables_named
 
 
 class PredictConfig(Config):
@@ -204,4 +204,6 @@ def model_list_assets(model_list: ModelList, primary_name: str) -> list[AssetsDe
 
 # The model list's assets, from the settings read when the code location loads.
 PRIMARY_NAME = SETTINGS.model_list.primary or default_primary_name(SETTINGS.model, DEFAULT_MODEL)
+with variables_named():  # an ensemble of models that are not listed: one line when the code location loads
+    SETTINGS.model_list.check_ensembles(PRIMARY_NAME)
 MODEL_LIST_ASSETS = tuple(model_list_assets(SETTINGS.model_list, PRIMARY_NAME))

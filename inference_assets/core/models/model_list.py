@@ -138,7 +138,8 @@ def _listed(name: str, values: object) -> ListedModel:
                           settings=["models"])
     for key in ("batch_size", "top_k"):
         value = values.get(key)
-        if value is not None and (not isinstance(value, int) or value < (0 if key == "batch_size" else 1)):
+        wrong = isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "batch_size" else 1)
+        if value is not None and wrong:
             raise ConfigError(f"model list: model {name!r} has {key} {value!r}: use a whole number, in models",
                               settings=["models"])
     return ListedModel(
