@@ -89,6 +89,7 @@ refresh_results = AutomationConditionSensorDefinition(
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
     description="Declarative automation: once new prediction files are in (from any run or backfill) and no "
-    "upstream partition is still in progress, one run refreshes prediction_results, evaluation and report. "
+    "upstream partition is still in progress, one run refreshes prediction_results, evaluation, model_comparison, "
+    "calibration, review_queue and report. "
     "Needs the daemon (make dev); stop it here to refresh by hand.",
 )

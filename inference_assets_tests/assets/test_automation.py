@@ -21,6 +21,9 @@ from dagster import (
 
 from inference_assets.automation import sensors
 from inference_assets.jobs import REFRESHED_ASSETS
+
+# what the automation requests after new predictions: the DuckDB refresh and everything downstream of it
+DOWNSTREAM = ("prediction_results", "evaluation", "model_comparison", "calibration", "review_queue", "report")
 from inference_assets.automation.schedules import nightly_pending_work
 from inference_assets.automation.sensors import new_images
 from inference_assets.core.collection.partitioning import image_id_for, partition_for
@@ -191,7 +194,7 @@ def _queued_run(instance, partition: str):
 def _refresh_by_automation(resources, instance, cursor):
     """The next automation tick requests prediction_results, evaluation and report once; they are materialized."""
     result = _tick(instance, cursor)
-    assert _requested(result) == {"prediction_results": 1, "evaluation": 1, "report": 1}
+    assert _requested(result) == {name: 1 for name in DOWNSTREAM}
     _materialize(resources, instance, REFRESHED_ASSETS)
     return result.cursor
 
@@ -215,7 +218,7 @@ def test_the_downstream_assets_are_requested_once_after_every_pending_partition_
     _materialize(resources, instance, ["preprocessed_images", "prediction_files"], second)
     instance.report_run_canceled(waiting)  # ended (its work was done by the run above)
     result = _tick(instance, result.cursor)
-    assert _requested(result) == {"prediction_results": 1, "evaluation": 1, "report": 1}
+    assert _requested(result) == {name: 1 for name in DOWNSTREAM}
 
     result = _tick(instance, result.cursor)
     assert result.total_requested == 0  # requested once: not again while nothing changed
@@ -226,7 +229,7 @@ def test_the_downstream_assets_are_requested_once_after_every_pending_partition_
 
     _materialize(resources, instance, ["preprocessed_images", "prediction_files"], first)
     result = _tick(instance, result.cursor)
-    assert _requested(result) == {"prediction_results": 1, "evaluation": 1, "report": 1}  # new predictions: again
+    assert _requested(result) == {name: 1 for name in DOWNSTREAM}  # new predictions: again
 
 
 @pytest.mark.fast

@@ -13,7 +13,7 @@ from inference_assets.definitions import defs
 from inference_assets_tests.support.environment import PROJECT_ROOT
 
 SOURCE = PROJECT_ROOT / "inference_assets"
-KNOWN_KINDS = {"pytorch", "parquet", "duckdb", "html", "numpy"}
+KNOWN_KINDS = {"pytorch", "parquet", "duckdb", "html", "numpy", "csv"}
 
 
 def _described_fields(config_type, path: str):
