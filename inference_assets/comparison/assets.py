@@ -18,6 +18,7 @@ from inference_assets.core.reporting.review_queue import (
     LOW_CONFIDENCE,
     REVIEW_TABLES,
     build_review_queue,
+    local_files_url,
     review_markdown,
     write_label_studio_config,
     write_label_studio_tasks,
@@ -137,6 +138,11 @@ class ReviewConfig(Config):
         default=LOW_CONFIDENCE, ge=0, le=1,
         description="An image whose primary model's top-1 confidence is below this joins the queue.",
     )
+    label_studio_root: str = Field(
+        default="",
+        description="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: local images under it are given to "
+        "Label Studio as /data/local-files/?d=<path under it>; empty: each image's location as it is.",
+    )
 
 
 @asset(
@@ -157,7 +163,8 @@ def review_queue(
         summary = build_review_queue(conn, low_confidence=config.low_confidence)
         with work_area.files.updating_review(REVIEW_FILES) as paths:
             write_review_csv(conn, paths["review_queue.csv"])
-            write_label_studio_tasks(conn, paths["label_studio_tasks.jsonl"])
+            image_url = local_files_url(config.label_studio_root) if config.label_studio_root else None
+            write_label_studio_tasks(conn, paths["label_studio_tasks.jsonl"], image_url)
             write_label_studio_config(conn, paths["label_studio_config.xml"])
         table = review_markdown(conn)
         tables = tables_metadata(REVIEW_TABLES, "review_queue", current_catalog(conn), conn)

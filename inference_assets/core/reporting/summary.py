@@ -34,6 +34,8 @@ def print_summary(
               f"on {evaluation.evaluated} labelled images"
               + (f" ({evaluation.unknown_labels} with labels the model does not know)"
                  if evaluation.unknown_labels else ""))
+    for line in _models_lines(database):
+        print(line)
     for stage, error, n in reasons:
         print(f"failures:    {n} at {stage}: {error}")
     print(f"time:        {sum(timings.values()):.1f}s (" + ", ".join(f"{k}: {v:.1f}s" for k, v in timings.items()) + ")")
@@ -44,3 +46,24 @@ def print_summary(
         print(f"report:      {report_path}  (open it in a browser; it needs no network)")
     duckdb_cli = shutil.which("duckdb") and "duckdb" or os.path.relpath(Path(sys.executable).parent / "duckdb")
     print(f'try:         {duckdb_cli} {database} "select class_label, count(*) from predictions group by 1 order by 2 desc"')
+
+
+def _models_lines(database: str) -> list[str]:
+    """With a model list: each model's top-1 on the labelled images, and its agreement with the primary one."""
+    with duckdb.connect(database, read_only=True) as conn:
+        tables = {name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        if not {"models", "model_accuracy", "comparison_pairs"} <= tables:
+            return []
+        rows = conn.execute(
+            "SELECT m.model_name, m.kind, a.top1_accuracy, p.agreement FROM models m "
+            "LEFT JOIN model_accuracy a USING (model_name) "
+            "LEFT JOIN comparison_pairs p ON p.model_b = m.model_name "
+            "AND p.model_a = (SELECT model_name FROM models WHERE is_primary) ORDER BY m.position"
+        ).fetchall()
+    if len(rows) < 2:
+        return []
+    parts = [f"{name}{' (ensemble)' if kind == 'ensemble' else ''}"
+             + (f" top-1 {top1:.1%}" if top1 is not None else "")
+             + (f", agrees with {rows[0][0]} on {agreement:.1%}" if agreement is not None else "")
+             for name, kind, top1, agreement in rows]
+    return ["models:      " + "; ".join(parts)]
