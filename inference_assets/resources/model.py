@@ -73,20 +73,21 @@ class ModelResource(ConfigurableResource):
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self.prepare(context.log.warning)
 
-    def prepare(self, warn: Callable[[str], None]) -> "ModelResource":
-        """Check the model (one-line ConfigErrors here, before any work) and describe it; returns itself."""
-        if self.tta not in (None, *TTA_CHOICES):
-            raise ConfigError(f"model tta {self.tta!r} is not known: use 'flip' or leave it unset")
-        with variables_named():
+    def prepare(self, warn: Callable[[str], None], errors: Callable = variables_named) -> "ModelResource":
+        """Check the model (one-line ConfigErrors here, before any work) and describe it; returns itself.
+        ``errors``: how a ConfigError is worded for the deployment (default: naming the model variables)."""
+        with errors():
+            if self.tta not in (None, *TTA_CHOICES):
+                raise ConfigError(f"model tta {self.tta!r} is not known: use 'flip' or leave it unset")
             self._info = describe_model(self.spec)
         for warning in self._info.warnings:
             warn(warning)
         return self
 
-    def check_configuration(self) -> None:
+    def check_configuration(self, errors: Callable = variables_named) -> None:
         """Before any run: unknown models, bad files, cards and class names; torchvision weights are
         fetched into the hub cache here."""
-        with variables_named():
+        with errors():
             check_weights_available(self.spec)
 
     @property

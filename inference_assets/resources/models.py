@@ -1,12 +1,29 @@
 """The ``models`` resource: the models run beside the primary one, and the ensembles of them."""
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
+from inference_assets.core.errors import ConfigError
 from inference_assets.core.models.loading import DEFAULT_MODEL
 from inference_assets.core.models.model_list import Ensemble, ModelList, default_primary_name, parse_model_list
 from inference_assets.resources.model import ModelResource
-from inference_assets.settings import variables_named
+from inference_assets.settings import for_deployment, variables_named
+
+
+@contextmanager
+def _named_in_the_list(name: str) -> Iterator[None]:
+    """A listed model's ConfigError, naming the model and the model list's variable (not the primary model's)."""
+    try:
+        yield
+    except ConfigError as error:
+        message = re.sub(r"\b(set|in) (weights|name|class_names|card|model_card)\b", r"\1 its \2", str(error))
+        raise for_deployment(ConfigError(f"model {name!r} of the model list: {message} (in models)",
+                                         settings=["models"])) from None
 
 
 class ModelListResource(ConfigurableResource):
@@ -33,6 +50,17 @@ class ModelListResource(ConfigurableResource):
         self._list = self.model_list
         self._warn = context.log.warning
 
+    def check_configuration(self) -> None:
+        """Before any run (``make run``'s preflight): the list reads, and each listed model is one the
+        ``model`` resource accepts (its files, card, class names; weights fetched where they must be)."""
+        for listed in self.model_list.models:
+            self._resource(listed).check_configuration(partial(_named_in_the_list, listed.name))
+
+    def _resource(self, listed) -> ModelResource:
+        fields = {"weights": listed.weights, "class_names": listed.class_names, "card": listed.card}
+        return ModelResource(name=listed.model, batch_size=listed.batch_size, top_k=listed.top_k, tta=listed.tta,
+                             **{key: value for key, value in fields.items() if value is not None})
+
     @property
     def model_list(self) -> ModelList:
         with variables_named():
@@ -55,11 +83,7 @@ class ModelListResource(ConfigurableResource):
         if name not in self._models:
             with variables_named():
                 listed = self._list.model(name)
-            fields = {"weights": listed.weights, "class_names": listed.class_names, "card": listed.card}
-            self._models[name] = ModelResource(
-                name=listed.model, batch_size=listed.batch_size, top_k=listed.top_k, tta=listed.tta,
-                **{key: value for key, value in fields.items() if value is not None},
-            ).prepare(self._warn)
+            self._models[name] = self._resource(listed).prepare(self._warn, partial(_named_in_the_list, name))
         return self._models[name]
 
     def ensemble(self, name: str) -> Ensemble:
