@@ -75,7 +75,8 @@ backfill: $(STAMP) instance
 screenshots: $(STAMP)
 	$(BIN)/python -m tools.screenshots
 
-## bench: throughput and memory against Ray Data, a DataLoader loop, a per-image loop and the limits
+## bench: throughput and memory against Ray Data, a DataLoader loop, a per-image loop and the limits, and each
+## model of a model list (Lite0, Lite1, Lite2, their ensemble) with their agreement
 ## (BENCH_IMAGES, BENCH_REPEATS, ... : see bench/run.py); results in bench/results/
 bench: $(STAMP) $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run

@@ -107,4 +107,47 @@ def markdown(s: dict) -> str:
             lines += [f"Incremental re-run at {sc['images'][1]} images: +{inc['added_images']} new images in "
                       f"{inc['seconds']:.1f}s = {_pct(inc['cost_vs_full_run'])} of that full run (stages: "
                       + ", ".join(f"{k} {x:.1f}s" for k, x in (inc.get("stages") or {}).items()) + ").", ""]
+    if s.get("models"):
+        lines += _models(s["models"], s["peers"].get("project_models"))
     return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _models(m: dict, peer: dict | None) -> list[str]:
+    """The ``project_models`` peer's section: each model's prediction step, the preprocessing, the agreement table."""
+    rounds = m["rounds"]
+    lines = ["## Models", "",
+             "The project with a model list (`project_models`: `INFERENCE_MODELS`), "
+             + (f"end to end {peer['images_per_second']:.1f} img/s; " if peer else "")
+             + ("medians of " + f"{rounds} rounds" if rounds > 1 else "one round") + ". "
+             "img/s: a model's prediction step, images predicted / (reading pixels + forward passes + writing) "
+             "(its `images_per_second` metadata); an ensemble runs no forward pass, it averages its members' stored "
+             "probabilities. seconds: the whole step, loading the model (and converting its network in a round "
+             "that found no converted one) included. Top-1 accuracy: on the images whose label is one of the models' "
+             "classes (`model_accuracy`); agreement: the images both models predicted (`comparison_pairs`).", ""]
+    pre = m["preprocessing"]
+    if pre.get("seconds") is not None:
+        lines += [f"Preprocessing: {pre['pixel_sets']} pixel sets ({pre['input_size']}) in {pre['seconds']:.1f}s, "
+                  f"{pre['seconds_per_pixel_set']:.1f}s per pixel set on average, "
+                  f"{_num(pre['images_per_second'])} img/s per pixel set.", ""]
+    lines += ["| model | kind | model / members | runtime | img/s (prediction step) | seconds | predicted "
+              "| top-1 accuracy |", "|---|---|---|---|---:|---:|---:|---:|"]
+    for x in m["models"]:
+        what = ", ".join(x["members"]) if x["kind"] == "ensemble" and x["members"] else x["model"]
+        what += f" (TTA {x['tta']})" if x.get("tta") else ""
+        name = x["name"] + (" (primary)" if x["primary"] else "")
+        lines.append(f"| {name} | {x['kind']} | {what} | {x['runtime'] or '–'} | {_num(x['images_per_second'])} | "
+                     f"{_num(x['seconds'])} | {x['predicted'] if x['predicted'] is not None else '–'} | "
+                     f"{_pct(x['top1_accuracy'])}" + (f" (of {x['evaluated']})" if x["evaluated"] else "") + " |")
+    lines += ["", "| pair | images | same top-1 | agreement |", "|---|---:|---:|---:|"]
+    for pair in m["pairs"]:
+        lines.append(f"| {pair['model_a']} – {pair['model_b']} | {pair['images']} | {pair['agreements']} | "
+                     f"{_pct(pair['agreement'])} |")
+    lines.append("")
+    if not m.get("accuracy_measured"):
+        lines += ["Top-1 accuracy: – (null in `model_accuracy`): none of the collection's labels is one of the "
+                  "models' classes, so the agreement between the models is the comparison.", ""]
+    return lines

@@ -5,12 +5,20 @@ Settings (environment):
 
 - ``BENCH_IMAGES`` [2000]: collection size; ``BENCH_SEED`` [0].
 - ``BENCH_REPEATS`` [3]: rounds; every peer runs once per round (interleaved, so a noisy
-  spell hits all of them) and the medians are reported.
+  spell hits all of them) and the medians are reported; ``project_models`` runs once, in the last round.
 - ``BENCH_PEERS`` [all]: comma list of ``project, project_onnx, ray_data, daft, dataloader, per_image,
-  model_limit, model_limit_torch, decode_limit``. ``model_limit`` is the forward pass in the runtime the
+  model_limit, model_limit_torch, decode_limit, project_models``. ``model_limit`` is the forward pass in the runtime the
   project's default (``auto``) picks; ``model_limit_torch`` in PyTorch eager. ``daft`` is Daft's documented image batch-inference pattern
   (``bench/peers/daft_udf.py``; Daft's own resize to the input size, not the model's transform). ``project_onnx`` is the project with the same model exported to ONNX (a model folder
-  with a card, as a user brings one) and run in ONNX Runtime, fp32.
+  with a card, as a user brings one) and run in ONNX Runtime, fp32. ``project_models`` is the project with a
+  model list (``INFERENCE_MODELS``, issue 17): the primary model (Lite0) beside Lite1, Lite2 and their
+  ensemble ``lite_mean`` (``<BENCH_WORK>/models.yaml``, bundled weights, offline); the results' ``models``
+  section (and the Markdown's "Models") gives each model's prediction step (images/s, seconds), the
+  ensemble's, the preprocessing of the pixel sets, and each pair's top-1 agreement and each model's
+  accuracy from DuckDB's ``comparison_pairs`` and ``model_accuracy`` (accuracy on the images whose label
+  is one of the models' classes; null where none is). About three times the project's run, so once a benchmark.
+- ``BENCH_MODELS`` [the list above]: ``project_models``' model list instead (``INFERENCE_MODELS``'s forms:
+  ``name=model`` pairs or a YAML/JSON file).
 - ``BENCH_VARIANTS`` [``torch,onnxruntime,openvino-int8,bf16,jpeg_draft,compile,incremental``; ``none`` for
   none]: the project's options, each run once and compared with the exact path; ``torch`` / ``openvino`` /
   ``onnxruntime`` / ``openvino-int8`` are ``INFERENCE_RUNTIME`` (a converted runtime converts in its own fresh work folder, so its run pays the
@@ -27,7 +35,8 @@ Settings (environment):
 - ``BENCH_DEVICE`` [auto], ``BENCH_MODEL`` / ``BENCH_WEIGHTS`` [the bundled EfficientNet-Lite0],
   ``BENCH_PRECISION`` [fp32].
 
-Writes ``bench/results/<date>-<device>-<images>.json`` and ``.md`` (the table the README quotes).
+Writes ``bench/results/<date>-<device>-<images>.json`` and ``.md`` (the table the README quotes; with
+``project_models``, a "Models" section after it).
 Generated images and work files go under ``bench/work/`` (git-ignored).
 """
 
@@ -53,7 +62,17 @@ WORK = Path(os.environ.get("BENCH_WORK") or BENCH_DIR / "work")
 RESULTS = Path(os.environ.get("BENCH_RESULTS") or BENCH_DIR / "results")
 
 PEERS = ("project", "project_onnx", "ray_data", "daft", "dataloader", "per_image", "model_limit", "model_limit_torch",
-         "decode_limit")
+         "decode_limit", "project_models")
+# the project with a model list (Lite0 + Lite1 + Lite2 + their ensemble): each model's speed and their agreement
+MODELS_PEER = "project_models"
+DEFAULT_MODEL_LIST = """\
+# the project_models peer's model list (bench/run.py writes it; BENCH_MODELS replaces it)
+{primary}models:
+{lite0}  lite1: {{model: tf_efficientnet_lite1, weights: bundled}}   # 240x240: its own pixel set
+  lite2: {{model: tf_efficientnet_lite2, weights: bundled}}   # 260x260: its own pixel set
+ensembles:
+  lite_mean: {{members: [lite0, lite1, lite2]}}   # the mean of the three models' probabilities
+"""
 TITLES = {
     "project": "this project, end to end (Dagster: manifest → pixels → predictions → DuckDB)",
     "project_onnx": "this project, end to end, the same model exported to ONNX (ONNX Runtime, fp32)",
@@ -64,6 +83,7 @@ TITLES = {
     "model_limit": "limit: forward pass alone on ready tensors (the project's default runtime)",
     "model_limit_torch": "forward pass alone on ready tensors, PyTorch eager",
     "decode_limit": "limit: decode + resize + crop alone, all cores",
+    "project_models": "this project, end to end, with a model list (every model and ensemble predicted, compared)",
 }
 
 
@@ -114,6 +134,9 @@ class Bench:
         if peer == "project_onnx":
             peer = "project"
             common[common.index("--model") + 1] = str(self.onnx_model())
+        if peer == MODELS_PEER:
+            peer = "project"
+            common += ["--models", self.model_list()]
         if peer == "project":
             extra = ["--work", str(options.pop("work")), "--batch-size", "0"]
             extra += ["--draft"] if options.pop("draft", False) else []
@@ -144,7 +167,7 @@ class Bench:
         out = WORK / "predictions" / f"{label}.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.unlink(missing_ok=True)
-        if peer in ("project", "project_onnx") and "work" not in options:
+        if peer in ("project", "project_onnx", MODELS_PEER) and "work" not in options:
             options["work"] = WORK / "project" / label
             shutil.rmtree(options["work"], ignore_errors=True)
         command = self.command(peer, images, out, **options)
@@ -182,6 +205,19 @@ class Bench:
             self._onnx_exported = True
         return folder
 
+    def model_list(self) -> str:
+        """``INFERENCE_MODELS`` of the ``project_models`` peer: ``BENCH_MODELS``, else a YAML file written to
+        ``<BENCH_WORK>/models.yaml``: Lite1, Lite2 and the ensemble of Lite0, Lite1 and Lite2 beside the
+        primary model (``BENCH_MODEL``, named ``lite0`` when it is Lite0; else Lite0 is listed too)."""
+        if os.environ.get("BENCH_MODELS", "").strip():
+            return os.environ["BENCH_MODELS"].strip()
+        path = WORK / "models.yaml"
+        lite0 = self.model == "tf_efficientnet_lite0"
+        path.write_text(DEFAULT_MODEL_LIST.format(
+            primary="primary: lite0\n" if lite0 else "",
+            lite0="" if lite0 else "  lite0: {model: tf_efficientnet_lite0, weights: bundled}\n"))
+        return str(path)
+
     # --- the benchmark ------------------------------------------------------------------
 
     def main(self) -> dict:
@@ -190,6 +226,8 @@ class Bench:
         runs: dict[str, list[dict]] = {peer: [] for peer in self.peers}
         for round_ in range(1, self.repeats + 1):
             for peer in self.peers:
+                if peer == MODELS_PEER and round_ < self.repeats:
+                    continue  # once, in the last round: three models' run is the longest
                 if peer == "dataloader" and round_ == 1:
                     runs[peer].append(self.dataloader_sweep_run(images))
                 else:
@@ -306,6 +344,8 @@ class Bench:
                 )
                 ratios["predict stage / model limit"] = predict / rates["model_limit"]
         summary["ratios"] = ratios
+        if runs.get(MODELS_PEER):
+            summary["models"] = self.models_summary(runs[MODELS_PEER])
         exact = runs["project"][-1] if "project" in runs else None
         for name, result in variants.items():
             entry = {
@@ -336,6 +376,51 @@ class Bench:
                 },
             }
         return summary
+
+    @staticmethod
+    def models_summary(results: list[dict]) -> dict:
+        """The ``project_models`` peer per model: its prediction step's images/s and seconds (medians over the
+        rounds), its kind and accuracy; the preprocessing of the pixel sets; each pair's top-1 agreement
+        (DuckDB ``comparison_pairs`` and ``model_accuracy`` after the last round)."""
+        details = [r["report"] for r in results]
+        last = details[-1]
+        tables = last["models"]
+        accuracy = {row["model_name"]: row for row in tables["accuracy"]}
+
+        def median(key: str, field: str) -> float | None:
+            values = [d["metadata"][key][field] for d in details
+                      if d["metadata"].get(key, {}).get(field) is not None]
+            return statistics.median(values) if values else None
+
+        models = []
+        for row in tables["models"]:
+            key = "predict" if row["is_primary"] else f"{row['model_name']}/prediction_files"
+            step = last["metadata"].get(key, {})
+            acc = accuracy.get(row["model_name"], {})
+            models.append({
+                "name": row["model_name"], "kind": row["kind"], "primary": row["is_primary"], "model": row["model"],
+                "tta": row["tta"], "members": row["members"], "asset": key if key != "predict" else "prediction_files",
+                "images_per_second": median(key, "images_per_second"), "seconds": median(key, "seconds"),
+                "images_per_second_runs": [d["metadata"].get(key, {}).get("images_per_second") for d in details],
+                "predicted": step.get("predicted"), "predictions_in_duckdb": row["predictions"],
+                "runtime": step.get("runtime"), "batch_size": step.get("batch_size"),
+                "evaluated": acc.get("evaluated"), "top1_accuracy": acc.get("top1_accuracy"),
+                "top5_accuracy": acc.get("top5_accuracy"),
+            })
+        pre = last["metadata"].get("preprocess", {})
+        seconds, sets = median("preprocess", "seconds"), pre.get("pixel_sets") or 1
+        return {
+            "rounds": len(details),
+            "models": models,
+            "preprocessing": {
+                "pixel_sets": pre.get("pixel_sets"), "input_size": pre.get("input_size"),
+                "computed": pre.get("computed"), "seconds": seconds,
+                "seconds_per_pixel_set": seconds / sets if seconds is not None else None,
+                "images_per_second": median("preprocess", "images_per_second"),
+            },
+            "pairs": tables["pairs"],
+            "accuracy_measured": any(m["evaluated"] for m in models),
+        }
 
     @staticmethod
     def top1(result: dict | None) -> dict[str, int] | None:

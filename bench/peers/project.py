@@ -4,6 +4,10 @@ The three runs ``make run`` makes (``inference_assets.run.pipeline_steps``, asse
 manifest; pixels + predictions over the whole partition range in one run; DuckDB refresh. End to end is the sum of the three runs'
 wall times; each stage's own time comes from its asset's ``seconds`` metadata. The top-1 per
 image is read back from the DuckDB ``predictions`` table.
+
+With ``--models`` (``INFERENCE_MODELS``: a model list) the same three runs also predict with every listed
+model and ensemble (``<name>/prediction_files``); the report then adds ``models``: DuckDB's ``models``,
+``comparison_pairs`` and ``model_accuracy`` tables as they are after the run (``model_comparison``).
 """
 
 import os
@@ -23,7 +27,10 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--runtime", default="auto", help="INFERENCE_RUNTIME: auto (the default), torch, openvino or onnxruntime")
     p.add_argument("--converted", default="", help="INFERENCE_CONVERTED_DIR (default: <work>/work/converted)")
+    p.add_argument("--models", default="", help="INFERENCE_MODELS: a model list (name=model pairs or a YAML file)")
     args = p.parse_args()
+    if args.models:
+        os.environ["INFERENCE_MODELS"] = args.models
     os.environ.update(
         INFERENCE_IMAGE_ROOT=str(args.images),
         INFERENCE_WORK_DIR=os.path.join(args.work, "work"),
@@ -67,7 +74,8 @@ def main() -> None:
                                    if k in ("computed", "predicted", "reused", "images", "batch_size", "channels_last",
                                             "decode_workers", "images_per_second", "files_hashed", "hashes_reused",
                                             "jpeg_draft", "compiled", "seconds", "runtime", "runtime_parity",
-                                            "runtime_settled_by_pytorch")}
+                                            "runtime_settled_by_pytorch")
+                                   or (args.models and k in MODEL_LIST_KEYS)}
     # stages without their own `seconds` (manifest, warehouse) are timed by their whole run
     seconds = {**{k: v for k, v in stage_seconds.items() if v is not None},
                **{k: run_seconds[k] for k in ("manifest", "warehouse")}}
@@ -75,8 +83,32 @@ def main() -> None:
         rows = conn.execute(
             "SELECT i.relative_path, p.class_index FROM predictions p JOIN images i USING (image_id) ORDER BY 1"
         ).fetchall()
+        models = model_tables(conn) if args.models else None
     write_predictions(args.out, [path for path, _ in rows], [int(i) for _, i in rows])
-    report(images=len(rows), seconds=sum(run_seconds.values()), stages=seconds, runs=run_seconds, metadata=metadata)
+    extra = {"models": models} if models is not None else {}
+    report(images=len(rows), seconds=sum(run_seconds.values()), stages=seconds, runs=run_seconds, metadata=metadata,
+           **extra)
+
+
+# more metadata kept with a model list: the pixel sets preprocessed, the model (or an ensemble's members) of each step
+MODEL_LIST_KEYS = ("pixel_sets", "input_size", "preprocessing", "model", "members", "weights", "failed")
+
+
+def model_tables(conn) -> dict:
+    """The model list's tables after the run: ``models``, ``comparison_pairs``, ``model_accuracy`` (as dicts)."""
+    def rows(query: str) -> list[dict]:
+        cursor = conn.execute(query)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    return {
+        "models": rows("SELECT model_name, position, kind, is_primary, model, tta, members, predictions "
+                       "FROM models ORDER BY position, model_name"),
+        "pairs": rows("SELECT model_a, model_b, images, agreements, agreement, labelled, a_top1_correct, "
+                      "b_top1_correct FROM comparison_pairs"),
+        "accuracy": rows("SELECT model_name, labelled, evaluated, top1_accuracy, top5_accuracy FROM model_accuracy "
+                         "ORDER BY position, model_name"),
+    }
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """``make bench`` keeps working: a tiny run of the real harness, every peer but Ray (a bench-only extra);
-the ONNX Runtime path and Daft included.
+the ONNX Runtime path, Daft and the project with a model list (Lite0, Lite1, Lite2, their ensemble) included.
 
 It checks the plumbing, not speed: every peer classifies every image, all agree on top-1 with
 the reference loop, and the JSON and Markdown results are written with the machine's description.
@@ -18,7 +18,8 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
         **os.environ,
         "BENCH_IMAGES": "12",
         "BENCH_REPEATS": "1",
-        "BENCH_PEERS": "project,project_onnx,daft,dataloader,per_image,model_limit,model_limit_torch,decode_limit",
+        "BENCH_PEERS": "project,project_onnx,daft,dataloader,per_image,model_limit,model_limit_torch,decode_limit,"
+                       "project_models",
         "BENCH_VARIANTS": "torch,jpeg_draft,incremental",
         "BENCH_DATALOADER_BATCHES": "4,8",  # the loop at each; the faster one counts
         "BENCH_DEVICE": "cpu",
@@ -35,7 +36,7 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
     summary = json.loads(result.read_text())
     assert summary["machine"]["cores"] == os.cpu_count() and summary["machine"]["libraries"]["torch"]
     assert summary["config"]["collection"] and sum(summary["config"]["collection"].values()) == 12
-    for name in ("project", "project_onnx", "dataloader", "per_image"):
+    for name in ("project", "project_onnx", "dataloader", "per_image", "project_models"):
         peer = summary["peers"][name]
         assert peer["images_per_second"] > 0 and peer["peak_pss_mib"] > 100
         assert peer["top1_agreement_with_reference"] == {"images": 12, "same": 12, "missing": 0, "rate": 1.0}
@@ -59,7 +60,18 @@ def test_bench_runs_every_peer_and_writes_results(tmp_path):
     assert incremental["added_images"] == 1
     assert incremental["report"]["metadata"]["predict"]["predicted"] == 1  # only the new image is predicted
     assert incremental["report"]["metadata"]["predict"]["reused"] == 12
+    models = summary["models"]  # each model's prediction step and their agreement (issue 17)
+    assert [(m["name"], m["kind"]) for m in models["models"]] == [
+        ("lite0", "model"), ("lite1", "model"), ("lite2", "model"), ("lite_mean", "ensemble")]
+    assert all(m["predicted"] == 12 and m["images_per_second"] > 0 and m["seconds"] > 0 for m in models["models"])
+    assert models["preprocessing"]["pixel_sets"] == 3 and models["preprocessing"]["seconds_per_pixel_set"] > 0
+    assert [(p["model_a"], p["model_b"]) for p in models["pairs"]] == [
+        ("lite0", "lite1"), ("lite0", "lite2"), ("lite0", "lite_mean"), ("lite1", "lite2"), ("lite1", "lite_mean"),
+        ("lite2", "lite_mean")]
+    assert all(p["images"] == 12 and 0 <= p["agreement"] <= 1 for p in models["pairs"])
     markdown = result.with_suffix(".md").read_text()
+    assert "## Models" in markdown and "| lite_mean | ensemble | lite0, lite1, lite2 |" in markdown
+    assert "| lite0 – lite1 | 12 |" in markdown
     assert "| this project, end to end" in markdown and "top-1 = reference" in markdown
     assert "Project forward pass (last round): openvino" in markdown
     assert "for the DataLoader loop, its fastest in round 1 (4: " in markdown
