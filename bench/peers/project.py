@@ -29,8 +29,8 @@ def main() -> None:
     p.add_argument("--converted", default="", help="INFERENCE_CONVERTED_DIR (default: <work>/work/converted)")
     p.add_argument("--models", default="", help="INFERENCE_MODELS: a model list (name=model pairs or a YAML file)")
     args = p.parse_args()
-    if args.models:
-        os.environ["INFERENCE_MODELS"] = args.models
+    # the model list is this peer's --models, never one left in the caller's environment
+    os.environ["INFERENCE_MODELS"] = args.models
     os.environ.update(
         INFERENCE_IMAGE_ROOT=str(args.images),
         INFERENCE_WORK_DIR=os.path.join(args.work, "work"),
