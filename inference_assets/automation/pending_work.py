@@ -5,8 +5,8 @@ import hashlib
 from dagster import RunRequest
 
 from inference_assets.core.collection.pending import MissingResults, partitions_missing_results
-from inference_assets.jobs import MANIFEST_ASSETS, PARTITIONED_ASSETS
 from inference_assets.inference.assets import results_slug
+from inference_assets.jobs import MANIFEST_ASSETS, PARTITIONED_ASSETS
 from inference_assets.resources import ModelListResource, ModelResource, WorkAreaResource
 
 MANIFEST = [asset.key for asset in MANIFEST_ASSETS]

@@ -115,7 +115,7 @@ def calibration(
                          + (f" ({result.note})" if result.note else ""))
     with duckdb.get_connection() as conn:
         store_calibration(conn, results)
-        calibrated = store_calibrated_predictions(conn, scaled) if config.temperature_scaling else 0
+        calibrated = store_calibrated_predictions(conn, scaled)  # empty without temperature scaling
         tables = tables_metadata(CALIBRATION_TABLES, "calibration_summary", current_catalog(conn), conn)
 
     def number(value):

@@ -7,7 +7,14 @@ import pytest
 from dagster import AssetKey, materialize
 
 from inference_assets.core.collection.manifest import build_manifest
+from inference_assets.core.reporting.calibration import (
+    CALIBRATION_TABLES,
+    store_calibrated_predictions,
+    store_calibration,
+)
+from inference_assets.core.reporting.comparison import COMPARISON_TABLES, compare_models
 from inference_assets.core.reporting.evaluation import EVALUATION_TABLES, evaluate
+from inference_assets.core.reporting.review_queue import REVIEW_TABLES, build_review_queue
 from inference_assets.core.storage.layout import Layout
 from inference_assets.core.warehouse.database import WAREHOUSE_TABLES, catalog_name, refresh_warehouse, table_columns
 from inference_assets.definitions import ASSETS, defs
@@ -17,7 +24,11 @@ from inference_assets_tests.conftest import cpu_resources, source_resource, work
 ASSET_TABLES = {
     "prediction_results": ("predictions", WAREHOUSE_TABLES),
     "evaluation": ("evaluation_classes", EVALUATION_TABLES),
+    "model_comparison": ("comparison_pairs", COMPARISON_TABLES),
+    "calibration": ("calibration_summary", CALIBRATION_TABLES),
+    "review_queue": ("review_queue", REVIEW_TABLES),
 }
+EVERY_TABLE = {name: table for _, tables in ASSET_TABLES.values() for name, table in tables.items()}
 
 
 def _shape(columns):
@@ -32,9 +43,13 @@ def test_the_described_tables_are_the_tables_the_warehouse_and_the_evaluation_ma
     with duckdb.connect(str(tmp_path / "wh.duckdb")) as conn:
         refresh_warehouse(conn, layout.manifest_path, [])
         evaluate(conn)  # nothing predicted: empty tables, typed all the same
+        compare_models(conn)
+        store_calibration(conn, {})
+        store_calibrated_predictions(conn, {})
+        build_review_queue(conn)
         made = {name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        assert made == set(WAREHOUSE_TABLES) | set(EVALUATION_TABLES), "a table made but not described, or the reverse"
-        for tables in (WAREHOUSE_TABLES, EVALUATION_TABLES):
+        assert made == set(EVERY_TABLE), "a table made but not described, or the reverse"
+        for tables in (tables for _, tables in ASSET_TABLES.values()):
             for name, table in tables.items():
                 assert _shape(table_columns(conn, name)) == _shape(table.columns), f"{name}: described != DuckDB's"
                 assert all(column.description.strip() for column in table.columns), name
@@ -74,7 +89,13 @@ def test_a_materialization_reports_the_real_tables_with_row_counts(image_root, t
     assert result.success
 
     expected_rows = {"images": 7, "predictions": 6, "failures": 1, "model_classes": 1000, "evaluation_classes": 4,
-                     "evaluation_images": 4, "evaluation_confusions": 1, "evaluation_summary": 1}
+                     "evaluation_images": 4, "evaluation_confusions": 1, "evaluation_summary": 1,
+                     "models": 1, "model_predictions": 6,  # the primary model alone
+                     "comparison_pairs": 0, "comparison_classes": 0, "comparison_changes": 0, "model_accuracy": 1,
+                     "comparison_correctness": 0, "calibration_summary": 1, "calibration_bins": 15,
+                     "calibrated_predictions": 0}
+    with duckdb.connect(str(tmp_path / "results.v2.duckdb"), read_only=True) as conn:  # its own rules' outcome
+        expected_rows["review_queue"] = conn.execute("SELECT count(*) FROM review_queue").fetchone()[0]
     for asset, (main, tables) in ASSET_TABLES.items():
         metadata = {k: v.value for k, v in result.asset_materializations_for_node(asset)[0].metadata.items()}
         assert metadata["dagster/table_name"] == f"results.main.{main}"

@@ -26,7 +26,6 @@ Tables (replaced together in one transaction by :func:`store_calibration`):
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,10 +37,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inference_assets.core.reporting import charts
+from inference_assets.core.reporting.cards import escape as _e
 from inference_assets.core.reporting.evaluation import synonyms, truth_names
 from inference_assets.core.reporting.thumbnails import png_data_uri
 from inference_assets.core.storage.results import STATUS_PREDICTED, read_class_names, read_results
-from inference_assets.core.warehouse.database import Column, TableDescription, tables_by_name
+from inference_assets.core.warehouse.database import (
+    Column,
+    TableDescription,
+    has_table,
+    one_transaction,
+    replace_tables,
+    tables_by_name,
+)
 
 BINS = 15  # reliability bins over (0, 1], as in Guo et al.
 MIN_FIT_IMAGES = 20  # fewer labelled images than this: no temperature is fitted
@@ -87,6 +94,19 @@ CALIBRATION_TABLES: dict[str, TableDescription] = tables_by_name(
             Column("images", "BIGINT", "Evaluated images whose top-1 confidence falls in the bin."),
             Column("confidence", "DOUBLE", "Their mean top-1 confidence; null for an empty bin."),
             Column("accuracy", "DOUBLE", "The fraction of them whose top-1 class is the label; null for an empty bin."),
+        ),
+    ),
+    TableDescription(
+        "calibrated_predictions",
+        "With temperature scaling: every predicted image of each model with a fitted temperature, its stored "
+        "top-1 confidence and the rescaled one (the class never changes; empty without temperature scaling).",
+        (
+            Column("model_name", "VARCHAR", _MODEL, nullable=False),
+            Column("image_id", "VARCHAR", "The image (images.image_id).", nullable=False),
+            Column("temperature", "DOUBLE", "The model's fitted temperature T.", nullable=False),
+            Column("class_label", "VARCHAR", "The top-1 class (unchanged by scaling)."),
+            Column("confidence", "FLOAT", "The stored top-1 probability."),
+            Column("calibrated_confidence", "FLOAT", "The top-1 probability of softmax(log p / T)."),
         ),
     ),
 )
@@ -340,21 +360,7 @@ def store_calibration(conn: duckdb.DuckDBPyConnection, results: dict[str, Calibr
         "confidence": pa.array([b.confidence for _, _, b in rows], pa.float64()),
         "accuracy": pa.array([b.accuracy for _, _, b in rows], pa.float64()),
     }
-    tables = {"calibration_summary": pa.table(summary), "calibration_bins": pa.table(bins)}
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        for name, table in tables.items():
-            conn.register("_calibration_rows", table)
-            conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _calibration_rows")
-            conn.unregister("_calibration_rows")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
+    replace_tables(conn, {"calibration_summary": pa.table(summary), "calibration_bins": pa.table(bins)})
 
 
 def _number(value: float | None, form: str) -> str:
@@ -363,7 +369,7 @@ def _number(value: float | None, form: str) -> str:
 
 def _model_order(conn: duckdb.DuckDBPyConnection, names: list[str]) -> list[str]:
     """``names`` in configuration order (the ``models`` table's position) where that table exists."""
-    if not conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'models'").fetchone()[0]:
+    if not has_table(conn, "models"):
         return names
     position = dict(conn.execute("SELECT model_name, position FROM models").fetchall())
     return sorted(names, key=lambda name: (position.get(name, len(position)), names.index(name)))
@@ -472,8 +478,7 @@ def calibrated_rows(files: Sequence[Path], temperature: float) -> pa.Table:
 
 def store_calibrated_predictions(conn: duckdb.DuckDBPyConnection, rows: dict[str, tuple[float, pa.Table]]) -> int:
     """Replace ``calibrated_predictions`` with each model's (temperature, calibrated_rows); returns its rows."""
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with one_transaction(conn):
         conn.execute("CREATE OR REPLACE TABLE calibrated_predictions (model_name VARCHAR NOT NULL, image_id VARCHAR "
                      "NOT NULL, temperature DOUBLE NOT NULL, class_label VARCHAR, confidence FLOAT, "
                      "calibrated_confidence FLOAT, PRIMARY KEY (model_name, image_id))")
@@ -482,16 +487,12 @@ def store_calibrated_predictions(conn: duckdb.DuckDBPyConnection, rows: dict[str
             conn.execute("INSERT INTO calibrated_predictions SELECT ?, image_id, ?, class_label, confidence, "
                          "calibrated_confidence FROM _calibrated_rows", [name, temperature])
             conn.unregister("_calibrated_rows")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return conn.execute("SELECT count(*) FROM calibrated_predictions").fetchone()[0]
 
 
 def stored_calibrations(conn: duckdb.DuckDBPyConnection) -> dict[str, Calibration]:
     """The calibrations ``store_calibration`` stored, by model name (empty before the first)."""
-    if not conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'calibration_summary'").fetchone()[0]:
+    if not has_table(conn, "calibration_summary"):
         return {}
     results = {}
     for name, images, ece, temperature, ece_after, nll, nll_after, note, accuracy, confidence in conn.execute(

@@ -19,16 +19,23 @@ Tables (replaced together in one transaction):
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
 
+from inference_assets.core.reporting.cards import Cards, image_name
+from inference_assets.core.reporting.cards import escape as _e
 from inference_assets.core.reporting.evaluation import synonyms, truth_names
 from inference_assets.core.reporting.markdown import table
-from inference_assets.core.warehouse.database import Column, TableDescription, tables_by_name
+from inference_assets.core.warehouse.database import (
+    Column,
+    TableDescription,
+    has_table,
+    one_transaction,
+    tables_by_name,
+)
 
 MAX_CHANGED = 500  # rows kept in comparison_changes per pair of models
 
@@ -149,11 +156,6 @@ class ComparisonSummary:
     pairs: tuple[PairAgreement, ...]
 
 
-def _has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-    query = "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = ?"
-    return bool(conn.execute(query, [name]).fetchone()[0])
-
-
 def _label_classes(conn: duckdb.DuckDBPyConnection) -> pa.Table:
     """label -> the predicted class names it matches, for each distinct label the models know.
 
@@ -166,7 +168,7 @@ def _label_classes(conn: duckdb.DuckDBPyConnection) -> pa.Table:
         ).fetchall() if name is not None
     ]
     names = []
-    if _has_table(conn, "model_classes"):
+    if has_table(conn, "model_classes"):
         names = [name for (name,) in conn.execute("SELECT class_label FROM model_classes").fetchall()]
     vocabulary = frozenset().union(*(synonyms(name) for name in names or predicted))
     by_name: dict[str, set[str]] = {}  # a normalized name -> the predicted class names it is a synonym of
@@ -253,23 +255,19 @@ ORDER BY rank_a, rank_b, "right", image_id
 
 def compare_models(conn: duckdb.DuckDBPyConnection, max_changed: int = MAX_CHANGED) -> ComparisonSummary:
     """Compute and store the comparison tables from ``models`` and ``model_predictions``."""
-    missing = [name for name in ("models", "model_predictions") if not _has_table(conn, name)]
+    missing = [name for name in ("models", "model_predictions") if not has_table(conn, name)]
     if missing:
         raise ValueError(f"comparing models needs the {' and '.join(missing)} table(s): refresh the warehouse first")
-    conn.execute("BEGIN TRANSACTION")
+    conn.register("_comparison_labels", _label_classes(conn))
     try:
-        conn.register("_comparison_labels", _label_classes(conn))
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW _comparison_pairs AS {_PAIRS}")
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW _comparison_both AS {_BOTH}")
-        for name, statement in _STATEMENTS.items():
-            parameters = {"max_changed": max_changed} if "$max_changed" in statement else {}
-            conn.execute(f"CREATE OR REPLACE TABLE {name} AS {statement}", parameters)
-        conn.execute("DROP VIEW _comparison_both")
-        conn.execute("DROP VIEW _comparison_pairs")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+        with one_transaction(conn):
+            conn.execute(f"CREATE OR REPLACE TEMP VIEW _comparison_pairs AS {_PAIRS}")
+            conn.execute(f"CREATE OR REPLACE TEMP VIEW _comparison_both AS {_BOTH}")
+            for name, statement in _STATEMENTS.items():
+                parameters = {"max_changed": max_changed} if "$max_changed" in statement else {}
+                conn.execute(f"CREATE OR REPLACE TABLE {name} AS {statement}", parameters)
+            conn.execute("DROP VIEW _comparison_both")
+            conn.execute("DROP VIEW _comparison_pairs")
     finally:
         conn.unregister("_comparison_labels")
     models = conn.execute("SELECT model_name FROM models ORDER BY position, model_name").fetchall()
@@ -278,11 +276,11 @@ def compare_models(conn: duckdb.DuckDBPyConnection, max_changed: int = MAX_CHANG
 
 def stored_pairs(conn: duckdb.DuckDBPyConnection) -> tuple[PairAgreement, ...]:
     """The stored ``comparison_pairs`` rows in configuration order; empty before the first comparison."""
-    if not _has_table(conn, "comparison_pairs"):
+    if not has_table(conn, "comparison_pairs"):
         return ()
     columns = ", ".join(f'p."{column.name}"' for column in COMPARISON_TABLES["comparison_pairs"].columns)
     query = f"SELECT {columns} FROM comparison_pairs p"
-    if _has_table(conn, "models"):  # configuration order, whatever order DuckDB keeps rows in
+    if has_table(conn, "models"):  # configuration order, whatever order DuckDB keeps rows in
         query += (" LEFT JOIN models a ON a.model_name = p.model_a LEFT JOIN models b ON b.model_name = p.model_b"
                   " ORDER BY a.position, p.model_a, b.position, p.model_b")
     return tuple(PairAgreement(*row) for row in conn.execute(query).fetchall())
@@ -290,22 +288,13 @@ def stored_pairs(conn: duckdb.DuckDBPyConnection) -> tuple[PairAgreement, ...]:
 
 def _compared(conn: duckdb.DuckDBPyConnection) -> bool:
     """Two or more models, and a stored comparison of them."""
-    if not _has_table(conn, "models") or not all(_has_table(conn, name) for name in COMPARISON_TABLES):
+    if not has_table(conn, "models") or not all(has_table(conn, name) for name in COMPARISON_TABLES):
         return False
     return conn.execute("SELECT count(*) FROM models").fetchone()[0] >= 2
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _percent(part: int, whole: int) -> str:
     return f"{part / whole:.1%}" if whole else "–"
-
-
-def _name(key: str) -> str:
-    """An image's name in captions: the last part of its key in the source (as report.py names it)."""
-    return key.rstrip("/").rpartition("/")[2] or key
 
 
 def comparison_html(
@@ -316,14 +305,7 @@ def comparison_html(
     two models or no stored comparison. ``thumbnail(uri)`` gives a ``data:`` URI or None."""
     if not _compared(conn):
         return ""
-    pictures: dict[str, str | None] = {}  # an image changed in several pairs is decoded once
-
-    def card(uri: str, key: str, caption: str) -> str:  # report.py's card markup
-        if uri not in pictures:
-            pictures[uri] = thumbnail(uri)
-        picture = pictures[uri]
-        image = f'<img src="{_e(picture)}" alt="{_e(_name(key))}">' if picture else '<div class="bad">no picture</div>'
-        return f'<div class="card" title="{_e(uri)}">{image}<br>{caption}</div>'
+    card = Cards(thumbnail).card  # an image changed in several pairs is decoded once
 
     parts = ['<h2>Model comparison</h2><div id="comparison">', '<table id="comparison-pairs"><tr><th>model A</th>'
              "<th>model B</th><th>images</th><th>agreement</th><th>changed</th><th>labelled</th>"
@@ -351,7 +333,7 @@ def comparison_html(
     parts.append("</table>")
     # the image's key in the source (images.relative_path) names it in captions; its uri where that is unknown
     key, joined = "c.uri", "comparison_changes c"
-    if _has_table(conn, "images"):
+    if has_table(conn, "images"):
         key, joined = "coalesce(i.relative_path, c.uri)", joined + " LEFT JOIN images i ON i.image_id = c.image_id"
     for p in pairs:
         rows = conn.execute(
@@ -361,7 +343,7 @@ def comparison_html(
             [p.model_a, p.model_b, changes_per_pair],
         ).fetchall()
         cards = "".join(
-            card(uri, key, f"{_e(_name(key))}" + (f" <small>(label {_e(label)})</small>" if label is not None else "")
+            card(uri, key, f"{_e(image_name(key))}" + (f" <small>(label {_e(label)})</small>" if label is not None else "")
                  + f"<br>{_e(p.model_a)}: {_e(a_label)} {a_conf:.2f}<br>{_e(p.model_b)}: {_e(b_label)} {b_conf:.2f}")
             for uri, key, label, a_label, a_conf, b_label, b_conf in rows
         )

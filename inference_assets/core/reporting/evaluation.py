@@ -26,7 +26,13 @@ from typing import NamedTuple
 import duckdb
 import pyarrow as pa
 
-from inference_assets.core.warehouse.database import Column, TableDescription, tables_by_name
+from inference_assets.core.warehouse.database import (
+    Column,
+    TableDescription,
+    has_table,
+    replace_tables,
+    tables_by_name,
+)
 
 _WNID = re.compile(r"^n\d{8}$")
 
@@ -123,7 +129,7 @@ def truth_names(label: str) -> frozenset[str]:
 def model_vocabulary(conn: duckdb.DuckDBPyConnection) -> list[str]:
     """The class names a label may match: the model's own (``model_classes``), or, for results
     stored without them, ImageNet-1k's plus every label predicted."""
-    if conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'model_classes'").fetchone()[0]:
+    if has_table(conn, "model_classes"):
         names = [name for (name,) in conn.execute("SELECT class_label FROM model_classes ORDER BY class_index").fetchall()]
         if names:
             return names
@@ -159,7 +165,7 @@ class StoredEvaluation(NamedTuple):
 
 def stored_summary(conn: duckdb.DuckDBPyConnection) -> StoredEvaluation | None:
     """The stored evaluation; None before the first one (the four tables are written in one transaction)."""
-    if not conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'evaluation_summary'").fetchone()[0]:
+    if not has_table(conn, "evaluation_summary"):
         return None
     row = conn.execute("SELECT evaluated, top1_accuracy, top5_accuracy, unknown_labels FROM evaluation_summary")
     return StoredEvaluation(*row.fetchone())
@@ -219,14 +225,5 @@ def evaluate(conn: duckdb.DuckDBPyConnection, max_confusions: int = MAX_CONFUSIO
             "top5_accuracy": pa.array([summary.top5_accuracy], pa.float64()),
         }),
     }
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        for name, table in tables.items():
-            conn.register("_evaluation_rows", table)
-            conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _evaluation_rows")
-            conn.unregister("_evaluation_rows")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    replace_tables(conn, tables)
     return summary

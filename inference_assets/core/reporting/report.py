@@ -14,14 +14,16 @@ from pathlib import Path
 import duckdb
 
 from inference_assets.core.reporting import charts
-from inference_assets.core.reporting.charts import class_distribution_png, confidence_histogram_png
 from inference_assets.core.reporting.calibration import calibration_html, stored_calibrations
+from inference_assets.core.reporting.cards import Cards, image_name
+from inference_assets.core.reporting.cards import escape as _e
+from inference_assets.core.reporting.charts import class_distribution_png, confidence_histogram_png
 from inference_assets.core.reporting.comparison import comparison_html
 from inference_assets.core.reporting.evaluation import stored_summary
 from inference_assets.core.reporting.review_queue import review_html
 from inference_assets.core.reporting.thumbnails import png_data_uri
 from inference_assets.core.storage.atomic import atomic_output
-from inference_assets.core.warehouse.database import failure_reasons, outcome_counts
+from inference_assets.core.warehouse.database import failure_reasons, has_table, outcome_counts
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -50,16 +52,6 @@ class ReportSummary:
     bytes: int
 
 
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _name(key: str) -> str:
-    """An image's name in captions: the last part of its key in the source (a file name, an object's
-    last key part, a row id), whatever characters it holds (``a#b.jpg`` stays ``a#b.jpg``)."""
-    return key.rstrip("/").rpartition("/")[2] or key
-
-
 # the image's key in the source (the images table), for captions; its uri where that is unknown
 _KEY = "coalesce((SELECT relative_path FROM images i WHERE i.image_id = t.image_id), t.uri)"
 
@@ -81,10 +73,6 @@ def results_charts(conn: duckdb.DuckDBPyConnection, classes: int = 15) -> tuple[
     )
 
 
-def _has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0])
-
-
 def build_report(
     conn: duckdb.DuckDBPyConnection,
     thumbnail: Callable[[str], str | None],
@@ -101,17 +89,8 @@ def build_report(
     counts = conn.execute(
         "SELECT class_label, count(*) FROM predictions GROUP BY 1 ORDER BY 2 DESC, 1"
     ).fetchall()
-    thumbs = 0
-    pictures: dict[str, str | None] = {}  # an image in the gallery and among the least confident is decoded once
-
-    def card(uri: str, key: str, caption: str) -> str:
-        nonlocal thumbs
-        if uri not in pictures:
-            pictures[uri] = thumbnail(uri)
-        picture = pictures[uri]
-        thumbs += picture is not None
-        image = f'<img src="{picture}" alt="{_e(_name(key))}">' if picture else '<div class="bad">no picture</div>'
-        return f'<div class="card" title="{_e(uri)}">{image}<br>{caption}</div>'
+    shown = Cards(thumbnail)  # an image in the gallery and among the least confident is decoded once
+    card = shown.card
 
     parts = [
         f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
@@ -163,7 +142,7 @@ def build_report(
                 "ORDER BY confidence DESC, uri LIMIT ?",
                 [label, images_per_class],
             ).fetchall()
-            cards = "".join(card(uri, key, f"{_e(_name(key))}<br>{conf:.2f}") for uri, key, conf in rows)
+            cards = "".join(card(uri, key, f"{_e(image_name(key))}<br>{conf:.2f}") for uri, key, conf in rows)
             parts.append(f'<div class="class"><h3>{_e(label)} <small>({n})</small></h3><div class="cards">{cards}</div></div>')
         parts.append("</div>")
         low = conn.execute(
@@ -185,7 +164,7 @@ def build_report(
         parts.append("</table><table><tr><th>image</th><th>stage</th><th>reason</th></tr>")
         rows = conn.execute(f"SELECT uri, {_KEY}, stage, error FROM failures t ORDER BY uri LIMIT 200").fetchall()
         parts += [
-            f'<tr><td title="{_e(u)}">{_e(_name(k))}</td><td>{_e(s)}</td><td class="bad">{_e(r)}</td></tr>'
+            f'<tr><td title="{_e(u)}">{_e(image_name(k))}</td><td>{_e(s)}</td><td class="bad">{_e(r)}</td></tr>'
             for u, k, s, r in rows
         ]
         parts.append("</table>")
@@ -218,12 +197,12 @@ def build_report(
     sections = (
         comparison_html(conn, thumbnail),
         calibration_html(conn, calibrations) if calibrations else "",
-        review_html(conn, thumbnail, files=review_files) if _has_table(conn, "review_queue") else "",
+        review_html(conn, thumbnail, files=review_files) if has_table(conn, "review_queue") else "",
     )
     parts += [section for section in sections if section]
     parts.append("</body></html>")
     text = "\n".join(parts)
-    summary = ReportSummary(images, predicted, failed, len(counts), thumbs, evaluation.evaluated if evaluation else 0, len(text.encode()))
+    summary = ReportSummary(images, predicted, failed, len(counts), shown.pictures, evaluation.evaluated if evaluation else 0, len(text.encode()))
     return text, summary
 
 

@@ -29,7 +29,6 @@ labelling interface those tasks fit, and shown as a report section and as Markdo
 from __future__ import annotations
 
 import csv
-import html
 import json
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -43,10 +42,18 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from inference_assets.core.reporting.cards import Cards, image_name
+from inference_assets.core.reporting.cards import escape as _e
 from inference_assets.core.reporting.evaluation import synonyms, truth_names
 from inference_assets.core.reporting.markdown import table
 from inference_assets.core.storage.atomic import atomic_output
-from inference_assets.core.warehouse.database import Column, TableDescription, tables_by_name
+from inference_assets.core.warehouse.database import (
+    Column,
+    TableDescription,
+    has_table,
+    one_transaction,
+    tables_by_name,
+)
 
 LOW_CONFIDENCE = 0.5  # default threshold of the low_confidence reason
 REASONS = ("label_mismatch", "models_disagree", "low_confidence")  # in priority order
@@ -105,12 +112,6 @@ class ReviewSummary:
     low_confidence: float = LOW_CONFIDENCE
 
 
-def _exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(conn.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()", [name]
-    ).fetchone()[0])
-
-
 def _float32(value: float) -> float:
     """A FLOAT column's value as its shortest decimal (0.3, not 0.30000001192092896)."""
     return float(str(np.float32(value)))
@@ -118,7 +119,7 @@ def _float32(value: float) -> float:
 
 def configured_models(conn: duckdb.DuckDBPyConnection) -> list[str]:
     """The configured models' names in configuration order (primary first); none before the first refresh."""
-    if not _exists(conn, "models"):
+    if not has_table(conn, "models"):
         return []
     return [name for (name,) in conn.execute(
         "SELECT model_name FROM models ORDER BY is_primary DESC, position, model_name").fetchall()]
@@ -126,7 +127,7 @@ def configured_models(conn: duckdb.DuckDBPyConnection) -> list[str]:
 
 def _vocabulary(conn: duckdb.DuckDBPyConnection) -> list[str]:
     """The class names a label may match: ``model_classes``, or every top-k class predicted when it is empty."""
-    if _exists(conn, "model_classes"):
+    if has_table(conn, "model_classes"):
         names = [n for (n,) in conn.execute("SELECT class_label FROM model_classes ORDER BY class_index").fetchall()]
         if names:
             return names
@@ -161,7 +162,7 @@ def build_review_queue(
     models = configured_models(conn)
     summary = ReviewSummary(models=tuple(models), low_confidence=low_confidence)
     queue: list[tuple] = []
-    if models and _exists(conn, "model_predictions") and _exists(conn, "images"):
+    if models and has_table(conn, "model_predictions") and has_table(conn, "images"):
         queue = _flagged(conn, models, low_confidence, summary)
     queue.sort(key=lambda row: (-row[4], row[0]))
     if limit is not None:
@@ -175,16 +176,11 @@ def build_review_queue(
         for name, value in zip(_SCHEMA.names, row):
             columns[name].append(value)
     rows = pa.table(columns, schema=_SCHEMA)
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with one_transaction(conn):
         conn.register("_review_rows", rows)
         conn.execute(f"CREATE OR REPLACE TABLE review_queue ({_ddl(REVIEW_TABLES['review_queue'])})")
         conn.execute("INSERT INTO review_queue SELECT * FROM _review_rows")
         conn.unregister("_review_rows")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return summary
 
 
@@ -244,10 +240,10 @@ class QueuedImage(NamedTuple):
 
 def queued_images(conn: duckdb.DuckDBPyConnection, limit: int | None = None) -> list[QueuedImage]:
     """The stored queue in rank order (the first ``limit``)."""
-    if not _exists(conn, "review_queue"):
+    if not has_table(conn, "review_queue"):
         raise ValueError("there is no review_queue table yet: build_review_queue() makes it")
     key = "q.uri"
-    if _exists(conn, "images"):
+    if has_table(conn, "images"):
         key = "coalesce((SELECT relative_path FROM images i WHERE i.image_id = q.image_id), q.uri)"
     rows = conn.execute(
         f"SELECT q.rank, q.image_id, q.uri, q.label, q.reasons, q.score, q.primary_label, q.primary_confidence, "
@@ -259,7 +255,7 @@ def queued_images(conn: duckdb.DuckDBPyConnection, limit: int | None = None) -> 
 
 def queued_count(conn: duckdb.DuckDBPyConnection) -> int:
     """How many images the stored queue holds (0 before the first build)."""
-    return conn.execute("SELECT count(*) FROM review_queue").fetchone()[0] if _exists(conn, "review_queue") else 0
+    return conn.execute("SELECT count(*) FROM review_queue").fetchone()[0] if has_table(conn, "review_queue") else 0
 
 
 # ---------------------------------------------------------------- CSV
@@ -386,15 +382,6 @@ def write_label_studio_config(conn: duckdb.DuckDBPyConnection, path: Path) -> No
 # ---------------------------------------------------------------- report and UI
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _name(key: str) -> str:
-    """The last part of an image's key (its file name), as report.py's captions show it."""
-    return key.rstrip("/").rpartition("/")[2] or key
-
-
 def review_html(
     conn: duckdb.DuckDBPyConnection,
     thumbnail: Callable[[str], str | None],
@@ -415,16 +402,13 @@ def review_html(
         items = "".join(f"<li>{_e(what)}: <code>{_e(where)}</code></li>" for what, where in files.items())
         parts.append(f"<ul class=\"files\">{items}</ul>")
     if total:
-        cards = []
+        cards, card = [], Cards(thumbnail).card
         for q in shown:
-            picture = thumbnail(q.uri)
-            image = (f'<img src="{_e(picture)}" alt="{_e(_name(q.key))}">' if picture
-                     else '<div class="bad">no picture</div>')
             label = f" · label {_e(q.label)}" if q.label is not None else ""
             models = "<br>".join(f"{_e(p.model_name)}: {_e(p.class_label)} {p.confidence:.2f}" for p in q.predictions)
-            caption = (f"#{q.rank} {_e(_name(q.key))}<br><span class=\"bad\">{_e(', '.join(q.reasons))}</span>"
+            caption = (f"#{q.rank} {_e(image_name(q.key))}<br><span class=\"bad\">{_e(', '.join(q.reasons))}</span>"
                        f"{label}<br><small>{models}</small>")
-            cards.append(f'<div class="card" title="{_e(q.uri)}">{image}<br>{caption}</div>')
+            cards.append(card(q.uri, q.key, caption))
         parts.append(f'<div class="cards">{"".join(cards)}</div>')
     parts.append("</div>")
     return "\n".join(parts)
@@ -441,7 +425,7 @@ def review_markdown(conn: duckdb.DuckDBPyConnection, limit: int = 20) -> str:
     for q in shown:
         by_model = {p.model_name: p for p in q.predictions}
         cells = [f"{by_model[m].class_label} ({by_model[m].confidence:.2f})" if m in by_model else "–" for m in models]
-        rows.append((q.rank, _name(q.key), "–" if q.label is None else q.label, ", ".join(q.reasons),
+        rows.append((q.rank, image_name(q.key), "–" if q.label is None else q.label, ", ".join(q.reasons),
                      f"{q.score:.3f}", *cells))
     head = f"{total} image{'s' if total != 1 else ''} to review" + (
         f" (the first {len(shown)}):" if len(shown) < total else ":")

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 
 from inference_assets.core.reporting.evaluation import stored_summary
-from inference_assets.core.warehouse.database import failure_reasons, outcome_counts, top_labels
+from inference_assets.core.warehouse.database import failure_reasons, has_table, outcome_counts, top_labels
 
 
 def print_summary(
@@ -51,8 +51,7 @@ def print_summary(
 def _models_lines(database: str) -> list[str]:
     """With a model list: each model's top-1 on the labelled images, and its agreement with the primary one."""
     with duckdb.connect(database, read_only=True) as conn:
-        tables = {name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        if not {"models", "model_accuracy", "comparison_pairs"} <= tables:
+        if not all(has_table(conn, name) for name in ("models", "model_accuracy", "comparison_pairs")):
             return []
         rows = conn.execute(
             "SELECT m.model_name, m.kind, a.top1_accuracy, p.agreement FROM models m "

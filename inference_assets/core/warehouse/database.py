@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -203,7 +204,8 @@ WAREHOUSE_TABLES: dict[str, TableDescription] = tables_by_name(
                nullable=False),
         Column("is_primary", "BOOLEAN", "Whether it is the primary model, whose rows the predictions table holds.",
                nullable=False),
-        Column("model", "VARCHAR", "The architecture or model file; ensemble(members) for an ensemble.", nullable=False),
+        Column("model", "VARCHAR", "The architecture or model file; ensemble(members) for an ensemble.",
+               nullable=False),
         Column("tta", "VARCHAR", "Test-time augmentation (flip); null when none."),
         Column("members", "VARCHAR[]", "An ensemble's members; null for a model."),
         Column("member_weights", "DOUBLE[]", "An ensemble's members' weights, as configured; null for a model."),
@@ -222,13 +224,45 @@ WAREHOUSE_TABLES: dict[str, TableDescription] = tables_by_name(
         Column("topk_indices", "INTEGER[]", "Indices of the top-k classes, most probable first.", nullable=False),
         Column("topk_labels", "VARCHAR[]", "Names of the top-k classes, most probable first.", nullable=False),
         Column("topk_probs", "FLOAT[]", "Probabilities of the top-k classes.", nullable=False),
-        Column("model", "VARCHAR", "The architecture or model file; ensemble(members) for an ensemble.", nullable=False),
+        Column("model", "VARCHAR", "The architecture or model file; ensemble(members) for an ensemble.",
+               nullable=False),
         Column("model_id", "VARCHAR", "The model's identity: weights, class names, preprocessing, activation."),
         Column("runtime", "VARCHAR", "What ran the forward pass; 'ensemble of stored probabilities' for an ensemble."),
         Column("content_hash", "VARCHAR", "Hash of the image bytes the prediction was made from.", nullable=False),
         Column("predicted_at", _TIME, _WRITTEN_AT),
     )),
 )
+
+
+def has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether the connection's current database and schema hold a table (or view) ``name``."""
+    return bool(conn.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = current_schema() AND table_name = ?", [name]).fetchone()[0]
+        or conn.execute("SELECT count(*) FROM duckdb_views() WHERE database_name = current_database() "
+                        "AND schema_name = current_schema() AND view_name = ?", [name]).fetchone()[0])
+
+
+@contextmanager
+def one_transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Everything inside committed together, or nothing (rolled back on any error): readers see the
+    old tables or the new ones, never a mix."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def replace_tables(conn: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> None:
+    """Replace each table ``name`` with the rows of its Arrow table, all in one transaction."""
+    with one_transaction(conn):
+        for name, table in tables.items():
+            conn.register("_replacing_rows", table)
+            conn.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM _replacing_rows")
+            conn.unregister("_replacing_rows")
 
 
 def catalog_name(database: str) -> str:
