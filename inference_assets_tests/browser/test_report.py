@@ -4,6 +4,7 @@ the expected numbers, labels and pictures, needs no network, and its screenshot 
 import re
 import shutil
 
+import duckdb
 import numpy as np
 from PIL import Image
 
@@ -58,8 +59,14 @@ def test_the_report_in_a_real_browser(image_root, tmp_path):
     assert re.search(r"<h3>espresso <small>\(2\)</small></h3>", dom)
     assert "broken.jpg" in dom and "decode" in dom  # the failure and its stage
     assert "tabby</td><td>tiger cat</td><td>1</td>" in dom  # the evaluation's confusion
+    # the calibration of the one model (a reliability diagram) and the review queue's cards follow
+    assert 'id="calibration"' in dom and 'id="reliability-tf_efficientnet_lite0"' in dom
+    assert 'id="review-queue"' in dom and 'id="comparison"' not in dom  # one model: nothing to compare
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
+        queued = conn.execute("SELECT count(*) FROM review_queue").fetchone()[0]
+    assert queued >= 2  # chelsea.png: not its label (tabby); broken.jpg is no prediction, so never queued
     images = re.findall(r'<img [^>]*src="([^"]+)"', dom)
-    assert len(images) == 2 + 14 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert len(images) == 2 + 14 + 1 + queued and all(src.startswith("data:image/png;base64,") for src in images)
 
     shot = browser.screenshot(path.as_uri(), tmp_path / "report.png")
     pixels = np.asarray(Image.open(shot).convert("RGB"))

@@ -17,6 +17,7 @@ from inference_assets.core.reporting.calibration import (
     apply_temperature,
     calibrate,
     calibrated_confidences,
+    store_calibrated_predictions,
     calibration_html,
     expected_calibration_error,
     fit_temperature,
@@ -138,6 +139,7 @@ def test_stored_tables_match_their_descriptions():
     for contents in ({}, results):  # empty tables are typed all the same
         with duckdb.connect() as conn:
             store_calibration(conn, contents)
+            store_calibrated_predictions(conn, {})
             made = {name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
             assert made == set(CALIBRATION_TABLES)
             for name, table in CALIBRATION_TABLES.items():
