@@ -27,9 +27,9 @@ from inference_assets_tests.support.environment import (
     pipeline_env,
 )
 
-GRAPH_WINDOW = "2400,1000"  # wide enough for whole nodes (checks, partitions); cropped afterwards
+GRAPH_WINDOW = "2400,1400"  # wide enough for whole nodes (checks, partitions); cropped afterwards
 REPORT_WINDOW = "1200,1500"
-GRAPH_GROUPS = ["images", "inference", "warehouse", "report"]
+GRAPH_GROUPS = ["images", "inference", "warehouse", "comparison", "report"]
 
 
 def _content_box(image: Image.Image, left: int, top: int, right: int, margin: int = 24) -> tuple[int, int, int, int]:
