@@ -33,6 +33,7 @@ from inference_assets.warehouse import checks as warehouse_checks
 
 ASSET_CHECKS = load_asset_checks_from_modules([image_checks, warehouse_checks])
 
+
 def _configured(key: str, resource: type, **fields):
     """``resource(**fields)``, without the fields left unset (``None``: the resource's own default);
     a value its fields refuse is one line naming the environment variable."""

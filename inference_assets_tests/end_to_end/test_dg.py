@@ -44,7 +44,7 @@ def test_dg_list_defs_lists_the_assets_with_their_kinds(image_root, tmp_path):
     done = _dg(_env(image_root, tmp_path), "list", "defs", "--json")
     assert done.returncode == 0, done.stderr
     listed = {asset["asset_key"]: asset for asset in json.loads(done.stdout)["assets"]}
-    assert sorted(listed) == ASSET_NAMES and len(ASSET_NAMES) == 6
+    assert sorted(listed) == ASSET_NAMES and len(ASSET_NAMES) == 9
     assert all(asset["kinds"] and asset["description"] for asset in listed.values())
     assert set(listed["prediction_files"]["kinds"]) == {"pytorch", "parquet"}
 

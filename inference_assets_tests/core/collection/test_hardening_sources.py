@@ -380,7 +380,8 @@ def test_a_flipped_byte_in_a_result_file_is_not_reused(image_root, tmp_path, cap
         key=lambda p: -p.stat().st_size,
     )[:1]
     schema = pq.read_schema(result_file).metadata[b"settings"].decode()
-    precision, top_k, pixels = (part.split("=", 1)[1] for part in schema.split(";"))
+    settings = dict(part.split("=", 1) for part in schema.split(";"))
+    precision, top_k, pixels = settings["precision"], settings["top_k"], settings["pixels"]
     _flip_middle(result_file)
     assert read_reusable(result_file, precision, int(top_k), pixels) is None
     assert str(result_file) in caplog.text and "damaged" in caplog.text
