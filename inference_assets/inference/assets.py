@@ -168,7 +168,7 @@ def ensemble_predictions(ensemble: Ensemble, primary_name: str) -> AssetsDefinit
                 files.result_files(member_slug, [key])  # fetched from the shared mirror first, when there is one
                 members.append(Member(name, weight, files.layout.result_file(member_slug, key)))
             with files.updating_results(slug, key) as output:
-                summary = predict_ensemble_partition(members, output, key, ensemble.description, identity)
+                summary = predict_ensemble_partition(members, output, key, ensemble.description, identity[:16])
             context.log.info(f"{ensemble.name} {key}: {summary.predicted} predicted, {summary.failed} failed "
                              f"in {summary.seconds:.2f}s")
             for name in totals:

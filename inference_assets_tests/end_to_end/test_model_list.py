@@ -100,8 +100,9 @@ def test_models_side_by_side_from_the_command_line(image_root, tmp_path):
                             "'lite0' EXCEPT SELECT image_id, class_label, confidence FROM predictions").fetchall() == []
 
         # the ensemble: the weighted mean of its members' stored probabilities
-        slugs = dict(conn.execute("SELECT model_name, any_value(model_id) FROM model_predictions GROUP BY 1").fetchall())
-        assert slugs["lite_mean"]
+        identities = dict(conn.execute("SELECT model_name, any_value(model_id) FROM model_predictions "
+                                       "GROUP BY 1").fetchall())
+        assert identities["lite_mean"] and len(set(identities.values())) == 5  # each model its own identity
         top1 = dict(conn.execute("SELECT image_id, class_index FROM model_predictions "
                                  "WHERE model_name = 'lite_mean'").fetchall())
 

@@ -331,7 +331,7 @@ def predict_shard(
         partition=partition,
         model=classifier.spec.name,
         weights=classifier.weights_id,
-        identity=classifier.info.identity,
+        identity=classifier.info.identity + (f"+{settings.tta}" if settings.tta else ""),  # TTA: other predictions
         class_names=classifier.labels,
         device=str(settings.device),
         precision=settings.precision,
