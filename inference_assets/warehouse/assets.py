@@ -75,10 +75,11 @@ def prediction_results(
     models: ModelListResource,
     duckdb: DuckDBResource,
 ) -> MaterializeResult:
-    files = intact_result_files(loaded_result_files(work_area, model), context.log.warning)
-    manifest = work_area.layout.manifest_path  # fetched with the result files
+    manifest = work_area.files.manifest()  # fetched from the shared storage first, when there is one
     read_manifest(manifest)  # a missing or damaged manifest: a one-line error, not DuckDB's
+    # every model's intact result files, each read and verified once; the primary model's come first
     every_model = every_model_results(work_area, model, models, context.log.warning)
+    files = every_model[0].files
     with duckdb.get_connection() as conn:
         summary = refresh_warehouse(conn, manifest, files, every_model)
         per_model = conn.execute("SELECT model_name, kind, model, predictions FROM models ORDER BY position").fetchall()
