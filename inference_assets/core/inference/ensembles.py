@@ -9,6 +9,7 @@ a failure row of the ensemble naming that member. Members must share their class
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -91,8 +92,7 @@ def predict_ensemble_partition(
     ]
     status_of = [t.column("status").to_pylist() for t in tables]
     errors_of = [(t.column("stage").to_pylist(), t.column("error").to_pylist()) for t in tables]
-    predicted: list[tuple[int, list[int]]] = []  # (row in ``first``, rows in each member)
-    failed: list[tuple[int, str, str]] = []
+    outcomes: list[tuple[int, list[int] | None, tuple[str, str] | None]] = []  # (row, member rows, failure)
     for row, key in enumerate(zip(first["image_id"], first["content_hash"])):
         rows = [found.get(key) for found in rows_of]
         reason = None
@@ -104,32 +104,36 @@ def predict_ensemble_partition(
                 reason = (stages[r] or "predict", f"member {member.name!r}: {errors[r]}")
             if reason:
                 break
-        if reason:
-            failed.append((row, *reason))
-        else:
-            predicted.append((row, rows))
+        outcomes.append((row, None, reason) if reason else (row, rows, None))
     k = min(top_k, len(class_names or [])) or 1
     writer = ResultFileWriter(output, partition=partition, model=description, weights="stored probabilities",
                               device="cpu", precision="fp32", top_k=k, pixels="", identity=identity,
                               class_names=class_names or [], runtime=RUNTIME)
     with writer:
-        writer.write_failures(
-            [first["image_id"][r] for r, _, _ in failed], [first["uri"][r] for r, _, _ in failed],
-            [first["content_hash"][r] for r, _, _ in failed], [s for _, s, _ in failed], [e for _, _, e in failed],
-        )
-        for chunk in range(0, len(predicted), 256):  # bounded memory: 256 images' probabilities at a time
-            part = predicted[chunk:chunk + 256]
-            mean = None
-            for m, (table, weight) in enumerate(zip(tables, weights)):
-                probs = _probabilities(table, [rows[m] for _, rows in part], members[m].name, partition)
-                mean = probs * weight if mean is None else mean + probs * weight
-            mean = mean.astype(np.float32)
-            indices = np.argsort(-mean, axis=1, kind="stable")[:, :k]
-            writer.write_predictions(
-                [first["image_id"][r] for r, _ in part], [first["uri"][r] for r, _ in part],
-                [first["content_hash"][r] for r, _ in part], indices, np.take_along_axis(mean, indices, axis=1),
-                class_names, probabilities=mean,
-            )
+        # rows in image order: each run of failed or predicted images in turn, at most 256 images'
+        # probabilities at a time (bounded memory)
+        for failed_run, run in itertools.groupby(outcomes, key=lambda outcome: outcome[2] is not None):
+            run = list(run)
+            if failed_run:
+                writer.write_failures(
+                    [first["image_id"][r] for r, _, _ in run], [first["uri"][r] for r, _, _ in run],
+                    [first["content_hash"][r] for r, _, _ in run], [f[0] for _, _, f in run],
+                    [f[1] for _, _, f in run],
+                )
+                continue
+            for chunk in range(0, len(run), 256):
+                part = run[chunk:chunk + 256]
+                mean = None
+                for m, (table, weight) in enumerate(zip(tables, weights)):
+                    probs = _probabilities(table, [rows[m] for _, rows, _ in part], members[m].name, partition)
+                    mean = probs * weight if mean is None else mean + probs * weight
+                mean = mean.astype(np.float32)
+                indices = np.argsort(-mean, axis=1, kind="stable")[:, :k]
+                writer.write_predictions(
+                    [first["image_id"][r] for r, _, _ in part], [first["uri"][r] for r, _, _ in part],
+                    [first["content_hash"][r] for r, _, _ in part], indices,
+                    np.take_along_axis(mean, indices, axis=1), class_names, probabilities=mean,
+                )
     return EnsembleSummary(len(first["image_id"]), writer.predicted, writer.failed, time.perf_counter() - start)
 
 

@@ -180,6 +180,26 @@ def test_many_images_go_through_in_chunks_in_order(tmp_path):
     assert [rows[i]["class_index"] for i in images] == np.argmax(expected, axis=1).tolist()
 
 
+def test_rows_keep_the_image_order_with_failures_among_them(tmp_path):
+    rng = np.random.default_rng(1)
+    images = [f"i{n:04d}" for n in range(600)]
+    failing = set(images[5:300:7]) | set(images[400:410])  # runs of one image and of ten, across chunks of 256
+    predicted = [i for i in images if i not in failing]
+    p1 = rng.dirichlet(np.ones(len(CLASSES)), size=len(images))
+    p2 = rng.dirichlet(np.ones(len(CLASSES)), size=len(predicted))
+    m1 = _write(tmp_path / "m1.parquet", images=images, probs=p1)
+    # m2 predicted the others and failed on these (its file: predictions first, then failures)
+    m2 = _write(tmp_path / "m2.parquet", images=predicted, probs=p2,
+                failures=[(i, "decode", "truncated") for i in sorted(failing)])
+    summary, rows, out = _run(tmp_path, [Member("m1", 1.0, m1), Member("m2", 1.0, m2)])
+    assert (summary.predicted, summary.failed) == (600 - len(failing), len(failing))
+    table = read_results(out)
+    assert table.column("image_id").to_pylist() == images  # the first member's order, failures in place
+    assert [i for i, s in zip(images, table.column("status").to_pylist()) if s == "failed"] == sorted(failing)
+    expected = (p1.astype(np.float32)[[images.index(i) for i in predicted]] + p2.astype(np.float32)) / 2
+    assert np.allclose([rows[i]["probabilities"] for i in predicted], expected, atol=1e-6)
+
+
 def test_identity_depends_on_members_and_weights_not_their_order():
     a = ensemble_identity([("m1", "s1", 1.0), ("m2", "s2", 1.0)])
     assert a == ensemble_identity([("m2", "s2", 1.0), ("m1", "s1", 1.0)])
