@@ -87,8 +87,9 @@ class CalibrationConfig(Config):
     automation_condition=AFTER_UPSTREAM,
     kinds={"duckdb"},
     description="Per model, on labelled images: expected calibration error (ECE), negative log-likelihood and a "
-    "reliability diagram; with temperature_scaling, a temperature fitted on the labelled images and every "
-    "prediction's rescaled top-1 confidence in calibrated_predictions, beside the stored one. DuckDB tables "
+    "reliability diagram; with temperature_scaling, a temperature fitted on the labelled images (and measured "
+    "held out: each half of them scaled by the other half's temperature) and every prediction's rescaled top-1 "
+    "confidence in calibrated_predictions, beside the stored one. DuckDB tables "
     "calibration_summary, calibration_bins (and calibrated_predictions).",
     metadata=tables_metadata(CALIBRATION_TABLES, "calibration_summary", _CATALOG),
 )
@@ -112,6 +113,7 @@ def calibration(
                          + (f"{result.ece_before:.4f}" if result.ece_before is not None else "not measured")
                          + (f", temperature {result.temperature:.3f}, ECE after {result.ece_after:.4f}"
                             if result.temperature is not None else "")
+                         + (f", held out {result.ece_held_out:.4f}" if result.ece_held_out is not None else "")
                          + (f" ({result.note})" if result.note else ""))
     with duckdb.get_connection() as conn:
         store_calibration(conn, results)
@@ -121,14 +123,14 @@ def calibration(
     def number(value):
         return "" if value is None else round(value, 4)
 
-    rows = [(name, r.images, number(r.ece_before), number(r.temperature), number(r.ece_after), r.note or "")
-            for name, r in results.items()]
+    rows = [(name, r.images, number(r.ece_before), number(r.temperature), number(r.ece_after),
+             number(r.ece_held_out), r.note or "") for name, r in results.items()]
     return MaterializeResult(metadata={
         "models": len(results),
         "temperature_scaling": config.temperature_scaling,
         "calibrated_predictions": calibrated,
         "calibration": markdown_table(("model", "labelled images", "ECE", "temperature", "ECE after scaling",
-                                       "note"), rows),
+                                       "ECE after scaling, held out", "note"), rows),
         **tables,
     })
 

@@ -9,6 +9,7 @@ import duckdb
 import numpy as np
 from dagster import materialize
 
+from inference_assets.core.reporting.calibration import halves
 from inference_assets.core.storage.results import read_results
 from inference_assets.definitions import ASSETS
 from inference_assets.partitions import IMAGE_SHARDS
@@ -42,12 +43,22 @@ def test_temperature_scaling_is_opt_in_and_rescales_the_stored_probabilities(ima
     assert result.success
     metadata = {k: v.value for k, v in result.asset_materializations_for_node("calibration")[0].metadata.items()}
     assert metadata["temperature_scaling"] is True and metadata["calibrated_predictions"] == 26
+    assert "ECE after scaling, held out" in metadata["calibration"]
     with duckdb.connect(str(database), read_only=True) as conn:
-        (temperature, nll, nll_after, ece_after), = conn.execute(
-            "SELECT temperature, nll, nll_after_scaling, ece_after_scaling FROM calibration_summary").fetchall()
+        (temperature, nll, nll_after, ece_after, ece_held_out, nll_held_out), = conn.execute(
+            "SELECT temperature, nll, nll_after_scaling, ece_after_scaling, ece_held_out, nll_held_out "
+            "FROM calibration_summary").fetchall()
+        labelled = [i for (i,) in conn.execute("SELECT image_id FROM images WHERE label IS NOT NULL").fetchall()]
         rows = {image_id: (t, confidence, calibrated) for image_id, t, confidence, calibrated in conn.execute(
             "SELECT image_id, temperature, confidence, calibrated_confidence FROM calibrated_predictions").fetchall()}
         stored = dict(conn.execute("SELECT image_id, confidence FROM predictions").fetchall())
+    # held out: each half of the 24 labelled images (by image id) scaled by the other half's temperature,
+    # measured when both halves hold 10 images
+    split = halves(labelled)
+    if min(split.sum(), len(split) - split.sum()) >= 10:
+        assert 0 <= ece_held_out <= 1 and nll_held_out > 0
+    else:
+        assert ece_held_out is None and nll_held_out is None
     # T minimizes the labels' negative log-likelihood: no worse than T = 1, the stored probabilities
     assert temperature > 0 and ece_after is not None and nll_after <= nll + 1e-9
     assert len(rows) == len(stored) == 26

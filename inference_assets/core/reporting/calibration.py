@@ -13,19 +13,27 @@ constant per image, so ``softmax(log p / T) == softmax(logits / T)``: T is fitte
 probabilities. It is fitted on the labelled images and applied only to the calibrated columns;
 the stored probabilities themselves are never replaced.
 
+A temperature fitted and measured on the same images flatters itself, so it is also measured
+held out, by two-fold cross-fitting: the labelled images are split in two halves by a hash of
+their image id (an image stays in its half as the collection grows), a temperature is fitted on
+each half and applied to the other, and the ECE and NLL of those out-of-half confidences are
+``ece_held_out`` / ``nll_held_out``. Close to ``ece_after_scaling``: T generalizes; much worse:
+too few labelled images to trust it.
+
 Labels match classes as in :mod:`.evaluation` (``truth_names(label) & synonyms(class_name)``);
 a label that matches none of the classes is left out.
 
 Tables (replaced together in one transaction by :func:`store_calibration`):
 
 - ``calibration_summary``: one row per model: images, ece, temperature, ece_after_scaling, nll,
-  nll_after_scaling, note;
+  nll_after_scaling, note, accuracy, confidence, ece_held_out, nll_held_out;
 - ``calibration_bins``: the reliability diagram's bins per model, before (``scaled`` false) and
   after temperature scaling.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,6 +55,7 @@ from inference_assets.core.warehouse.database import (
     has_table,
     one_transaction,
     replace_tables,
+    table_columns,
     tables_by_name,
 )
 
@@ -80,6 +89,12 @@ CALIBRATION_TABLES: dict[str, TableDescription] = tables_by_name(
             Column("note", "VARCHAR", "Why no temperature was fitted, or why it is unreliable; null otherwise."),
             Column("accuracy", "DOUBLE", "Top-1 accuracy over the evaluated images."),
             Column("confidence", "DOUBLE", "Mean top-1 confidence over the evaluated images."),
+            Column("ece_held_out", "DOUBLE", "Expected calibration error after temperature scaling, held out: the "
+                   "labelled images split in two halves by image id, each half scaled by a temperature fitted on "
+                   "the other. Null without a temperature or with a half under "
+                   f"{MIN_FIT_IMAGES // 2} images."),
+            Column("nll_held_out", "DOUBLE", "Mean negative log-likelihood after temperature scaling, held out as "
+                   "ece_held_out."),
         ),
     ),
     TableDescription(
@@ -138,6 +153,8 @@ class Calibration:
     accuracy: float | None = None  # top-1 accuracy over the evaluated images
     confidence: float | None = None  # mean top-1 confidence over them
     note: str | None = None
+    ece_held_out: float | None = None  # after scaling, each half scaled by the other half's temperature
+    nll_held_out: float | None = None
 
 
 def label_targets(labels: Sequence[str | None], class_names: Sequence[str]) -> np.ndarray:
@@ -290,16 +307,44 @@ def _top1(probabilities: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, n
     return probabilities.max(axis=1), probabilities.argmax(axis=1) == targets
 
 
-def calibrate(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS, fit: bool = True) -> Calibration:
+def halves(image_ids: Sequence[str]) -> np.ndarray:
+    """Each image's half (0 or 1) for the held-out measure: a bit of a hash of its id, so an image keeps
+    its half whatever the order of the rows and however many images join."""
+    return np.array([hashlib.blake2b(i.encode(), digest_size=1).digest()[0] & 1 for i in image_ids], dtype=np.int8)
+
+
+def _held_out(probabilities: np.ndarray, log_probs: np.ndarray, targets: np.ndarray, correct: np.ndarray,
+              half: np.ndarray, bins: int) -> tuple[float, float] | None:
+    """(ECE, NLL) of each half scaled by the temperature fitted on the other half; None when a half has
+    fewer than ``MIN_FIT_IMAGES // 2`` images."""
+    if min(int((half == h).sum()) for h in (0, 1)) < MIN_FIT_IMAGES // 2:
+        return None
+    confidence = np.empty(len(targets))
+    nll = 0.0
+    for h in (0, 1):
+        fit_on, apply_to = half != h, half == h
+        temperature = fit_temperature(log_probs[fit_on], targets[fit_on])
+        confidence[apply_to] = apply_temperature(probabilities[apply_to], temperature).max(axis=1)
+        nll += _nll(log_probs[apply_to], targets[apply_to], temperature) * int(apply_to.sum())
+    return expected_calibration_error(confidence, correct, bins), nll / len(targets)
+
+
+def calibrate(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS, fit: bool = True,
+              half: np.ndarray | None = None) -> Calibration:
     """The calibration of one model on the rows whose target is a class (>= 0; -1 rows are left out):
     ECE, NLL and reliability bins of the stored probabilities and, when ``fit`` and at least
-    :data:`MIN_FIT_IMAGES` rows, a fitted temperature and the same after scaling."""
+    :data:`MIN_FIT_IMAGES` rows, a fitted temperature, the same after scaling, and after scaling held
+    out: each row's ``half`` (0 or 1, :func:`halves`; alternate rows when None) scaled by a temperature
+    fitted on the other half."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64).reshape(-1)
     if probabilities.ndim != 2 or probabilities.shape[0] != targets.size:
         raise ValueError(f"expected (N, C) probabilities for {targets.size} targets, got shape {probabilities.shape}")
+    half = np.arange(targets.size) % 2 if half is None else np.asarray(half).reshape(-1)
+    if half.size != targets.size:
+        raise ValueError(f"{half.size} halves for {targets.size} targets")
     known = targets >= 0
-    probabilities, targets = probabilities[known], targets[known]
+    probabilities, targets, half = probabilities[known], targets[known], half[known]
     if not targets.size:
         return Calibration(images=0, ece_before=None, note="no labelled image has a label among the model's classes")
     log_probs = _log(probabilities)
@@ -326,6 +371,9 @@ def calibrate(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS, 
     result.ece_after = expected_calibration_error(scaled_confidence, correct, bins)
     result.nll_after = _nll(log_probs, targets, temperature)
     result.bins_after = reliability_bins(scaled_confidence, correct, bins)
+    held_out = _held_out(probabilities, log_probs, targets, correct, half, bins)
+    if held_out is not None:
+        result.ece_held_out, result.nll_held_out = held_out
     low, high = TEMPERATURE_RANGE
     if math.isclose(temperature, low, rel_tol=1e-3) or math.isclose(temperature, high, rel_tol=1e-3):
         result.note = (f"the temperature reached the end of its search range ({low:g} to {high:g}): the labelled "
@@ -348,6 +396,8 @@ def store_calibration(conn: duckdb.DuckDBPyConnection, results: dict[str, Calibr
         "note": pa.array([results[n].note for n in names], pa.string()),
         "accuracy": pa.array([results[n].accuracy for n in names], pa.float64()),
         "confidence": pa.array([results[n].confidence for n in names], pa.float64()),
+        "ece_held_out": pa.array([results[n].ece_held_out for n in names], pa.float64()),
+        "nll_held_out": pa.array([results[n].nll_held_out for n in names], pa.float64()),
     }
     rows = [(name, scaled, b) for name in names
             for scaled, bins in ((False, results[name].bins_before), (True, results[name].bins_after)) for b in bins]
@@ -385,7 +435,9 @@ def calibration_html(conn: duckdb.DuckDBPyConnection, results: dict[str, Calibra
         "bins, weighted by their images (0 is perfectly calibrated). Temperature scaling divides the logits by "
         "one number T, fitted on the labelled images to minimize the negative log-likelihood of their labels "
         "(T &gt; 1: the model was over-confident). It never changes the predicted class, and it is applied to "
-        "the stored probabilities only in the calibrated columns: the stored probabilities are never replaced.</p>",
+        "the stored probabilities only in the calibrated columns: the stored probabilities are never replaced. "
+        "Held out: the labelled images split in two halves by image id, each scaled by the temperature fitted "
+        "on the other; close to the ECE after scaling, the temperature generalizes.</p>",
     ]
     if not results:
         parts.append("<p>No model has labelled images whose labels are among its classes.</p></div>")
@@ -398,7 +450,9 @@ def calibration_html(conn: duckdb.DuckDBPyConnection, results: dict[str, Calibra
         rows = [("images", _e(c.images), _e(c.images)),
                 ("ECE", _number(c.ece_before, ".3f"), _number(c.ece_after, ".3f")),
                 ("NLL", _number(c.nll_before, ".3f"), _number(c.nll_after, ".3f")),
-                ("temperature T", "1", _number(c.temperature, ".3f"))]
+                ("temperature T", "1", _number(c.temperature, ".3f")),
+                ("ECE held out (T of the other half)", "—", _number(c.ece_held_out, ".3f")),
+                ("NLL held out (T of the other half)", "—", _number(c.nll_held_out, ".3f"))]
         parts += [f"<tr><td>{what}</td><td>{before}</td><td>{after}</td></tr>" for what, before, after in rows]
         parts.append("</table>")
         if c.accuracy is not None and c.confidence is not None:
@@ -417,10 +471,10 @@ def calibration_html(conn: duckdb.DuckDBPyConnection, results: dict[str, Calibra
     return "\n".join(parts)
 
 
-def _labelled_probabilities(files: Sequence[Path], labels: dict[str, str]) -> tuple[np.ndarray, list[str]]:
-    """The stored probabilities of the predicted images that carry a label, and their labels, from a
-    model's result files (only those rows are kept in memory)."""
-    blocks, kept = [], []
+def _labelled_probabilities(files: Sequence[Path], labels: dict[str, str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """The stored probabilities of the predicted images that carry a label, their labels and their image
+    ids, from a model's result files (only those rows are kept in memory)."""
+    blocks, kept, kept_ids = [], [], []
     for path in files:
         table = read_results(path).select(["image_id", "status", "probabilities"])
         ids = table.column("image_id").to_pylist()
@@ -435,7 +489,8 @@ def _labelled_probabilities(files: Sequence[Path], labels: dict[str, str]) -> tu
         values = column.flatten().to_numpy(zero_copy_only=False)
         blocks.append(values.reshape(len(rows), -1))
         kept += [labels[ids[i]] for i in rows]
-    return (np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)), kept
+        kept_ids += [ids[i] for i in rows]
+    return (np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)), kept, kept_ids
 
 
 def calibrate_result_files(files: Sequence[Path], labels: dict[str, str], fit: bool = True,
@@ -444,11 +499,11 @@ def calibrate_result_files(files: Sequence[Path], labels: dict[str, str], fit: b
     whose label is one of its classes."""
     if not files:
         return Calibration(images=0, ece_before=None, note="no predictions loaded")
-    probabilities, kept = _labelled_probabilities(files, labels)
+    probabilities, kept, ids = _labelled_probabilities(files, labels)
     class_names = read_class_names(files[0]) or []
     if not kept:
         return Calibration(images=0, ece_before=None, note="no predicted image carries a label")
-    return calibrate(probabilities, label_targets(kept, class_names), bins=bins, fit=fit)
+    return calibrate(probabilities, label_targets(kept, class_names), bins=bins, fit=fit, half=halves(ids))
 
 
 def calibrated_rows(files: Sequence[Path], temperature: float) -> pa.Table:
@@ -495,9 +550,13 @@ def stored_calibrations(conn: duckdb.DuckDBPyConnection) -> dict[str, Calibratio
     if not has_table(conn, "calibration_summary"):
         return {}
     results = {}
-    for name, images, ece, temperature, ece_after, nll, nll_after, note, accuracy, confidence in conn.execute(
+    # a table from before the held-out columns (calibration not materialized since the upgrade) reads as null
+    present = {c.name for c in table_columns(conn, "calibration_summary")}
+    held_out = ", ".join(name if name in present else f"NULL AS {name}" for name in ("ece_held_out", "nll_held_out"))
+    for (name, images, ece, temperature, ece_after, nll, nll_after, note, accuracy, confidence, ece_held_out,
+         nll_held_out) in conn.execute(
         "SELECT model_name, images, ece, temperature, ece_after_scaling, nll, nll_after_scaling, note, accuracy, "
-        "confidence FROM calibration_summary"
+        f"confidence, {held_out} FROM calibration_summary"
     ).fetchall():
         bins = conn.execute("SELECT scaled, lower, upper, images, confidence, accuracy FROM calibration_bins "
                             "WHERE model_name = ? ORDER BY scaled, lower", [name]).fetchall()
@@ -505,5 +564,6 @@ def stored_calibrations(conn: duckdb.DuckDBPyConnection) -> dict[str, Calibratio
             images=images, ece_before=ece, temperature=temperature, ece_after=ece_after, nll_before=nll,
             nll_after=nll_after, bins_before=[Bin(*b[1:]) for b in bins if not b[0]],
             bins_after=[Bin(*b[1:]) for b in bins if b[0]], accuracy=accuracy, confidence=confidence, note=note,
+            ece_held_out=ece_held_out, nll_held_out=nll_held_out,
         )
     return results

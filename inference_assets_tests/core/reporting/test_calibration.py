@@ -21,9 +21,11 @@ from inference_assets.core.reporting.calibration import (
     calibration_html,
     expected_calibration_error,
     fit_temperature,
+    halves,
     label_targets,
     reliability_bins,
     store_calibration,
+    stored_calibrations,
 )
 from inference_assets.core.warehouse.database import table_columns
 
@@ -103,6 +105,47 @@ def test_unlabelled_rows_are_left_out_and_few_labels_fit_no_temperature():
         fit_temperature(np.log(probabilities), np.full(len(targets), -1))
 
 
+def test_held_out_scales_each_half_by_the_temperature_of_the_other():
+    probabilities, targets = _over_confident(n=400, seed=3)
+    half = np.random.default_rng(4).integers(0, 2, size=len(targets))
+    targets[:7] = -1  # unlabelled rows are left out of both halves
+    result = calibrate(probabilities, targets, half=half)
+    known = targets >= 0
+    p, t, h = probabilities[known], targets[known], half[known]
+    confidence, nll = np.empty(len(t)), 0.0
+    for side in (0, 1):  # by hand: fit on one half, apply to the other
+        temperature = fit_temperature(np.log(p[h != side]), t[h != side])
+        scaled = apply_temperature(p[h == side], temperature)
+        confidence[h == side] = scaled.max(axis=1)
+        nll -= np.log(scaled[np.arange(len(scaled)), t[h == side]]).sum()
+    correct = p.argmax(axis=1) == t
+    assert result.ece_held_out == pytest.approx(expected_calibration_error(confidence, correct))
+    assert result.nll_held_out == pytest.approx(nll / len(t), rel=1e-6)
+    # on a model whose over-confidence is one temperature, the held-out ECE is close to the in-sample one
+    assert result.ece_held_out < result.ece_before / 2 and abs(result.ece_held_out - result.ece_after) < 0.05
+
+
+def test_held_out_needs_ten_images_in_each_half_and_a_fit():
+    probabilities, targets = _over_confident(n=40, seed=5)
+    one_sided = np.zeros(len(targets), dtype=int)
+    one_sided[:9] = 1  # 9 images in one half: too few to fit its temperature on
+    result = calibrate(probabilities, targets, half=one_sided)
+    assert result.temperature is not None and (result.ece_held_out, result.nll_held_out) == (None, None)
+    balanced = calibrate(probabilities, targets)  # alternate rows: 20 and 20
+    assert balanced.ece_held_out is not None and balanced.nll_held_out > 0
+    assert calibrate(probabilities, targets, fit=False).ece_held_out is None
+    with pytest.raises(ValueError, match="halves"):
+        calibrate(probabilities, targets, half=one_sided[:10])
+
+
+def test_an_image_keeps_its_half_whatever_the_order_and_the_halves_are_even():
+    ids = [f"image-{n:05d}" for n in range(10_000)]
+    split = halves(ids)
+    assert set(np.unique(split)) == {0, 1} and 0.47 < split.mean() < 0.53
+    assert dict(zip(ids, split)) == dict(zip(ids[::-1], halves(ids[::-1])))
+    assert list(halves(ids[:50])) == list(split[:50])  # more images do not move the earlier ones
+
+
 def test_apply_temperature_keeps_rows_normalized_and_the_top_class():
     probabilities, _ = _over_confident(n=200)
     np.testing.assert_allclose(apply_temperature(probabilities, 1.0), probabilities, rtol=1e-9, atol=1e-12)
@@ -156,6 +199,11 @@ def test_stored_tables_match_their_descriptions():
                     "GROUP BY scaled ORDER BY scaled").fetchall() == [(False, 15, 500), (True, 15, 500)]
                 assert conn.execute("SELECT count(*) FROM calibration_bins WHERE scaled AND model_name = 'few'"
                                     ).fetchone() == (0,)
+                assert stored_calibrations(conn) == results  # every field, held-out ones included, reads back
+                # a table from before the held-out columns (calibration not run since an upgrade) still reads
+                conn.execute("ALTER TABLE calibration_summary DROP COLUMN ece_held_out")
+                conn.execute("ALTER TABLE calibration_summary DROP COLUMN nll_held_out")
+                assert stored_calibrations(conn)["lite0"].ece_held_out is None
 
 
 class _Tags(HTMLParser):
