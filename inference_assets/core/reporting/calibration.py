@@ -63,7 +63,7 @@ BINS = 15  # reliability bins over (0, 1], as in Guo et al.
 MIN_FIT_IMAGES = 20  # fewer labelled images than this: no temperature is fitted
 PROBABILITY_FLOOR = 1e-12  # probabilities are clipped to this before their log (a stored 0 would be -inf)
 TEMPERATURE_RANGE = (0.01, 100.0)  # the search interval for T
-_CHUNK = 8192  # rows per block when evaluating the NLL, so a large (N, C) array is not copied whole
+_CHUNK = 2048  # rows per float64 block (16 MiB at 1000 classes): a large (N, C) array is never copied whole
 
 _MODEL = "The configured model name (model_predictions.model_name)."
 _IMAGES = "Labelled images whose label is one of the model's classes (the evaluated images)."
@@ -232,6 +232,25 @@ def _log(probabilities: np.ndarray) -> np.ndarray:
     return np.log(np.clip(np.asarray(probabilities, dtype=np.float64), PROBABILITY_FLOOR, None))
 
 
+def _log_rows(probabilities: np.ndarray) -> np.ndarray:
+    """``log p`` (clipped at :data:`PROBABILITY_FLOOR`) as float32, computed a block of rows at a time:
+    4 bytes a probability, however many labelled images there are."""
+    out = np.empty(probabilities.shape, dtype=np.float32)
+    for start in range(0, len(probabilities), _CHUNK):
+        out[start:start + _CHUNK] = _log(probabilities[start:start + _CHUNK])
+    return out
+
+
+def _scaled_top1(log_probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The top-1 probability of softmax(log_probs / T) per row (float64), a block of rows at a time:
+    the largest scaled logit's share, 1 / sum(exp((z - max z) / T))."""
+    out = np.empty(len(log_probs))
+    for start in range(0, len(log_probs), _CHUNK):
+        z = np.asarray(log_probs[start:start + _CHUNK], dtype=np.float64) / temperature
+        out[start:start + _CHUNK] = 1.0 / np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
+    return out
+
+
 def _checked_targets(log_probs: np.ndarray, targets) -> np.ndarray:
     targets = np.asarray(targets, dtype=np.int64).reshape(-1)
     if log_probs.ndim != 2 or log_probs.shape[0] != targets.size:
@@ -303,18 +322,14 @@ def calibrated_confidences(probabilities: np.ndarray, temperature: float) -> tup
     return index, np.take_along_axis(scaled, index[..., None], axis=-1)[..., 0]
 
 
-def _top1(probabilities: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return probabilities.max(axis=1), probabilities.argmax(axis=1) == targets
-
-
 def halves(image_ids: Sequence[str]) -> np.ndarray:
     """Each image's half (0 or 1) for the held-out measure: a bit of a hash of its id, so an image keeps
     its half whatever the order of the rows and however many images join."""
     return np.array([hashlib.blake2b(i.encode(), digest_size=1).digest()[0] & 1 for i in image_ids], dtype=np.int8)
 
 
-def _held_out(probabilities: np.ndarray, log_probs: np.ndarray, targets: np.ndarray, correct: np.ndarray,
-              half: np.ndarray, bins: int) -> tuple[float, float] | None:
+def _held_out(log_probs: np.ndarray, targets: np.ndarray, correct: np.ndarray, half: np.ndarray,
+              bins: int) -> tuple[float, float] | None:
     """(ECE, NLL) of each half scaled by the temperature fitted on the other half; None when a half has
     fewer than ``MIN_FIT_IMAGES // 2`` images."""
     if min(int((half == h).sum()) for h in (0, 1)) < MIN_FIT_IMAGES // 2:
@@ -324,7 +339,7 @@ def _held_out(probabilities: np.ndarray, log_probs: np.ndarray, targets: np.ndar
     for h in (0, 1):
         fit_on, apply_to = half != h, half == h
         temperature = fit_temperature(log_probs[fit_on], targets[fit_on])
-        confidence[apply_to] = apply_temperature(probabilities[apply_to], temperature).max(axis=1)
+        confidence[apply_to] = _scaled_top1(log_probs[apply_to], temperature)
         nll += _nll(log_probs[apply_to], targets[apply_to], temperature) * int(apply_to.sum())
     return expected_calibration_error(confidence, correct, bins), nll / len(targets)
 
@@ -335,8 +350,11 @@ def calibrate(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS, 
     ECE, NLL and reliability bins of the stored probabilities and, when ``fit`` and at least
     :data:`MIN_FIT_IMAGES` rows, a fitted temperature, the same after scaling, and after scaling held
     out: each row's ``half`` (0 or 1, :func:`halves`; alternate rows when None) scaled by a temperature
-    fitted on the other half."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
+    fitted on the other half.
+
+    Memory: besides ``probabilities`` (kept as given, float32 from result files), their float32 log
+    and a half of it while fitting, plus fixed-size blocks: no float64 copy of the whole array."""
+    probabilities = np.asarray(probabilities)
     targets = np.asarray(targets, dtype=np.int64).reshape(-1)
     if probabilities.ndim != 2 or probabilities.shape[0] != targets.size:
         raise ValueError(f"expected (N, C) probabilities for {targets.size} targets, got shape {probabilities.shape}")
@@ -344,12 +362,14 @@ def calibrate(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS, 
     if half.size != targets.size:
         raise ValueError(f"{half.size} halves for {targets.size} targets")
     known = targets >= 0
-    probabilities, targets, half = probabilities[known], targets[known], half[known]
+    if not known.all():
+        probabilities, targets, half = probabilities[known], targets[known], half[known]
     if not targets.size:
         return Calibration(images=0, ece_before=None, note="no labelled image has a label among the model's classes")
-    log_probs = _log(probabilities)
-    _checked_targets(log_probs, targets)
-    confidence, correct = _top1(probabilities, targets)
+    _checked_targets(probabilities, targets)
+    log_probs = _log_rows(probabilities)
+    confidence = probabilities.max(axis=1).astype(np.float64)
+    correct = probabilities.argmax(axis=1) == targets
     result = Calibration(
         images=int(targets.size),
         ece_before=expected_calibration_error(confidence, correct, bins),
@@ -366,12 +386,12 @@ def calibrate(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS, 
                        "labelled images up")
         return result
     temperature = fit_temperature(log_probs, targets)
-    scaled_confidence = apply_temperature(probabilities, temperature).max(axis=1)
+    scaled_confidence = _scaled_top1(log_probs, temperature)
     result.temperature = temperature
     result.ece_after = expected_calibration_error(scaled_confidence, correct, bins)
     result.nll_after = _nll(log_probs, targets, temperature)
     result.bins_after = reliability_bins(scaled_confidence, correct, bins)
-    held_out = _held_out(probabilities, log_probs, targets, correct, half, bins)
+    held_out = _held_out(log_probs, targets, correct, half, bins)
     if held_out is not None:
         result.ece_held_out, result.nll_held_out = held_out
     low, high = TEMPERATURE_RANGE
@@ -519,7 +539,7 @@ def calibrated_rows(files: Sequence[Path], temperature: float) -> pa.Table:
             raise ValueError(f"{path} was written without every class's probability (an earlier version): "
                              "materialize its model's prediction_files again with force to calibrate it")
         probabilities = column.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
-        _, confidence = calibrated_confidences(probabilities, temperature)
+        confidence = _scaled_top1(_log_rows(probabilities), temperature)  # float32 log, blocks of rows
         parts.append(pa.table({
             "image_id": table.column("image_id"),
             "class_label": table.column("class_label"),
