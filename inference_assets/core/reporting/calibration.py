@@ -233,9 +233,10 @@ def _log(probabilities: np.ndarray) -> np.ndarray:
 
 
 def _log_rows(probabilities: np.ndarray) -> np.ndarray:
-    """``log p`` (clipped at :data:`PROBABILITY_FLOOR`) as float32, computed a block of rows at a time:
-    4 bytes a probability, however many labelled images there are."""
-    out = np.empty(probabilities.shape, dtype=np.float32)
+    """``log p`` (clipped at :data:`PROBABILITY_FLOOR`) computed a block of rows at a time, in the
+    probabilities' own precision: float32 for those of result files (4 bytes a probability, however
+    many labelled images there are), float64 for float64 ones."""
+    out = np.empty(probabilities.shape, dtype=np.result_type(probabilities.dtype, np.float32))
     for start in range(0, len(probabilities), _CHUNK):
         out[start:start + _CHUNK] = _log(probabilities[start:start + _CHUNK])
     return out
@@ -315,11 +316,12 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
 
 
 def calibrated_confidences(probabilities: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-    """(top-1 class index, its temperature-scaled probability) per row: the class is the stored top-1
-    (scaling never reorders classes); only the confidence changes."""
-    scaled = apply_temperature(probabilities, temperature)
-    index = scaled.argmax(axis=-1)
-    return index, np.take_along_axis(scaled, index[..., None], axis=-1)[..., 0]
+    """(top-1 class index, its temperature-scaled probability) per row of an (N, C) array: the class is
+    the stored top-1 (scaling never reorders classes); only the confidence changes. Computed a block of
+    rows at a time, with no float64 copy of float32 probabilities."""
+    if not temperature > 0:
+        raise ValueError(f"the temperature must be > 0, got {temperature}")
+    return probabilities.argmax(axis=-1), _scaled_top1(_log_rows(probabilities), temperature)
 
 
 def halves(image_ids: Sequence[str]) -> np.ndarray:
@@ -352,7 +354,7 @@ def calibrate(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS, 
     out: each row's ``half`` (0 or 1, :func:`halves`; alternate rows when None) scaled by a temperature
     fitted on the other half.
 
-    Memory: besides ``probabilities`` (kept as given, float32 from result files), their float32 log
+    Memory: besides ``probabilities`` (kept as given, float32 from result files), their log (float32 too)
     and a half of it while fitting, plus fixed-size blocks: no float64 copy of the whole array."""
     probabilities = np.asarray(probabilities)
     targets = np.asarray(targets, dtype=np.int64).reshape(-1)
@@ -539,7 +541,7 @@ def calibrated_rows(files: Sequence[Path], temperature: float) -> pa.Table:
             raise ValueError(f"{path} was written without every class's probability (an earlier version): "
                              "materialize its model's prediction_files again with force to calibrate it")
         probabilities = column.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
-        confidence = _scaled_top1(_log_rows(probabilities), temperature)  # float32 log, blocks of rows
+        _, confidence = calibrated_confidences(probabilities, temperature)
         parts.append(pa.table({
             "image_id": table.column("image_id"),
             "class_label": table.column("class_label"),
