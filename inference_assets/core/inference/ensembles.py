@@ -24,6 +24,7 @@ from inference_assets.core.storage.results import (
     ResultFileWriter,
     read_class_names,
     read_results,
+    stored_probabilities,
 )
 
 RUNTIME = "ensemble of stored probabilities"
@@ -138,10 +139,9 @@ def predict_ensemble_partition(
 
 
 def _probabilities(table: pa.Table, rows: list[int], member: str, partition: str) -> np.ndarray:
-    column = table.column("probabilities").take(pa.array(rows, pa.int64())).combine_chunks()
-    if column.null_count:
+    probabilities = stored_probabilities(table.column("probabilities"), rows)
+    if probabilities is None:
         raise ConfigError(f"ensemble member {member!r}'s predictions for {partition} were written without every "
                           "class's probability (an earlier version): materialize its prediction_files for "
                           f"{partition} again with force")
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(len(column), len(values) // max(len(column), 1)).astype(np.float64)
+    return probabilities.astype(np.float64)

@@ -48,7 +48,12 @@ from inference_assets.core.reporting import charts
 from inference_assets.core.reporting.cards import escape as _e
 from inference_assets.core.reporting.evaluation import synonyms, truth_names
 from inference_assets.core.reporting.thumbnails import png_data_uri
-from inference_assets.core.storage.results import STATUS_PREDICTED, read_class_names, read_results
+from inference_assets.core.storage.results import (
+    STATUS_PREDICTED,
+    read_class_names,
+    read_results,
+    stored_probabilities,
+)
 from inference_assets.core.warehouse.database import (
     Column,
     TableDescription,
@@ -493,6 +498,15 @@ def calibration_html(conn: duckdb.DuckDBPyConnection, results: dict[str, Calibra
     return "\n".join(parts)
 
 
+def _probabilities(table: pa.Table, path: Path, rows: list[int] | None = None) -> np.ndarray:
+    """The stored probabilities of a result file's ``rows`` (or all), as (N, classes) float32."""
+    probabilities = stored_probabilities(table.column("probabilities"), rows)
+    if probabilities is None:
+        raise ValueError(f"{path} was written without every class's probability (an earlier version): "
+                         "materialize its model's prediction_files again with force to calibrate it")
+    return probabilities
+
+
 def _labelled_probabilities(files: Sequence[Path], labels: dict[str, str]) -> tuple[np.ndarray, list[str], list[str]]:
     """The stored probabilities of the predicted images that carry a label, their labels and their image
     ids, from a model's result files (only those rows are kept in memory)."""
@@ -504,12 +518,7 @@ def _labelled_probabilities(files: Sequence[Path], labels: dict[str, str]) -> tu
         rows = [i for i, (image_id, s) in enumerate(zip(ids, status)) if s == STATUS_PREDICTED and image_id in labels]
         if not rows:
             continue
-        column = table.column("probabilities").take(pa.array(rows, pa.int64())).combine_chunks()
-        if column.null_count:
-            raise ValueError(f"{path} was written without every class's probability (an earlier version): "
-                             "materialize its model's prediction_files again with force to calibrate it")
-        values = column.flatten().to_numpy(zero_copy_only=False)
-        blocks.append(values.reshape(len(rows), -1))
+        blocks.append(_probabilities(table, path, rows))
         kept += [labels[ids[i]] for i in rows]
         kept_ids += [ids[i] for i in rows]
     return (np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32)), kept, kept_ids
@@ -536,12 +545,7 @@ def calibrated_rows(files: Sequence[Path], temperature: float) -> pa.Table:
         table = read_results(path).filter(pc.equal(pc.field("status"), STATUS_PREDICTED))
         if not table.num_rows:
             continue
-        column = table.column("probabilities").combine_chunks()
-        if column.null_count:
-            raise ValueError(f"{path} was written without every class's probability (an earlier version): "
-                             "materialize its model's prediction_files again with force to calibrate it")
-        probabilities = column.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
-        _, confidence = calibrated_confidences(probabilities, temperature)
+        _, confidence = calibrated_confidences(_probabilities(table, path), temperature)
         parts.append(pa.table({
             "image_id": table.column("image_id"),
             "class_label": table.column("class_label"),

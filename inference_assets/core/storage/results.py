@@ -225,6 +225,19 @@ def read_class_names(path: Path) -> list[str] | None:
     return json.loads(value) if value else None
 
 
+def stored_probabilities(column: pa.Array | pa.ChunkedArray, rows: list[int] | None = None) -> np.ndarray | None:
+    """A result file's ``probabilities`` column (the ``rows`` of it, or all) as an (N, classes) float32
+    array; None when one of them is null: a file written before every class's probability was kept."""
+    if rows is not None:
+        column = column.take(pa.array(rows, pa.int64()))
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.null_count:
+        return None
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    return values.reshape(len(column), len(values) // max(len(column), 1))
+
+
 def read_results(path: Path) -> pa.Table:
     """The rows of a result file, page checksums verified (raises OSError/ArrowException if damaged).
 

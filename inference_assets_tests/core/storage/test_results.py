@@ -14,6 +14,7 @@ from inference_assets.core.storage.results import (
     read_results,
     read_reusable,
     settings_key,
+    stored_probabilities,
 )
 
 pytestmark = pytest.mark.fast
@@ -52,6 +53,12 @@ def test_probabilities_round_trip_as_float32_lists(tmp_path):
         assert rows[image]["confidence"] == stored[rows[image]["class_index"]]
     assert rows["x"]["status"] == "failed" and rows["x"]["probabilities"] is None
     assert read_class_names(path) == CLASSES
+    # as an (N, classes) float32 array: all the predicted rows, or some; a failure row has none
+    column = table.column("probabilities")
+    matrix = stored_probabilities(column, [0, 1, 2, 4, 5])
+    assert matrix.dtype == np.float32 and np.array_equal(matrix, probs.astype(np.float32))
+    assert np.array_equal(stored_probabilities(column, [5, 0]), probs[[4, 0]].astype(np.float32))
+    assert stored_probabilities(column) is None and stored_probabilities(column, []).shape == (0, 0)
 
 
 def test_predictions_written_without_probabilities_read_as_null(tmp_path):
