@@ -42,14 +42,14 @@ def every_model_results(
 ) -> list[ModelResults]:
     """Every model's intact result files, the primary model first, then the model list's models and ensembles."""
     keys = IMAGE_SHARDS.get_partition_keys()
-    listed = models.model_list
+    listed = {m.name: m for m in models.model_list.models}
     entries = []
     for position, name in enumerate(models.names(model)):
         files = intact_result_files(work_area.files.result_files(results_slug(name, model, models), keys), warn)
         if position == 0:
             entries.append(ModelResults(name, files, model.name, tta=model.tta))
-        elif name in {m.name for m in listed.models}:
-            entries.append(ModelResults(name, files, listed.model(name).model, tta=listed.model(name).tta))
+        elif name in listed:
+            entries.append(ModelResults(name, files, listed[name].model, tta=listed[name].tta))
         else:
             ensemble = models.ensemble(name)
             entries.append(ModelResults(name, files, ensemble.description, "ensemble",
